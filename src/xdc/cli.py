@@ -1,0 +1,42 @@
+"""The `xdc` command: a table of subcommands, each one a module with `add_arguments` and `run`.
+
+Modules are imported only when their subcommand is used, so `xdc --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "scan": ("xdc.data.scan", "probe media files into a manifest CSV"),
+    "prepare": ("xdc.data.prepare", "re-encode a manifest's videos for fast training"),
+    "pretrain": ("xdc.pretrain", "deep-clustering pretraining (XDC, SDC, MDC, CDC, RAND)"),
+    "finetune": ("xdc.evaluation.finetune", "fine-tune or probe an encoder with lr cross-validation"),
+    "clusters": ("xdc.reports.clusters", "cluster purity tables, metrics and an HTML browser"),
+    "filters": ("xdc.reports.filters", "picture of conv1 filters of one or two checkpoints"),
+    "demo": ("xdc.demo", "generate built-in data and compare all methods on it"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="xdc", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    # Parse the command name first, then let its module define the rest of the arguments.
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)
+        return 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    command_parser = argparse.ArgumentParser(prog=f"xdc {name}", description=COMMANDS[name][1])
+    module.add_arguments(command_parser)
+    args = command_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Shared test fixtures: the real files in ../shared and small media files the tests make."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+SHARED_VIDEOS = SHARED / "videos"
+SHARED_FSDD = SHARED / "fsdd" / "recordings"
+
+torch.set_num_threads(1)  # CI has 2 cores; DataLoader workers and torchrun ranks share them
+
+
+@pytest.fixture(scope="session")
+def shared_videos() -> Path:
+    if not SHARED_VIDEOS.is_dir():
+        pytest.skip(f"real test clips not found at {SHARED_VIDEOS} (../shared/data/videos)")
+    return SHARED_VIDEOS
+
+
+@pytest.fixture(scope="session")
+def shared_fsdd() -> Path:
+    if not SHARED_FSDD.is_dir():
+        pytest.skip(f"spoken-digit recordings not found at {SHARED_FSDD} (../shared/data/fsdd)")
+    return SHARED_FSDD
+
+
+def make_clip(path: Path, seconds: float = 2.0, fps: float = 16.0, size: tuple[int, int] = (64, 48),
+              sample_rate: int = 16000, audio: bool = True, seed: int = 0, tone_hz: float = 440.0) -> Path:
+    """A small real MP4 (H.264 + AAC): a moving square on a coloured background and a tone."""
+    from xdc.data.encode import write_video
+
+    rng = np.random.default_rng(seed)
+    n = max(1, round(seconds * fps))
+    w, h = size
+    frames = np.empty((n, h, w, 3), np.uint8)
+    frames[:] = rng.integers(0, 255, 3, dtype=np.uint8)
+    for t in range(n):
+        x = (t * 3) % (w - 8)
+        frames[t, h // 3:h // 3 + 8, x:x + 8] = 255
+    wave = None
+    if audio:
+        time = np.arange(int(seconds * sample_rate)) / sample_rate
+        wave = 0.3 * np.sin(2 * np.pi * tone_hz * time) + 0.01 * rng.standard_normal(time.size)
+    return write_video(path, frames, fps, wave, sample_rate)
+
+
+@pytest.fixture
+def clip_factory(tmp_path):
+    """Call with a file name (and make_clip's keywords) to get a fresh real clip in tmp_path."""
+    def factory(name: str = "clip.mp4", **kwargs) -> Path:
+        return make_clip(tmp_path / name, **kwargs)
+    return factory
