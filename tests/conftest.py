@@ -56,3 +56,22 @@ def clip_factory(tmp_path):
     def factory(name: str = "clip.mp4", **kwargs) -> Path:
         return make_clip(tmp_path / name, **kwargs)
     return factory
+
+
+def make_av_manifest(folder: Path, per_class: int = 4, seconds: float = 2.0) -> Path:
+    """A small labelled manifest of real clips: class `low` (300 Hz tone) and `high` (1500 Hz),
+    each clip with its own background colour, probed by the real `xdc scan` code."""
+    from xdc.data.manifest import write_manifest
+    from xdc.data.scan import scan_paths
+
+    for c, (name, tone) in enumerate((("low", 300.0), ("high", 1500.0))):
+        for i in range(per_class):
+            make_clip(folder / name / f"{name}_{i}.mp4", seconds=seconds, seed=10 * c + i, tone_hz=tone)
+    return write_manifest(scan_paths([folder], labels_from_dirs=True, progress=False),
+                          folder / "manifest.csv")
+
+
+@pytest.fixture(scope="session")
+def av_manifest(tmp_path_factory) -> Path:
+    """Session-wide manifest of 8 labelled real clips with audio (see make_av_manifest)."""
+    return make_av_manifest(tmp_path_factory.mktemp("av_clips"))

@@ -16,6 +16,7 @@ COMMANDS = {
     "finetune": ("xdc.evaluation.finetune", "fine-tune or probe an encoder with lr cross-validation"),
     "clusters": ("xdc.reports.clusters", "cluster purity tables, metrics and an HTML browser"),
     "filters": ("xdc.reports.filters", "picture of conv1 filters of one or two checkpoints"),
+    "export": ("xdc.evaluation.weights", "write a checkpoint's encoder as a plain torchvision state dict"),
     "demo": ("xdc.demo", "generate built-in data and compare all methods on it"),
 }
 

@@ -30,11 +30,13 @@ class DataConfig:
     n_mels: int = 40
     win_ms: float = 25.0  # STFT window
     hop_ms: float = 10.0  # STFT hop
+    audio_norm: str = "per_spectrogram"  # log-mel normalisation: per_spectrogram (mean 0, std 1) | none
     eval_clips: int = 10  # uniformly spaced clips per video in eval mode
     short_video: str = "loop"  # a video shorter than the clip: "loop" its frames or "pad" the last one
     video_stream: int = 0  # index among the file's video streams
     audio_stream: int = 0  # index among the file's audio streams
     max_retries: int = 3  # other windows tried after a decode error before the sample is skipped
+    cache_dir: str | None = None  # decoded-clip cache (xdc.data.cache.build_cache); None = decode files
     num_workers: int = 2  # DataLoader workers
     flip: bool = True  # random horizontal flip in train mode
     video_mean: tuple[float, float, float] = (0.43216, 0.394666, 0.37645)  # Kinetics, as torchvision
@@ -100,6 +102,9 @@ class PretrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    # Encoders to start from (a pretraining checkpoint, e.g. RUN/checkpoints/iteration_NN.pt);
+    # iteration 0 then clusters their features. Used for the seed's longer last iteration (IG*).
+    init_from: str | None = None
 
 
 @dataclass
@@ -143,6 +148,8 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
            cfg.audio_seconds, "> 0 or null")
     _check(cfg.hop_ms <= cfg.win_ms, f"{prefix}.hop_ms", cfg.hop_ms, f"<= win_ms ({cfg.win_ms})")
     _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
+    _check(cfg.audio_norm in ("per_spectrogram", "none"), f"{prefix}.audio_norm", cfg.audio_norm,
+           "per_spectrogram | none")
     for key in ("video_stream", "audio_stream", "max_retries", "num_workers"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
 

@@ -1,1 +1,22 @@
+"""Clustering kept apart from training: features, faiss k-means (DeepCluster tricks), metrics."""
 
+from .features import Features, extract_features, recompute_batchnorm, recompute_batchnorms, shard_indices
+from .handcrafted import handcrafted_features
+from .kmeans import (
+    ClusterResult,
+    cluster_features,
+    kmeans,
+    preprocess,
+    random_labels,
+    reassign_empty_clusters,
+    uniform_over_clusters_weights,
+)
+from .metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
+
+__all__ = [
+    "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "extract_features",
+    "handcrafted_features", "hungarian_accuracy", "kmeans", "nmi", "per_cluster_purity", "preprocess",
+    "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
+    "shard_indices",
+    "uniform_over_clusters_weights",
+]

@@ -1,1 +1,25 @@
+"""Deep-clustering methods, one file each on `base.Method`, found by name with `get_method`."""
 
+from __future__ import annotations
+
+import numpy as np
+
+from xdc.methods.base import MODALITIES, HeadSpec, Method, heads_loss
+from xdc.methods.cdc import CDC
+from xdc.methods.mdc import MDC
+from xdc.methods.rand import RAND
+from xdc.methods.sdc import SDC
+from xdc.methods.superv import Superv
+from xdc.methods.xdc import XDC
+
+METHODS = {m.name: m for m in (XDC, SDC, MDC, CDC, RAND, Superv)}
+
+
+def get_method(name: str, true_labels: np.ndarray | None = None) -> Method:
+    """The method called `name`; `superv` also needs the manifest's labels (class indices)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
+    return Superv(true_labels) if name == "superv" else METHODS[name]()
+
+
+__all__ = ["MODALITIES", "HeadSpec", "Method", "heads_loss", "get_method", "METHODS"]

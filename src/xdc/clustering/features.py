@@ -1,0 +1,239 @@
+"""Features to cluster: BatchNorm recompute, then one float16 vector per video in a memmap.
+
+Sharding: under torch.distributed each rank extracts `shard_indices(num_items, rank, world)` (or
+the `indices` it is given); its memmap rows follow that order. With one process the shard is
+every item, so row i is item i. `kmeans.cluster_features` gathers what it needs across ranks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from xdc.training import distributed as dist
+
+# Dimensions of one clip as an encoder takes it (a batch adds one): video C×T×H×W, audio 1×M×F.
+CLIP_NDIM = {"video": 4, "audio": 3}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
+    """Items of `rank`: every world_size-th item from `rank` on (balanced to within one)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    return np.arange(rank, num_items, world_size, dtype=np.int64)
+
+
+def _clips(batch: dict, key: str) -> torch.Tensor:
+    """batch[key] as B×N×(clip dims); a train-mode batch (no clip axis) gets N = 1."""
+    if key not in CLIP_NDIM:
+        raise ValueError(f"no encoder input named {key!r}: expected one of {', '.join(CLIP_NDIM)}")
+    x = batch[key]
+    if x.dim() == CLIP_NDIM[key] + 1:
+        return x.unsqueeze(1)
+    if x.dim() != CLIP_NDIM[key] + 2:
+        raise ValueError(f"batch[{key!r}] has shape {tuple(x.shape)}: expected B×N×clip or B×clip "
+                         f"with a clip of {CLIP_NDIM[key]} dims")
+    return x
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    if device.type == "cuda" and x.dim() == 5:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
+                        amp: bool = True) -> int:
+    """Reset the BatchNorm running statistics of `encoder` and recompute them on `batch[key]`.
+
+    See `recompute_batchnorms`, which does several encoders in one pass over the data.
+    """
+    return recompute_batchnorms({key: encoder}, loader, device, max_batches, amp)
+
+
+@torch.no_grad()
+def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_batches: int = 50,
+                         amp: bool = True) -> int:
+    """Reset the BatchNorm running statistics of each encoder and recompute them on data.
+
+    A freshly initialised encoder's running stats (mean 0, var 1) have nothing to do with its
+    activations, so eval-mode features would be badly scaled. Forward passes in train mode with
+    momentum=None make each running stat the plain average over the batches seen; no gradient, no
+    labels. `encoders` maps a batch key ("video", "audio") to its encoder; one pass over `loader`
+    (train or eval batches) serves them all. Pass bare encoders, not DDP wrappers. Under
+    torch.distributed each rank averages over its own batches, then the ranks' stats are averaged
+    weighted by their batch counts (a SyncBatchNorm layer already syncs every forward, so every
+    rank must run the same number of batches). Returns the batches used on this rank.
+    """
+    device = torch.device(device)
+    norms = [m for enc in encoders.values() for m in enc.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    modes = {key: enc.training for key, enc in encoders.items()}
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average instead of an exponential one
+    used = 0
+    try:
+        for enc in encoders.values():
+            enc.train()
+        with _autocast(device, amp):
+            for batch in loader:
+                if used >= max_batches:
+                    break
+                if "index" not in batch or len(batch["index"]) == 0:
+                    continue  # every item of this batch was skipped
+                for key, enc in encoders.items():
+                    enc(_to_device(_clips(batch, key).flatten(0, 1), device))
+                used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        for key, enc in encoders.items():
+            enc.train(modes[key])
+    total = used
+    if dist.is_distributed():
+        total = int(dist.all_reduce_sum(torch.tensor([used], dtype=torch.float64)).item())
+        for m in norms:
+            weight = float(m.num_batches_tracked.item())
+            for name in ("running_mean", "running_var"):
+                stat = getattr(m, name)
+                summed = dist.all_reduce_sum(stat.double() * weight)
+                stat.copy_((summed / max(total, 1)).to(stat.dtype))
+            m.num_batches_tracked.fill_(total)
+    if total == 0:
+        raise ValueError(f"no batches to recompute BatchNorm statistics on ({', '.join(encoders)})")
+    return used
+
+
+@dataclass
+class Features:
+    """Per-item feature vectors of one rank's items; `features["video"]` gives a memmap.
+
+    Row r of every array is item `indices[r]`. `present[r]` is False when that item was skipped
+    (could not be decoded) or never came out of the loader; its row is zeros.
+    """
+
+    arrays: dict[str, np.ndarray]  # key -> float16 memmap (len(indices), D)
+    indices: np.ndarray  # int64 item index of each row
+    present: np.ndarray  # bool per row
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def keys(self):
+        return self.arrays.keys()
+
+    @property
+    def num_missing(self) -> int:
+        return int((~self.present).sum())
+
+    def valid(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(feature rows, item indices) of the items that have features: what
+        `cluster_features(local_features, local_indices, ...)` takes."""
+        return self.arrays[key][self.present], self.indices[self.present]
+
+
+def _suffix() -> str:
+    return "" if dist.world_size() == 1 else f".rank{dist.rank()}"
+
+
+def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader,
+                   num_items: int, out_dir: str | Path, indices: np.ndarray | None = None,
+                   desc: str = "features") -> Features:
+    """Write `feature_fns[key](batch[key] as B×N×clip) -> B×D` for every batch into memmaps.
+
+    Shared by `extract_features` (encoders) and `handcrafted_features`. Files:
+    `out_dir/{key}.f16.npy` (float16 rows × D; an .npy memmap, so shape and dtype are in its
+    header) and `out_dir/present.npy`; under torch.distributed the names get `.rank{r}` so ranks
+    never write the same file.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if indices is None:
+        indices = shard_indices(num_items, dist.rank(), dist.world_size())
+    indices = np.asarray(indices, dtype=np.int64)
+    row_of = np.full(num_items, -1, np.int64)
+    row_of[indices] = np.arange(len(indices))
+    present = np.zeros(len(indices), bool)
+    arrays: dict[str, np.ndarray] = {}
+    skipped: list[tuple[int, str]] = []
+    suffix = _suffix()
+    show = dist.is_main()
+    for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
+        skipped.extend((int(i), str(reason)) for i, reason in batch.get("skipped", []))
+        if "index" not in batch or len(batch["index"]) == 0:
+            continue
+        index = np.asarray(batch["index"], dtype=np.int64)
+        if index.min() < 0 or index.max() >= num_items or (row_of[index] < 0).any():
+            bad = index[(index < 0) | (index >= num_items)]
+            bad = bad if len(bad) else index[row_of[index] < 0]
+            raise ValueError(f"loader yielded item {int(bad[0])}, which is not among this rank's "
+                             f"{len(indices)} items (of {num_items})")
+        rows = row_of[index]
+        for key, fn in feature_fns.items():
+            values = fn(_clips(batch, key)).float().cpu().numpy()
+            if np.isnan(values).any():
+                raise ValueError(f"{key} features of items {index.tolist()} are NaN (diverged encoder?)")
+            values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)  # keep huge values finite in float16
+            if key not in arrays:
+                arrays[key] = np.lib.format.open_memmap(
+                    out_dir / f"{key}{suffix}.f16.npy", mode="w+", dtype=np.float16,
+                    shape=(len(indices), values.shape[1]))
+            arrays[key][rows] = values.astype(np.float16)
+        present[rows] = True
+    if not arrays:
+        raise ValueError(f"the loader gave no usable batch ({len(skipped)} items skipped)")
+    for array in arrays.values():
+        array.flush()
+    np.save(out_dir / f"present{suffix}.npy", present)
+    missing = int((~present).sum())
+    if missing:
+        reasons = "; ".join(f"{i}: {r}" for i, r in skipped[:5])
+        warnings.warn(f"{desc}: {missing} of {len(indices)} items have no features "
+                      f"({len(skipped)} skipped by the loader{': ' + reasons if reasons else ''})",
+                      stacklevel=2)
+    return Features(arrays, indices, present, skipped)
+
+
+def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out_dir: str | Path,
+                     device, amp: bool = True, indices: np.ndarray | None = None) -> Features:
+    """Pooled encoder features per video, the N clips of a video averaged; eval mode, no grad,
+    bf16 autocast on CUDA. `encoders` maps a batch key ("video", "audio") to its encoder."""
+    device = torch.device(device)
+    modes = {key: enc.training for key, enc in encoders.items()}
+
+    def encode(encoder: nn.Module):
+        @torch.no_grad()
+        def fn(clips: torch.Tensor) -> torch.Tensor:
+            b, n = clips.shape[:2]
+            with _autocast(device, amp):
+                out = encoder(_to_device(clips.flatten(0, 1), device))
+            return out.float().view(b, n, -1).mean(dim=1)
+        return fn
+
+    for enc in encoders.values():
+        enc.eval()
+    try:
+        return run_extraction({key: encode(enc) for key, enc in encoders.items()}, loader, num_items,
+                              out_dir, indices, desc="extract features")
+    finally:
+        for key, enc in encoders.items():
+            enc.train(modes[key])

@@ -1,0 +1,327 @@
+"""k-means on faiss, DeepCluster style, kept apart from training.
+
+The tricks, each named where it is done:
+- PCA-whitening + L2 normalisation (`preprocess`): DeepCluster's feature conditioning; whitening
+  stops a few high-variance directions from deciding every cluster, L2 puts features on a sphere
+  where Euclidean k-means compares angles.
+- k-means++ seeding on a small subsample (`kmeans_plus_plus`): faiss' default start (k random
+  points) often puts two seeds in one true cluster and none in another, and Lloyd rarely escapes;
+  greedy k-means++ on ~16 points per centroid costs far less than one k-means iteration.
+- Training subsample (`max_points_per_centroid`): centroids are trained on at most k × that many
+  points (faiss' own rule); then *every* point is assigned to its nearest centroid.
+- Empty-cluster reassignment (`reassign_empty_clusters`): an empty cluster is a pseudo-class with
+  no examples; DeepCluster splits a big cluster in two instead (used by SDC).
+- Uniform-over-clusters sampling (`uniform_over_clusters_weights`): DeepCluster's sampler, so one
+  giant cluster cannot dominate the classification loss (trivial solution).
+
+Distributed (`cluster_features`): ranks hold shards of the features; a sample is gathered to rank
+0, which fits PCA and centroids and broadcasts them; each rank assigns its own shard; the labels
+are all-gathered so every rank holds the same full array.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+import torch
+
+from xdc.training import distributed as dist
+
+PCA_FIT_POINTS = 100_000  # PCA is fitted on at most this many points
+SEED_POINTS_PER_CENTROID = 16  # k-means++ seeding looks at this many points per centroid
+ASSIGN_CHUNK = 65_536  # rows preprocessed and assigned at a time (bounds memory)
+
+
+@dataclass
+class ClusterResult:
+    labels: np.ndarray  # int64 (num_items,); -1 for items that had no features (skipped)
+    centroids: np.ndarray  # float32 (k, d) in the preprocessed space
+    empty_clusters: int  # empty clusters after assigning every point, BEFORE any reassignment
+    sizes: np.ndarray  # int64 (k,) points per cluster, after reassignment
+    objective: float  # sum of squared distances of every point to its centroid (before reassignment)
+
+    @property
+    def k(self) -> int:
+        return len(self.centroids)
+
+    @property
+    def missing(self) -> int:
+        """Items left unlabelled (-1) because no features were extracted for them."""
+        return int((self.labels < 0).sum())
+
+
+def use_gpu_default() -> bool:
+    """GPU k-means when CUDA is there and this faiss build has GPU support."""
+    return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+# ---------------------------------------------------------------- preprocessing (PCA, L2)
+
+@dataclass
+class Projection:
+    """y = x @ matrix.T + bias (PCA, optionally whitened), as plain arrays so ranks can share it."""
+
+    matrix: np.ndarray  # float32 (d_out, d_in)
+    bias: np.ndarray  # float32 (d_out,)
+
+
+def fit_pca(sample: np.ndarray, pca_dim: int, whiten: bool = True) -> Projection:
+    """faiss.PCAMatrix on `sample`; whitening = eigen_power -0.5 (DeepCluster)."""
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    d = sample.shape[1]
+    if not 0 < pca_dim <= d:
+        raise ValueError(f"pca_dim={pca_dim} must be in [1, feature dim {d}]")
+    pca = faiss.PCAMatrix(d, pca_dim, -0.5 if whiten else 0.0)
+    pca.epsilon = 1e-6  # dead (always-zero) feature dims have zero variance: don't divide by 0
+    pca.train(sample)
+    matrix = faiss.vector_to_array(pca.A).reshape(pca_dim, d).astype(np.float32)
+    bias = faiss.vector_to_array(pca.b).astype(np.float32)
+    return Projection(matrix, bias)
+
+
+def apply_preprocessing(x: np.ndarray, projection: Projection | None) -> np.ndarray:
+    """float32, projected when `projection` is given, then L2-normalised rows."""
+    x = np.asarray(x, dtype=np.float32)
+    if projection is not None:
+        x = x @ projection.matrix.T + projection.bias
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+
+
+def preprocess(x: np.ndarray, pca_dim: int = 0, whiten: bool = True, seed: int = 0) -> np.ndarray:
+    """float32, PCA(-whitening) fitted on a sample of `x` when pca_dim > 0, then L2 normalisation."""
+    x = np.asarray(x)
+    projection = None
+    if pca_dim > 0:
+        rng = np.random.default_rng(seed)
+        fit_rows = np.sort(rng.choice(len(x), min(len(x), PCA_FIT_POINTS), replace=False))
+        projection = fit_pca(x[fit_rows], pca_dim, whiten)
+    return apply_preprocessing(x, projection)
+
+
+# ---------------------------------------------------------------- k-means pieces
+
+def _check_k(k: int, n: int) -> None:
+    if k < 1:
+        raise ValueError(f"k-means needs k >= 1, got k={k}")
+    if k > n:
+        raise ValueError(f"k-means with k={k} clusters needs at least {k} points, got {n}")
+
+
+def kmeans_plus_plus(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Greedy k-means++ seeds among SEED_POINTS_PER_CENTROID × k random points of `x`: each next
+    seed is the best (lowest total squared distance) of 2 + log k candidates drawn with
+    probability ∝ squared distance to the nearest seed so far (as scikit-learn does)."""
+    rng = np.random.default_rng(seed)
+    pool = x[np.sort(rng.choice(len(x), min(len(x), SEED_POINTS_PER_CENTROID * k), replace=False))]
+    pool_sq = (pool ** 2).sum(axis=1)
+    trials = 2 + int(np.log(k))
+    seeds = np.empty((k, x.shape[1]), np.float32)
+    seeds[0] = pool[rng.integers(len(pool))]
+    sq_dist = np.maximum(pool_sq - 2 * pool @ seeds[0] + (seeds[0] ** 2).sum(), 0)
+    for i in range(1, k):
+        probs = sq_dist.astype(np.float64)  # float64: choice() wants probabilities summing to 1
+        total = probs.sum()
+        if total <= 0:  # fewer distinct points than k: any point will do
+            candidates = rng.integers(len(pool), size=trials)
+        else:
+            candidates = rng.choice(len(pool), size=trials, p=probs / total)
+        cand_sq = np.maximum(pool_sq[:, None] - 2 * pool @ pool[candidates].T + pool_sq[candidates], 0)
+        new_sq = np.minimum(sq_dist[:, None], cand_sq)  # pool × trials
+        best = int(np.argmin(new_sq.sum(axis=0)))
+        seeds[i] = pool[candidates[best]]
+        sq_dist = new_sq[:, best]
+    return seeds
+
+
+def train_centroids(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
+                    max_points_per_centroid: int = 256, use_gpu: bool | None = None,
+                    init: str = "kmeans++") -> tuple[np.ndarray, float]:
+    """faiss.Kmeans on `x` (subsampled by faiss to k × max_points_per_centroid), started from
+    k-means++ seeds or, with init="random", faiss' own random points; (centroids, last obj)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    _check_k(k, len(x))
+    if init not in ("kmeans++", "random"):
+        raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
+    use_gpu = use_gpu_default() if use_gpu is None else use_gpu
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, gpu=bool(use_gpu), verbose=False,
+                      max_points_per_centroid=max_points_per_centroid,
+                      min_points_per_centroid=1)  # small CPU runs: don't warn about few points
+    km.train(x, init_centroids=kmeans_plus_plus(x, k, seed) if init == "kmeans++" else None)
+    return km.centroids.astype(np.float32), float(km.obj[-1]) if len(km.obj) else 0.0
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row of `x` (exact search): (labels int64, squared distances)."""
+    d = centroids.shape[1]
+    index = faiss.IndexFlatL2(d)
+    if use_gpu_default() if use_gpu is None else use_gpu:
+        device = torch.cuda.current_device()
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device, index)
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    labels = np.empty(len(x), np.int64)
+    sq_dist = np.empty(len(x), np.float32)
+    for start in range(0, len(x), ASSIGN_CHUNK):
+        chunk = np.ascontiguousarray(x[start:start + ASSIGN_CHUNK], dtype=np.float32)
+        dist_chunk, label_chunk = index.search(chunk, 1)
+        labels[start:start + len(chunk)] = label_chunk[:, 0]
+        sq_dist[start:start + len(chunk)] = dist_chunk[:, 0]
+    return labels, sq_dist
+
+
+def _global_sizes(labels: np.ndarray, k: int, distributed: bool) -> np.ndarray:
+    sizes = np.bincount(labels[labels >= 0], minlength=k).astype(np.int64)
+    if distributed:
+        sizes = dist.all_reduce_sum(torch.from_numpy(sizes)).numpy()
+    return sizes
+
+
+def reassign_empty_clusters(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray, seed: int = 0,
+                            distributed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """DeepCluster's empty-cluster trick; returns new (labels, centroids).
+
+    For each empty cluster: draw a non-empty cluster with probability proportional to its size,
+    give the empty cluster a copy of its centroid nudged along a random direction (and nudge the
+    donor the other way), and split the donor's points by the side of that direction they lie on.
+    The donor's centroid is the mean of its points, so both sides get points unless all its points
+    are identical (then another donor is tried). Repeats until no cluster is empty.
+
+    distributed=True: `x`/`labels` are this rank's points; sizes are summed over ranks and every
+    rank draws the same donors and direction (same seed), so the result equals a single process's.
+    """
+    labels = labels.copy()
+    centroids = centroids.copy()
+    k, d = centroids.shape
+    rng = np.random.default_rng(seed)
+    unsplittable: set[int] = set()  # donors whose points are all identical
+    sizes = _global_sizes(labels, k, distributed)
+    while True:
+        empty = np.flatnonzero(sizes == 0)
+        donors = np.array([c for c in range(k) if sizes[c] >= 2 and c not in unsplittable])
+        if len(empty) == 0 or len(donors) == 0:
+            break
+        target = int(empty[0])
+        donor = int(rng.choice(donors, p=sizes[donors] / sizes[donors].sum()))
+        direction = rng.standard_normal(d).astype(np.float32)
+        direction *= 1e-3 * max(float(np.linalg.norm(centroids[donor])), 1e-6) / np.linalg.norm(direction)
+        members = np.flatnonzero(labels == donor)
+        side = (x[members] - centroids[donor]) @ direction > 0
+        moved = _global_sizes(np.where(side, 0, -1), 1, distributed)[0]
+        if moved == 0 or moved == sizes[donor]:
+            unsplittable.add(donor)
+            continue
+        labels[members[side]] = target
+        centroids[target] = centroids[donor] + direction
+        centroids[donor] = centroids[donor] - direction
+        sizes[target], sizes[donor] = moved, sizes[donor] - moved
+    if (sizes == 0).any():
+        warnings.warn(f"{int((sizes == 0).sum())} clusters stay empty: the remaining clusters' points "
+                      "are identical and cannot be split", stacklevel=2)
+    return labels, centroids
+
+
+def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
+           reassign_empty: bool = False, use_gpu: bool | None = None, init: str = "kmeans++") -> ClusterResult:
+    """Single-process k-means of the rows of `x` (already preprocessed); every point assigned."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    centroids, _ = train_centroids(x, k, niter, seed, max_points_per_centroid, use_gpu, init)
+    labels, sq_dist = assign(x, centroids, use_gpu)
+    sizes = np.bincount(labels, minlength=k)
+    empty = int((sizes == 0).sum())
+    if reassign_empty and empty:
+        labels, centroids = reassign_empty_clusters(x, labels, centroids, seed)
+    return ClusterResult(labels, centroids, empty, np.bincount(labels, minlength=k).astype(np.int64),
+                         float(sq_dist.sum()))
+
+
+# ---------------------------------------------------------------- distributed
+
+def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_items: int, k: int,
+                     cfg, reassign_empty: bool = False, seed: int = 0) -> ClusterResult:
+    """k-means over the features every rank holds (rows of `local_features` are items `local_indices`).
+
+    `cfg` is a ClusterConfig (niter, max_points_per_centroid, pca_dim, whiten). Pass only rows
+    that have features (extraction's `present`); items no rank has get label -1. Returns labels
+    of all `num_items` items, ordered by item index, identical on every rank. Without an
+    initialised process group it is the single-process computation.
+    """
+    local_indices = np.asarray(local_indices, dtype=np.int64)
+    if len(local_indices) != len(local_features):
+        raise ValueError(f"{len(local_features)} feature rows but {len(local_indices)} indices")
+    if len(local_indices) and (local_indices.min() < 0 or local_indices.max() >= num_items):
+        raise ValueError(f"item indices must be in [0, {num_items})")
+    multi = dist.world_size() > 1
+
+    # 1. The training sample: drawn from the global item list, so it does not depend on sharding.
+    all_indices = np.sort(np.concatenate(dist.all_gather_arrays(local_indices)))
+    if len(np.unique(all_indices)) != len(all_indices):
+        raise ValueError("an item index is held by more than one row/rank")
+    _check_k(k, len(all_indices))
+    budget = min(len(all_indices), k * cfg.max_points_per_centroid)
+    rng = np.random.default_rng(seed)
+    sample_items = np.sort(rng.choice(all_indices, budget, replace=False))
+    local_take = np.flatnonzero(np.isin(local_indices, sample_items))
+    gathered = dist.all_gather_arrays(np.asarray(local_features[local_take], dtype=np.float32))
+    gathered_items = dist.all_gather_arrays(local_indices[local_take])
+
+    # 2. Rank 0 fits PCA and centroids on the sample (ordered by item index) and broadcasts them.
+    matrix = bias = centroids = None
+    if dist.rank() == 0:
+        items = np.concatenate(gathered_items)
+        sample = np.concatenate(gathered)[np.argsort(items)]
+        projection = fit_pca(sample, cfg.pca_dim, cfg.whiten) if cfg.pca_dim > 0 else None
+        if projection is not None:
+            matrix, bias = projection.matrix, projection.bias
+        centroids, _ = train_centroids(apply_preprocessing(sample, projection), k, cfg.niter, seed,
+                                       cfg.max_points_per_centroid)
+    del gathered
+    if cfg.pca_dim > 0:
+        projection = Projection(dist.broadcast_array(matrix), dist.broadcast_array(bias))
+    else:
+        projection = None
+    centroids = dist.broadcast_array(centroids)
+
+    # 3. Each rank assigns its own shard (preprocessed in chunks to bound memory).
+    x_local = np.empty((len(local_indices), centroids.shape[1]), np.float32)
+    for start in range(0, len(local_indices), ASSIGN_CHUNK):
+        x_local[start:start + ASSIGN_CHUNK] = apply_preprocessing(
+            local_features[start:start + ASSIGN_CHUNK], projection)
+    local_labels, sq_dist = assign(x_local, centroids)
+    objective = float(sum(float(v[0]) for v in dist.all_gather_arrays(np.array([sq_dist.sum()]))))
+    sizes = _global_sizes(local_labels, k, multi)
+    empty = int((sizes == 0).sum())
+    if reassign_empty and empty:
+        local_labels, centroids = reassign_empty_clusters(x_local, local_labels, centroids, seed,
+                                                          distributed=multi)
+        sizes = _global_sizes(local_labels, k, multi)
+
+    # 4. All-gather (index, label) pairs into the full label array.
+    labels = np.full(num_items, -1, np.int64)
+    for pairs in dist.all_gather_arrays(np.stack([local_indices, local_labels])):
+        labels[pairs[0]] = pairs[1]
+    return ClusterResult(labels, centroids, empty, sizes.astype(np.int64), objective)
+
+
+# ---------------------------------------------------------------- sampling and the RAND control
+
+def uniform_over_clusters_weights(labels: np.ndarray) -> np.ndarray:
+    """DeepCluster's sampler: per-item weights (sum 1) giving every non-empty cluster the same
+    total weight; items with label -1 (not clustered) get 0."""
+    labels = np.asarray(labels, dtype=np.int64)
+    valid = labels >= 0
+    if not valid.any():
+        raise ValueError("no item has a cluster label")
+    sizes = np.bincount(labels[valid])
+    weights = np.zeros(len(labels), np.float64)
+    weights[valid] = 1.0 / sizes[labels[valid]]
+    return weights / np.count_nonzero(sizes)
+
+
+def random_labels(num_items: int, k: int, seed: int = 0) -> np.ndarray:
+    """Uniform random pseudo-labels in [0, k) (the RAND control), int64 (num_items,)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return np.random.default_rng(seed).integers(0, k, num_items, dtype=np.int64)

@@ -1,0 +1,426 @@
+"""`xdc demo [--out DIR] [--quick]`: the whole idea on a laptop, in about ten minutes.
+
+1. Generate the built-in synthetic audio-visual data (xdc.data.synthetic): K classes shared by
+   both modalities, each modality with its own nuisance (video: background; audio: loudness and
+   noise). Class labels stay in labels.csv; pretraining never sees them.
+2. Decode every video once into a clip cache (xdc.data.cache) that all runs read.
+3. Pretrain RAND, SDC, MDC, CDC and XDC with the same budget (xdc.pretrain.pretrain).
+4. Evaluate each, plus Scratch (random encoders): a linear probe of both encoders on a held-out
+   split (xdc.evaluation.finetune, linear mode), cluster purity and NMI against the classes and
+   against the nuisances (xdc.reports.clusters), and conv1 filters (xdc.reports.filters).
+5. Write DIR/results.json and DIR/report.html, print the table.
+
+Runs are resumable: an interrupted demo started again with the same --out reuses the data, the
+cache and every finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from xdc.config import FinetuneConfig, PretrainConfig, config_to_yaml, load_config
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+PRETRAINED = ("rand", "sdc", "mdc", "cdc", "xdc")
+ALL_METHODS = ("scratch",) + PRETRAINED
+MODALITIES = ("video", "audio")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole path in about a minute")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                        help="demo settings (default: configs/demo.yaml)")
+    parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
+                        help=f"comma-separated subset of: {','.join(ALL_METHODS)}")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="overrides of the demo config, e.g. pretrain.iterations=2 synthetic.seed=1")
+
+
+# -------------------------------------------------------------------------------------- settings
+
+def _method_list(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ALL_METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(ALL_METHODS)}")
+    return methods
+
+
+def _dotlist(tree: dict, prefix: str = "") -> list[str]:
+    """{'a': {'b': 1}} -> ['a.b=1'] (lists as YAML flow text), for load_config's overrides."""
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items += _dotlist(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
+
+
+def load_settings(path: Path, quick: bool, overrides: list[str]) -> dict:
+    """The demo YAML, with `quick:` applied when asked and then the command-line overrides; the
+    pretrain and finetune sections come back as validated config objects."""
+    if not Path(path).is_file():
+        raise SystemExit(f"demo config not found: {path} (pass --config FILE)")
+    tree = OmegaConf.load(path)
+    if quick:
+        tree = OmegaConf.merge(tree, tree.get("quick") or {})
+    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides)))
+    raw = OmegaConf.to_container(tree, resolve=True)
+    pretrain_cfg = load_config(None, _dotlist(raw.get("pretrain") or {}), schema=PretrainConfig)
+    # The probe uses the pretraining encoders and clips; only its own keys differ.
+    finetune_tree = {"data": _asdict(pretrain_cfg.data), "model": _asdict(pretrain_cfg.model)}
+    finetune_tree = OmegaConf.to_container(OmegaConf.merge(finetune_tree, raw.get("finetune") or {}))
+    finetune_cfg = load_config(None, _dotlist(finetune_tree), schema=FinetuneConfig)
+    methods = list(raw.get("methods") or ALL_METHODS)
+    unknown = sorted(set(methods) - set(ALL_METHODS))
+    if unknown:
+        raise SystemExit(f"demo config: unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
+    return {"synthetic": raw["synthetic"], "probe": raw["probe"], "methods": methods,
+            "threads": int(raw.get("threads") or 1),
+            "pretrain": pretrain_cfg, "finetune": finetune_cfg}
+
+
+def _asdict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg))
+
+
+# ------------------------------------------------------------------------------------------ data
+
+def make_data(out: Path, synthetic_settings: dict) -> tuple[Path, Path]:
+    """Generate the videos (reused when out/data holds the same settings); returns the
+    pretraining manifest (no labels) and the evaluation manifest (labels)."""
+    from xdc.data import synthetic
+
+    folder = out / "data"
+    stamp = folder / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == synthetic_settings \
+            and (folder / "manifest.csv").is_file():
+        print(f"reusing the synthetic data in {folder}")
+        manifest = folder / "manifest.csv"
+    else:
+        manifest = synthetic.generate(folder, **synthetic_settings)
+        stamp.write_text(json.dumps(synthetic_settings))
+    labeled = synthetic.labeled_manifest(manifest, folder / "labels.csv", folder / "labeled.csv")
+    return manifest, labeled
+
+
+def probe_split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
+    """Stratified split of labelled rows into train / val / test (each class in each part)."""
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "val": [], "test": []}
+    by_class: dict[str, list[dict]] = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row)
+    for label in sorted(by_class):
+        members = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        n_val = max(1, round(val_fraction * len(members)))
+        n_test = max(1, round(test_fraction * len(members)))
+        if len(members) < n_val + n_test + 1:
+            raise SystemExit(f"class {label!r} has {len(members)} videos: too few for a train/val/test split")
+        parts["val"] += members[:n_val]
+        parts["test"] += members[n_val:n_val + n_test]
+        parts["train"] += members[n_val + n_test:]
+    return parts
+
+
+def nuisance_labels(labels_csv: Path, rows: list[dict]) -> dict[str, np.ndarray]:
+    """Per row, a discrete nuisance code per modality (to see what clusters follow):
+    video: hue sextant x brightness half; audio: noise colour x noise level third."""
+    from xdc.data.synthetic import read_labels
+
+    meta = read_labels(labels_csv)
+    video, audio = [], []
+    for row in rows:
+        m = meta[str(Path(row["path"]).resolve())]
+        rgb = np.asarray(json.loads(m["background_rgb"]))
+        hue = int(np.argmax(rgb)) * 2 + int(np.sort(rgb)[1] > 0.5)  # coarse hue: 6 bins
+        video.append(hue * 2 + int(float(m["brightness"]) > 0.425))
+        level = min(2, int((float(m["noise_db"]) + 40.0) / 10.0))
+        audio.append(["white", "brown", "hum", "band"].index(m["noise_colour"]) * 3 + level)
+    return {"video": np.asarray(video), "audio": np.asarray(audio)}
+
+
+# ------------------------------------------------------------------------------------------ runs
+
+def pretrain_method(method: str, cfg: PretrainConfig, rows: list[dict], run_dir: Path) -> float:
+    """Pretrain one method into run_dir (resumed or skipped when already there); seconds spent."""
+    from xdc.pretrain import pretrain
+
+    summary = run_dir / "summary.json"
+    if summary.is_file() and (run_dir / "checkpoints" / f"iteration_{cfg.iterations - 1:02d}.pt").is_file():
+        print(f"{method}: reusing the finished run in {run_dir}")
+        return float(json.loads((run_dir / "demo_seconds.json").read_text())["seconds"]) \
+            if (run_dir / "demo_seconds.json").is_file() else 0.0
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    started = time.perf_counter()
+    pretrain(replace(cfg, method=method), rows, run_dir, resume=resume)
+    seconds = time.perf_counter() - started
+    (run_dir / "demo_seconds.json").write_text(json.dumps({"seconds": seconds}))
+    return seconds
+
+
+def final_checkpoint(run_dir: Path, iterations: int) -> Path:
+    return run_dir / "checkpoints" / f"iteration_{iterations - 1:02d}.pt"
+
+
+def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str, list[dict]],
+                 out: Path) -> dict[str, dict]:
+    """Linear probe of both encoders (the finetune library in linear mode); per modality, its
+    results.json content. `checkpoint` None = Scratch (random encoders, seeded)."""
+    from xdc.evaluation.finetune import finetune, load_encoder
+
+    results = {}
+    for modality in MODALITIES:
+        folder = out / modality
+        if (folder / "results.json").is_file():
+            results[modality] = json.loads((folder / "results.json").read_text())
+            continue
+        torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
+        probe_cfg = copy.deepcopy(cfg)  # load_encoder adopts the checkpoint's model settings
+        encoder, source = load_encoder(modality, probe_cfg, None if checkpoint is None else str(checkpoint))
+        results[modality] = finetune(probe_cfg, encoder, modality, splits["train"], splits["val"],
+                                     splits["test"], folder, source)
+    return results
+
+
+def cluster_metrics(run_dir: Path, labeled: Path, out: Path, nuisance: dict[str, np.ndarray],
+                    media: bool) -> dict:
+    """Purity, NMI, ARI, empty clusters of the last iteration's clusters (xdc clusters), plus the
+    NMI of the clusters with each modality's nuisance."""
+    from xdc.clustering.metrics import nmi
+    from xdc.reports.clusters import cluster_report
+
+    metrics = cluster_report(run_dir, out, labeled, media=media, clips_per_cluster=2, max_clusters=6)
+    for modality in MODALITIES:
+        if modality in metrics:
+            clusters = np.load(_labels_path(run_dir, metrics[modality]["iteration"], modality))
+            metrics[modality]["nmi_nuisance"] = float(nmi(clusters, nuisance[modality]))
+    return metrics
+
+
+def _labels_path(run_dir: Path, iteration: int, modality: str) -> Path:
+    return run_dir / "iterations" / f"{iteration:02d}" / f"labels_{modality}.npy"
+
+
+# ---------------------------------------------------------------------------------------- report
+
+def results_table(results: dict) -> list[list[str]]:
+    """One row per method: probe accuracy and cluster quality per modality."""
+    rows = []
+    for method, r in results["methods"].items():
+        row = [method]
+        for modality in MODALITIES:
+            probe = r.get("probe", {}).get(modality, {})
+            row.append(_fmt(probe.get("top1_video")))
+        for modality in MODALITIES:
+            c = r.get("clusters", {}).get(modality, {})
+            row += [_fmt(c.get("purity")), _fmt(c.get("nmi")), _fmt(c.get("nmi_nuisance")),
+                    "-" if c.get("empty_clusters") is None else str(c["empty_clusters"])]
+        rows.append(row)
+    return rows
+
+
+TABLE_HEADERS = ["method", "video acc", "audio acc",
+                 "video purity", "video NMI", "video NMI nuisance", "video empty",
+                 "audio purity", "audio NMI", "audio NMI nuisance", "audio empty"]
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_table(results: dict) -> None:
+    rows = results_table(results)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(TABLE_HEADERS)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    print(line(TABLE_HEADERS))
+    for row in rows:
+        print(line(row))
+
+
+def comparisons(results: dict) -> dict:
+    """Per modality, probe accuracy of XDC minus each other method's (what the paper claims)."""
+    methods = results["methods"]
+    if "xdc" not in methods:
+        return {}
+    out = {}
+    for other in methods:
+        if other == "xdc":
+            continue
+        out[f"xdc_minus_{other}"] = {
+            m: round(methods["xdc"]["probe"][m]["top1_video"] - methods[other]["probe"][m]["top1_video"], 4)
+            for m in MODALITIES
+            if m in methods["xdc"].get("probe", {}) and m in methods[other].get("probe", {})}
+    return out
+
+
+def write_report(out: Path, results: dict) -> Path:
+    """report.html: the table, what it means, the filter picture, links to cluster browsers."""
+    from xdc.reports import html
+
+    data = results["data"]
+    parts = [
+        "<p>Built-in synthetic data: "
+        f"{data['videos']} videos of {data['num_classes']} classes ({data['seconds']} s, "
+        f"{data['size']}x{data['size']} px, {data['fps']} fps). Each class has a shape and motion "
+        "in the video and a pitch contour and timbre in the audio; each modality also has a "
+        "strong nuisance with no class information (video: background colour and brightness; "
+        "audio: loudness and background noise).</p>",
+        "<p>Accuracies are video-level top-1 of a linear probe on frozen encoders, on held-out "
+        "videos (train/val/test split per class; lr chosen on val). Purity and NMI are the last "
+        "iteration's clusters against the classes; <em>NMI nuisance</em> is the NMI against the "
+        "modality's own nuisance: high means the clusters follow the nuisance. Scratch has no "
+        "clusters; RAND's labels are random by design.</p>",
+        html.table(TABLE_HEADERS, results_table(results)),
+    ]
+    if results.get("comparisons"):
+        rows = [[k.replace("_", " "), *(_fmt(v.get(m)) for m in MODALITIES)]
+                for k, v in results["comparisons"].items()]
+        parts += ["<h2>XDC against each other method (accuracy difference)</h2>",
+                  html.table(["comparison", "video", "audio"], rows)]
+    if results.get("filters"):
+        parts += ["<h2>conv1 filters of the video encoders</h2>",
+                  html.image_tag(results["filters"], "conv1 filters")]
+    links = [f'<li><a href="{html.escape(p)}">{html.escape(m)}</a></li>'
+             for m, p in results.get("cluster_pages", {}).items()]
+    if links:
+        parts += ["<h2>Cluster browsers</h2>", "<ul>" + "".join(links) + "</ul>"]
+    parts.append(f"<p class=\"muted\">{results['wall_seconds']:.0f} s wall on {html.escape(results['machine'])}; "
+                 f"settings in results.json.</p>")
+    path = out / "report.html"
+    path.write_text(html.page("xdc demo: cross-modal deep clustering on synthetic data", "\n".join(parts)),
+                    encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ main
+
+def machine() -> str:
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    return f"{platform.node() or 'host'}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def demo(out: Path, settings: dict) -> dict:
+    """Everything above, in order; returns the results (also written to out/results.json)."""
+    from xdc.data.cache import build_cache
+    from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
+    from xdc.reports.filters import draw_filters
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    pretrain_cfg, finetune_cfg = settings["pretrain"], settings["finetune"]
+    methods = settings["methods"]
+    steps = 2 + len(methods)
+    step = iter(range(1, steps + 1))
+
+    def say(text: str) -> None:
+        print(f"\n[demo {next(step)}/{steps}, {time.perf_counter() - started:.0f} s] {text}", flush=True)
+
+    say("generating the synthetic videos")
+    manifest, labeled = make_data(out, settings["synthetic"])
+    rows, dropped = usable_rows(read_manifest(manifest), require_audio=True)
+    if dropped:
+        print(f"{manifest}: {describe_dropped(dropped)}")
+    label_of = {r["path"]: r["label"] for r in read_manifest(labeled)}
+    labeled_rows = [dict(r, label=label_of[r["path"]]) for r in rows]  # same order as `rows`
+
+    say("decoding every video once into the clip cache")
+    build_cache(rows, pretrain_cfg.data, out / "cache")
+    pretrain_cfg = replace(pretrain_cfg, data=replace(pretrain_cfg.data, cache_dir=str(out / "cache")))
+    finetune_cfg = replace(finetune_cfg, data=replace(finetune_cfg.data, cache_dir=str(out / "cache")))
+    split = probe_split(labeled_rows, settings["probe"]["val_fraction"], settings["probe"]["test_fraction"],
+                        seed=settings["synthetic"]["seed"])
+    for name, part in split.items():  # for the record (and `xdc finetune` by hand)
+        write_manifest(part, out / "data" / f"probe_{name}.csv")
+    nuisance = nuisance_labels(out / "data" / "labels.csv", rows)
+
+    results = {"data": {**settings["synthetic"], "videos": len(rows),
+                        "probe": {k: len(v) for k, v in split.items()}},
+               "pretrain_config": config_to_yaml(pretrain_cfg), "finetune_config": config_to_yaml(finetune_cfg),
+               "methods": {}, "cluster_pages": {}}
+    truth = np.unique([r["label"] for r in labeled_rows], return_inverse=True)[1]
+    for method in methods:
+        say(f"{method}: " + ("no pretraining (random encoders); linear probe" if method == "scratch"
+                             else "pretraining, then linear probe and cluster analysis"))
+        entry: dict = {}
+        checkpoint = None
+        if method != "scratch":
+            run_dir = out / "runs" / method
+            entry["pretrain_seconds"] = round(pretrain_method(method, pretrain_cfg, rows, run_dir), 1)
+            checkpoint = final_checkpoint(run_dir, pretrain_cfg.iterations)
+            media = method == "xdc"
+            entry["clusters"] = cluster_metrics(run_dir, labeled, out / "clusters" / method, nuisance, media)
+            entry["iterations"] = iteration_nmis(run_dir, truth, nuisance)
+            if media:
+                results["cluster_pages"][method] = f"clusters/{method}/index.html"
+        probe_started = time.perf_counter()
+        entry["probe"] = probe_method(checkpoint, finetune_cfg, split, out / "probe" / method)
+        entry["probe_seconds"] = round(time.perf_counter() - probe_started, 1)
+        results["methods"][method] = entry
+    runs = [m for m in ("xdc", "sdc") if m in methods]
+    if runs:
+        draw_filters([final_checkpoint(out / "runs" / m, pretrain_cfg.iterations) for m in runs],
+                     out / "filters.png", titles=[m.upper() for m in runs])
+        results["filters"] = "filters.png"
+    results["comparisons"] = comparisons(results)
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"] = machine()
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(out, results)
+    return results
+
+
+def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndarray]) -> list[dict]:
+    """Per iteration and modality, NMI of the pseudo-labels with the classes and with the nuisance:
+    do the first clusters hold class information, and does training make them hold more?"""
+    from xdc.clustering.metrics import nmi
+
+    out = []
+    for folder in sorted((run_dir / "iterations").iterdir()):
+        record = {"iteration": int(folder.name)}
+        for modality in MODALITIES:
+            path = folder / f"labels_{modality}.npy"
+            if path.is_file():
+                labels = np.load(path)
+                record[modality] = {"nmi_class": round(nmi(labels, truth), 3),
+                                    "nmi_nuisance": round(nmi(labels, nuisance[modality]), 3)}
+        out.append(record)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config, args.quick, args.overrides)
+    torch.set_num_threads(settings["threads"])
+    if args.methods:
+        settings["methods"] = [m for m in ALL_METHODS if m in args.methods]
+    results = demo(args.out, settings)
+    print(f"\nxdc demo: {results['data']['videos']} synthetic videos, {len(results['methods'])} methods, "
+          f"{results['wall_seconds']:.0f} s on {results['machine']}")
+    print_table(results)
+    for name, diff in results.get("comparisons", {}).items():
+        print(f"  {name}: " + ", ".join(f"{m} {v:+.3f}" for m, v in diff.items()))
+    print(f"wrote {args.out / 'report.html'} and {args.out / 'results.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="xdc demo", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

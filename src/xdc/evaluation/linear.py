@@ -1,0 +1,98 @@
+"""Frozen-encoder features, clip- and video-level accuracy, and the linear classifier on cached
+features (`xdc finetune --mode linear`, the fast mode for small data).
+
+Every evaluation goes through `clip_features`: N uniformly spaced clips per video (eval-mode
+dataset, centre crop), the encoder's pooled features for each. A classifier's logits over those
+clips give the clip-level accuracy; averaging their softmax per video gives the video-level one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from xdc.config import OptimConfig
+from xdc.data.datasets import EpochSampler, clip_loader
+from xdc.models import ClassificationHead
+from xdc.training.loop import autocast
+from xdc.training.schedule import make_scheduler, steps_per_epoch
+
+
+def encoder_input(batch: dict, modality: str, device: torch.device) -> torch.Tensor:
+    """The batch's video (channels_last_3d on CUDA) or log-mel, on `device` without blocking."""
+    x = batch[modality].to(device, non_blocking=device.type == "cuda")
+    if modality == "video" and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+@torch.no_grad()
+def clip_features(encoder: nn.Module, dataset, modality: str, device: torch.device, amp: bool,
+                  videos_per_batch: int, num_workers: int = 0, desc: str = "features"):
+    """(features V×N×D float32 on CPU, dataset indices V, skipped [(index, reason)]) of an
+    eval-mode dataset; videos that could not be decoded are left out and listed."""
+    encoder.eval()
+    loader = clip_loader(dataset, batch_size=videos_per_batch, num_workers=num_workers,
+                         pin_memory=device.type == "cuda")
+    features, indices, skipped = [], [], []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        skipped.extend(batch.get("skipped", ()))
+        if modality not in batch:  # every video of the batch failed to decode
+            continue
+        x = encoder_input(batch, modality, device)
+        videos, clips = x.shape[:2]
+        with autocast(device, amp):
+            out = encoder(x.flatten(0, 1))
+        features.append(out.float().reshape(videos, clips, -1).cpu())
+        indices.append(torch.as_tensor(batch["index"]))
+    if not features:
+        raise RuntimeError(f"{desc}: no video could be decoded ({len(skipped)} skipped, e.g. "
+                           f"{skipped[0][1] if skipped else 'none'})")
+    return torch.cat(features), torch.cat(indices), skipped
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """top1_clip (each clip alone), top1_video and top5_video (softmax averaged over a video's
+    clips) from logits V×N×C and labels V."""
+    probs = logits.float().softmax(-1)
+    labels = labels.to(probs.device)
+    video = probs.mean(1)
+    k = min(5, video.shape[-1])
+    return {"top1_clip": float((probs.argmax(-1) == labels[:, None]).float().mean()),
+            "top1_video": float((video.argmax(-1) == labels).float().mean()),
+            "top5_video": float((video.topk(k, -1).indices == labels[:, None]).any(-1).float().mean())}
+
+
+def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, lr: float,
+                 optim: OptimConfig, device: torch.device, seed: int = 0, writer=None,
+                 desc: str = "linear") -> ClassificationHead:
+    """A linear classifier on cached clip features (M×D), with the fine-tuning schedule: epochs of
+    `epoch_size` samples, warmup then step decay, SGD with momentum and weight decay."""
+    torch.manual_seed(seed)
+    head = ClassificationHead(features.shape[1], num_classes).to(device)
+    features, labels = features.to(device), labels.to(device)
+    optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=optim.momentum,
+                                weight_decay=optim.weight_decay)
+    steps = steps_per_epoch(optim)
+    scheduler = make_scheduler(optimizer, optim, steps)
+    sampler = EpochSampler(len(features), optim.epoch_size, seed=seed, rank=0, world_size=1)
+    step = 0
+    for epoch in tqdm(range(optim.total_epochs), desc=desc, unit="epoch", leave=False):
+        sampler.set_epoch(epoch)
+        order = torch.as_tensor(list(sampler), device=device)
+        total = 0.0
+        for batch in order.split(optim.batch_size):
+            loss = nn.functional.cross_entropy(head(features[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item() * len(batch)
+            step += 1
+            if writer is not None:
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+        if writer is not None:
+            writer.add_scalar("train/epoch_loss", total / len(order), epoch)
+    return head.cpu()

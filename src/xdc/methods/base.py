@@ -1,0 +1,80 @@
+"""What a deep-clustering method decides: which features are clustered and what each head predicts.
+
+A method is a small object, one file each (solo-learn style). It names
+- `clusterings`: the feature sets to cluster each iteration, among "video", "audio" and "joint"
+  (the concatenation [f_v; f_a], each part L2-normalised first);
+- `heads(cfg)`: the classification heads, each sitting on one encoder and predicting one label
+  set (a key of the labels dict) with its number of classes;
+- its defaults for DeepCluster's two safeguards against trivial solutions (empty-cluster
+  reassignment, sampling uniformly over clusters), which the config may override.
+
+The training loop builds the heads, trains them with the mean of their cross-entropies, and never
+needs to know which method it runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xdc.config import ClusterConfig
+
+MODALITIES = ("video", "audio")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One classification head: on `encoder` ("video" | "audio"), predicting labels[`target`]."""
+
+    encoder: str
+    target: str
+    num_classes: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.encoder}_to_{self.target}"
+
+
+class Method:
+    """Base class; subclasses set the class attributes and `heads`."""
+
+    name: str = ""
+    clusterings: tuple[str, ...] = ()  # feature sets clustered each iteration
+    reassign_empty: bool = False  # DeepCluster's empty-cluster reassignment, default
+    uniform_sampling: bool = False  # DeepCluster's uniform-over-clusters sampler, default
+
+    def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
+        raise NotImplementedError
+
+    def num_clusters(self, clustering: str, cfg: ClusterConfig) -> int:
+        return {"video": cfg.k_video, "audio": cfg.k_audio, "joint": cfg.k_joint}[clustering]
+
+    def use_reassign_empty(self, cfg: ClusterConfig) -> bool:
+        return self.reassign_empty if cfg.reassign_empty is None else cfg.reassign_empty
+
+    def use_uniform_sampling(self, cfg: ClusterConfig) -> bool:
+        return self.uniform_sampling if cfg.uniform_sampling is None else cfg.uniform_sampling
+
+    def modality_labels(self, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The label array reported (and saved) for each modality: its own clustering by default."""
+        return {m: labels[m] for m in MODALITIES}
+
+    def modality_num_classes(self, cfg: ClusterConfig) -> dict[str, int]:
+        """Number of classes of each `modality_labels` array."""
+        return {"video": cfg.k_video, "audio": cfg.k_audio}
+
+    def make_labels(self, clusters: dict[str, np.ndarray], num_videos: int, iteration: int,
+                    seed: int, cfg: ClusterConfig) -> dict[str, np.ndarray]:
+        """Labels the heads predict, from this iteration's clusterings (keyed like `clusterings`)."""
+        return dict(clusters)
+
+
+def heads_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+               heads: list[HeadSpec]) -> torch.Tensor:
+    """Mean over heads of each head's cross-entropy against its own label set."""
+    # -1 marks a video without features (skipped at extraction): it has no pseudo-label.
+    losses = [F.cross_entropy(logits[h.name].float(), targets[h.target], ignore_index=-1) for h in heads]
+    return torch.stack(losses).mean()

@@ -1,0 +1,273 @@
+"""`xdc clusters RUN_DIR --labels manifest.csv -o DIR`: what the clusters of a pretraining run hold.
+
+For each modality's clusters of one iteration (`iterations/NN/labels_{video,audio}.npy`, aligned
+with `RUN_DIR/rows.csv`), against the true labels of a manifest (matched by file path):
+- `clusters_<modality>.md`: top and bottom 10 clusters ranked by purity, each with its 5 most
+  frequent labels and their share of the cluster (the seed's Tables 6-7 format);
+- `clusters_<modality>.csv`: every non-empty cluster;
+- `metrics.json`: `{"video": {purity, nmi, ari, accuracy, num_clusters, empty_clusters, ...},
+  "audio": {...}}` (accuracy = Hungarian accuracy);
+- `index.html`: per cluster (ranked), a few member clips as frame strips, their audio in a player
+  and as a spectrogram; the media are written under `assets/`, linked by relative paths.
+Rows without a true label count in cluster sizes but not in the label metrics; rows the run could
+not cluster (label -1) are counted as `num_unclustered` and left out of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from xdc.clustering.metrics import (ari, cluster_sizes_summary, hungarian_accuracy, nmi,
+                                    per_cluster_purity, purity)
+from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
+from xdc.data.manifest import read_manifest
+from xdc.reports import html
+
+MODALITIES = ("video", "audio")
+TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
+THUMB_FRAMES = 4  # frames in a member's strip, spread over its window
+THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
+THUMB_SHORT_SIDE = 72
+
+
+class ReportError(ValueError):
+    """The run folder or the labels cannot make a report."""
+
+
+def find_iteration(run_dir: Path, iteration: int | None = None) -> tuple[int, Path]:
+    """The iteration folder asked for, or the last one that holds cluster labels."""
+    folders = {int(p.name): p for p in (run_dir / "iterations").glob("[0-9]*")
+               if p.is_dir() and p.name.isdigit() and any(p.glob("labels_*.npy"))}
+    if not folders:
+        raise ReportError(f"{run_dir} has no iterations/NN/labels_*.npy: is it a `xdc pretrain` run folder?")
+    if iteration is None:
+        iteration = max(folders)
+    if iteration not in folders:
+        raise ReportError(f"iteration {iteration} not in {run_dir / 'iterations'} "
+                          f"(found {', '.join(map(str, sorted(folders)))})")
+    return iteration, folders[iteration]
+
+
+def true_labels(rows: list[dict], labels_manifest: str | Path | None) -> list[str | None]:
+    """Each run row's class name: from the labels manifest (matched by resolved path), else the
+    row's own `label`."""
+    if labels_manifest is None:
+        return [row.get("label") for row in rows]
+    lookup = {str(Path(r["path"]).resolve()): r.get("label") for r in read_manifest(labels_manifest)}
+    return [lookup.get(str(Path(row["path"]).resolve())) for row in rows]
+
+
+def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.ndarray) -> int:
+    """k from summary.json (it counts empty clusters too), else one past the largest id."""
+    summary = run_dir / "summary.json"
+    if summary.is_file():
+        for record in json.loads(summary.read_text()).get("iterations", []):
+            if record.get("iteration") == iteration and modality in record:
+                return int(record[modality]["num_clusters"])
+    return int(clusters.max()) + 1
+
+
+def modality_report(clusters: np.ndarray, names: list[str | None], k: int) -> tuple[dict, list[dict]]:
+    """(metrics, ranked cluster rows) of one modality's clustering."""
+    classes = sorted({n for n in names if n is not None})
+    index = {name: i for i, name in enumerate(classes)}
+    truth = np.array([index[n] if n is not None else -1 for n in names], np.int64)
+    sizes = cluster_sizes_summary(clusters, k)
+    metrics = {"num_clusters": sizes["num_clusters"], "empty_clusters": sizes["empty_clusters"],
+               "sizes": {key: sizes[key] for key in ("min", "median", "max")},
+               "num_items": int(len(clusters)), "num_unclustered": int((clusters < 0).sum()),
+               "num_labelled": int((truth >= 0).sum()),
+               "num_classes": len(classes)}
+    if not classes:
+        return {**metrics, "purity": None, "nmi": None, "ari": None, "accuracy": None}, []
+    metrics.update(purity=purity(clusters, truth), nmi=nmi(clusters, truth), ari=ari(clusters, truth),
+                   accuracy=hungarian_accuracy(clusters, truth))
+    return metrics, per_cluster_purity(clusters, truth, classes, top=5)
+
+
+def _concepts(row: dict) -> str:
+    return ", ".join(f"{name}({share:.2f})" for name, share in row["top"])
+
+
+def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) -> str:
+    """Top and bottom `rows` clusters ranked by purity, as seed Tables 6-7."""
+    shown = ranked if len(ranked) <= 2 * rows else ranked[:rows] + ranked[-rows:]
+    lines = [f"# {modality} clusters: top and bottom {rows} by purity", "",
+             "| # | cluster | size | purity | 5 most frequent labels (share) |", "|---|---|---|---|---|"]
+    for i, row in enumerate(shown):
+        if i == rows and len(ranked) > 2 * rows:
+            lines.append("| … | | | | |")
+        lines.append(f"| {row['rank']} | {row['cluster']} | {row['size']} | {row['purity']:.2f} | "
+                     f"{_concepts(row)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_cluster_csv(ranked: list[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["rank", "cluster", "size", "purity"] + [f"label{i}" for i in range(1, 6)]
+                        + [f"share{i}" for i in range(1, 6)])
+        for row in ranked:
+            names = [n for n, _ in row["top"]] + [""] * (5 - len(row["top"]))
+            shares = [f"{s:.4f}" for _, s in row["top"]] + [""] * (5 - len(row["top"]))
+            writer.writerow([row["rank"], row["cluster"], row["size"], f"{row['purity']:.4f}"] + names + shares)
+
+
+# ------------------------------------------------------------------------------- media assets
+
+def thumbnail_config(data: DataConfig, duration: float | None) -> DataConfig:
+    """A few frames spread over (up to) THUMB_SECONDS, and the audio of the same window."""
+    window = min(THUMB_SECONDS, duration) if duration else THUMB_SECONDS
+    window = max(window, 0.25)
+    return replace(data, frames=THUMB_FRAMES, fps=THUMB_FRAMES / window, short_side=THUMB_SHORT_SIDE,
+                   crop=THUMB_SHORT_SIDE, audio_seconds=window)
+
+
+def member_assets(row: dict, index: int, data: DataConfig, assets: Path) -> dict:
+    """Frame strip, WAV and spectrogram of one row's middle window; a note instead when it cannot
+    be decoded (the page says why rather than the report failing)."""
+    from xdc.data.audio import LogMel
+    from xdc.data.decode import DecodeError, decode_clip
+
+    cfg = thumbnail_config(data, row.get("duration"))
+    start = max(0.0, ((row.get("duration") or 0.0) - cfg.clip_seconds) / 2)
+    out = {"name": Path(row["path"]).name}
+    try:
+        clip = decode_clip(row["path"], start, cfg, with_audio=bool(row.get("has_audio")))
+    except DecodeError as err:
+        out["note"] = f"could not decode: {err.what}"
+        return out
+    out["strip"] = html.write_strip(clip.video, assets / f"{index:06d}.jpg").relative_to(assets.parent).as_posix()
+    if clip.audio is None:
+        out["note"] = "no audio"
+        return out
+    out["wav"] = html.write_wav(clip.audio, cfg.sample_rate, assets / f"{index:06d}.wav").relative_to(assets.parent).as_posix()
+    logmel = LogMel(cfg.sample_rate, cfg.n_mels, cfg.win_ms, cfg.hop_ms, normalize="none")(clip.audio)
+    out["spectrogram"] = html.write_spectrogram(logmel[0].numpy(), assets / f"{index:06d}_mel.png").relative_to(assets.parent).as_posix()
+    return out
+
+
+def pick_members(clusters: np.ndarray, cluster: int, count: int) -> list[int]:
+    """Up to `count` members of `cluster`, drawn at random (seeded by the cluster id), in row order."""
+    members = np.flatnonzero(clusters == cluster)
+    if len(members) > count:
+        members = np.random.default_rng(cluster).choice(members, count, replace=False)
+    return sorted(int(i) for i in members)
+
+
+def cluster_section(modality: str, metrics: dict, ranked: list[dict], members: dict[int, list[int]],
+                    assets: dict[int, dict], names: list[str | None]) -> str:
+    shown = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in metrics.items() if k != "sizes"}
+    parts = [f'<h2 id="{modality}">{modality} clusters</h2>',
+             html.table(list(shown), [list(shown.values())]),
+             f'<p>Tables: <a href="clusters_{modality}.md">Markdown (top/bottom 10)</a>, '
+             f'<a href="clusters_{modality}.csv">CSV (all)</a>. Clusters ranked by purity.</p>']
+    for row in ranked:
+        if row["cluster"] not in members:
+            continue
+        cards = []
+        for i in members[row["cluster"]]:
+            media = assets.get(i, {})
+            bits = [f"<div>{html.escape(media.get('name', ''))} · {html.escape(names[i] or 'no label')}</div>"]
+            if "strip" in media:
+                bits.append(html.image_tag(media["strip"], f"frames of {media['name']}"))
+            if "wav" in media:
+                bits.append(html.audio_tag(media["wav"]))
+                bits.append(html.image_tag(media["spectrogram"], f"log-mel spectrogram of {media['name']}",
+                                            "spectrogram"))
+            if "note" in media:
+                bits.append(f'<div class="muted">{html.escape(media["note"])}</div>')
+            cards.append(f'<div class="member">{"".join(bits)}</div>')
+        parts.append(f'<div class="cluster" id="{modality}-{row["cluster"]}">'
+                     f'<h3>#{row["rank"]} · cluster {row["cluster"]} · {row["size"]} labelled members · '
+                     f'purity {row["purity"]:.2f}</h3><div>{html.escape(_concepts(row))}</div>'
+                     f'<div class="members">{"".join(cards)}</div></div>')
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------------------------- report
+
+def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: str | Path | None = None,
+                   iteration: int | None = None, clips_per_cluster: int = 3,
+                   max_clusters: int | None = None, media: bool = True) -> dict:
+    """Write the tables, metrics.json and index.html; returns the metrics."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    iteration, folder = find_iteration(run_dir, iteration)
+    if not (run_dir / "rows.csv").is_file():
+        raise ReportError(f"{run_dir / 'rows.csv'} not found: the labels cannot be matched to files")
+    rows = read_manifest(run_dir / "rows.csv")
+    names = true_labels(rows, labels_manifest)
+    if all(n is None for n in names):
+        raise ReportError("no row of the run has a true label: pass --labels MANIFEST with a label column")
+    data = DataConfig()
+    if (run_dir / "config.yaml").is_file():
+        try:
+            data = load_config(run_dir / "config.yaml", schema=PretrainConfig).data
+        except ConfigError as err:
+            print(f"warning: {err}; thumbnails use the default data settings")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    metrics, sections, reports = {}, [], {}
+    for modality in MODALITIES:
+        path = folder / f"labels_{modality}.npy"
+        if not path.is_file():
+            continue
+        clusters = np.load(path).astype(np.int64)
+        if len(clusters) != len(rows):
+            raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
+        k = num_clusters_of(run_dir, iteration, modality, clusters)
+        metrics[modality], ranked = modality_report(clusters, names, k)
+        metrics[modality]["iteration"] = iteration
+        (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")
+        write_cluster_csv(ranked, out_dir / f"clusters_{modality}.csv")
+        shown = ranked if max_clusters is None else ranked[:max_clusters]
+        reports[modality] = (ranked, {r["cluster"]: pick_members(clusters, r["cluster"], clips_per_cluster)
+                                      for r in shown})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+
+    assets: dict[int, dict] = {}
+    if media:
+        needed = sorted({i for _, members in reports.values() for ids in members.values() for i in ids})
+        for i in tqdm(needed, desc="cluster media", unit="clip"):
+            assets[i] = member_assets(rows[i], i, data, out_dir / "assets")
+    for modality, (ranked, members) in reports.items():
+        sections.append(cluster_section(modality, metrics[modality], ranked, members, assets, names))
+    nav = "<nav>" + "".join(f'<a href="#{m}">{m}</a>' for m in reports) + \
+          '<a href="metrics.json">metrics.json</a></nav>'
+    title = f"Clusters of {run_dir.name}, iteration {iteration}"
+    (out_dir / "index.html").write_text(html.page(title, nav + "\n" + "\n".join(sections)), encoding="utf-8")
+    return metrics
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a `xdc pretrain` run folder")
+    parser.add_argument("--labels", help="manifest with a label column (default: rows.csv's own labels)")
+    parser.add_argument("-o", "--out", required=True, help="output folder")
+    parser.add_argument("--iteration", type=int, help="iteration to report (default: the last)")
+    parser.add_argument("--clips", type=int, default=3, help="member clips shown per cluster")
+    parser.add_argument("--max-clusters", type=int, help="show media for the top N clusters only")
+    parser.add_argument("--no-media", action="store_true", help="tables and metrics only, no decoding")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
+                                 args.max_clusters, media=not args.no_media)
+    except ReportError as err:
+        print(f"error: {err}")
+        return 1
+    for modality, m in metrics.items():
+        if m["purity"] is None:
+            print(f"{modality}: {m['num_clusters']} clusters ({m['empty_clusters']} empty), no labels")
+            continue
+        print(f"{modality}: purity {m['purity']:.3f}  NMI {m['nmi']:.3f}  ARI {m['ari']:.3f}  "
+              f"accuracy {m['accuracy']:.3f}  {m['num_clusters']} clusters ({m['empty_clusters']} empty)")
+    print(f"wrote {Path(args.out) / 'index.html'}")
+    return 0

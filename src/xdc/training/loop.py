@@ -1,0 +1,175 @@
+"""One readable training loop for pretraining: both encoders, their heads, one optimizer.
+
+`PretrainModel` holds the two encoders and the current iteration's classification heads, so DDP
+wraps one module (one backward, one gradient all-reduce). `train_one_epoch` and
+`validation_loss` are the only places a batch goes through the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from xdc.data.datasets import SkipCounter
+from xdc.methods import HeadSpec, heads_loss
+from xdc.models import ClassificationHead
+from xdc.training import distributed as dist_utils
+
+
+class PretrainModel(nn.Module):
+    """Video and audio encoders plus one head per `HeadSpec`; forward gives logits per head."""
+
+    def __init__(self, video_encoder: nn.Module, audio_encoder: nn.Module):
+        super().__init__()
+        self.video_encoder = video_encoder
+        self.audio_encoder = audio_encoder
+        self.heads = nn.ModuleDict()
+        self.head_specs: list[HeadSpec] = []
+
+    def reset_heads(self, specs: list[HeadSpec]) -> None:
+        """Fresh heads: a new clustering's ids mean nothing to the old heads."""
+        device = next(self.video_encoder.parameters()).device
+        encoders = {"video": self.video_encoder, "audio": self.audio_encoder}
+        self.head_specs = list(specs)
+        self.heads = nn.ModuleDict({
+            s.name: ClassificationHead(encoders[s.encoder].feature_dim, s.num_classes).to(device)
+            for s in specs
+        })
+
+    def forward(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = {"video": self.video_encoder(video), "audio": self.audio_encoder(audio)}
+        return {s.name: self.heads[s.name](features[s.encoder]) for s in self.head_specs}
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked; nothing on CPU (bf16 there is slow, not faster)."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Video (channels_last_3d on CUDA), audio and row indices, copied without blocking."""
+    non_blocking = device.type == "cuda"
+    video = batch["video"].to(device, non_blocking=non_blocking)
+    if device.type == "cuda":
+        video = video.contiguous(memory_format=torch.channels_last_3d)
+    audio = batch["audio"].to(device, non_blocking=non_blocking)
+    return video, audio, torch.as_tensor(batch["index"]).to(device, non_blocking=non_blocking)
+
+
+def targets_for(labels: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {name: values[index] for name, values in labels.items()}
+
+
+def has_data(batch: dict) -> bool:
+    return "video" in batch and len(batch["index"]) > 0
+
+
+def all_ranks_have_data(batch: dict) -> bool:
+    """Whether this batch, and every other rank's current batch, holds at least one sample."""
+    mine = has_data(batch)
+    if not dist_utils.is_distributed():
+        return mine
+    return int(dist_utils.all_reduce_sum(torch.tensor([float(mine)]))) == dist_utils.world_size()
+
+
+def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
+                    optimizer: torch.optim.Optimizer, scheduler, device: torch.device, amp: bool,
+                    description: str = "epoch", on_step=None) -> dict[str, float]:
+    """One epoch of SGD on the pseudo-labels. `model` may be DDP-wrapped.
+
+    Returns the mean training loss over ranks, clips seen and skipped (summed over ranks), the
+    fraction of this rank's time spent waiting for data, and this rank's skip summary.
+    `on_step(step_in_epoch, loss)` is called after every step (TensorBoard logging).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    clips = 0
+    skips = SkipCounter()
+    wait = 0.0
+    start = last = time.perf_counter()
+    bar = tqdm(loader, desc=description, leave=False, disable=not dist_utils.is_main(),
+               dynamic_ncols=True)
+    for step, batch in enumerate(bar):
+        wait += time.perf_counter() - last
+        skips.add(batch)
+        if not all_ranks_have_data(batch):
+            # A batch whose every sample failed to decode (on any rank): no step anywhere, since
+            # DDP's gradient all-reduce needs every rank. The lr schedule still moves on.
+            scheduler.step()
+            last = time.perf_counter()
+            continue
+        video, audio, index = to_device(batch, device)
+        with autocast(device, amp):
+            logits = model(video, audio)
+        loss = heads_loss(logits, targets_for(labels, index), specs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_value = float(loss.detach())  # one host sync per step, for the bar and TensorBoard
+        loss_sum += loss_value * len(index)
+        clips += len(index)
+        if on_step is not None:
+            on_step(step, loss_value)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+        last = time.perf_counter()
+    total = time.perf_counter() - start
+    totals = dist_utils.all_reduce_sum(
+        torch.stack([loss_sum.float().cpu(), torch.tensor(float(clips)), torch.tensor(float(skips.total))]))
+    return {"loss": float(totals[0] / max(totals[1], 1)), "clips": int(totals[1]),
+            "skipped": int(totals[2]), "skip_summary": skips.summary() if skips.total else "",
+            "data_wait": wait / total if total > 0 else 0.0}
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running stats) over ranks: each rank's last
+    forwards updated its own copy, and evaluation, features and checkpoints need one."""
+    if dist_utils.world_size() == 1:
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            buffer.copy_(dist_utils.all_reduce_sum(buffer) / dist_utils.world_size())
+
+
+def weights_digest(module: nn.Module) -> str:
+    """Short hash of every parameter and buffer: equal on all ranks when they hold the same model."""
+    digest = hashlib.sha1()
+    for name, value in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
+                    device: torch.device, amp: bool) -> tuple[float, int]:
+    """Cross-entropy of the held-out videos' pseudo-labels (eval mode, one centre clip each),
+    averaged over every rank's share; also the number of samples skipped."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    skips = SkipCounter()
+    for batch in loader:
+        skips.add(batch)
+        if not has_data(batch):
+            continue
+        video, audio, index = to_device(batch, device)
+        if video.dim() == 6:  # eval items carry a clip axis: N×C×T×H×W per video; keep clip 0
+            video, audio = video[:, 0], audio[:, 0]
+        with autocast(device, amp):
+            logits = model(video, audio)
+        loss_sum += heads_loss(logits, targets_for(labels, index), specs).float() * len(index)
+        count += len(index)
+    totals = dist_utils.all_reduce_sum(
+        torch.stack([loss_sum.cpu(), torch.tensor(float(count)), torch.tensor(float(skips.total))]))
+    if totals[1] == 0:
+        raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
+    return float(totals[0] / totals[1]), int(totals[2])

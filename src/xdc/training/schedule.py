@@ -1,0 +1,74 @@
+"""The pretraining learning-rate schedule (seed Table 1) and early stopping on the validation loss.
+
+The schedule is a multiplier of the base lr, stepped once per SGD step:
+- warmup (Goyal et al.): for the first `warmup_epochs` epochs the lr grows linearly, step by step,
+  from lr / warmup_steps to lr;
+- then step decay: × gamma every `step_epochs` epochs, counted from the end of warmup (counted from
+  epoch 0, Table 2's 10/10/30 would decay the moment warmup ends and never train at the base lr);
+- `total_epochs` bounds the training of one iteration (the loop stops there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from xdc.config import OptimConfig
+
+
+def lr_factor(step: int, steps_per_epoch: int, warmup_epochs: int, step_epochs: int,
+              gamma: float) -> float:
+    """Multiplier of the base lr at SGD step `step` (0-based) of one training run."""
+    warmup_steps = warmup_epochs * steps_per_epoch
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    epochs_after_warmup = (step - warmup_steps) // steps_per_epoch
+    return gamma ** (epochs_after_warmup // step_epochs)
+
+
+def steps_per_epoch(cfg: OptimConfig, world_size: int = 1) -> int:
+    """SGD steps in one epoch of `epoch_size` clips split over ranks (last partial batch kept)."""
+    return max(1, math.ceil(math.ceil(cfg.epoch_size / world_size) / cfg.batch_size))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                   steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped after every SGD step; its state_dict resumes it exactly."""
+    def factor(step: int) -> float:
+        return lr_factor(step, steps, cfg.warmup_epochs, cfg.step_epochs, cfg.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class EarlyStopping:
+    """Stop after `patience` consecutive epochs whose validation loss rose over the previous one."""
+
+    def __init__(self, patience: int = 3):
+        self.patience = patience
+        self.previous: float | None = None
+        self.rises = 0
+        self.history: list[float] = []
+
+    def step(self, val_loss: float) -> bool:
+        """Record one epoch's validation loss; True when training should stop."""
+        if self.previous is not None and val_loss > self.previous:
+            self.rises += 1
+        else:
+            self.rises = 0
+        self.previous = val_loss
+        self.history.append(float(val_loss))
+        return self.rises >= self.patience
+
+    @property
+    def should_stop(self) -> bool:
+        return self.rises >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"patience": self.patience, "previous": self.previous, "rises": self.rises,
+                "history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.patience = int(state["patience"])
+        self.previous = state["previous"]
+        self.rises = int(state["rises"])
+        self.history = [float(v) for v in state["history"]]

@@ -1,0 +1,74 @@
+"""Checkpoints: atomic writes, weights_only loading, exact RNG restore."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from xdc.training.schedule import EarlyStopping
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1, 8)).sum().backward()
+    opt.step()
+    stop = EarlyStopping()
+    stop.step(1.0)
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": 2, "epoch": 1,
+             "labels": {"video": torch.arange(5)}, "early_stop": stop.state_dict(),
+             "rng": rng_state(), "config": "method: xdc\n"}
+    path = save_checkpoint(state, tmp_path / "checkpoints" / "last.pt")
+    loaded = load_checkpoint(path)  # torch.load(weights_only=True) inside
+    torch.load(path, weights_only=True)  # and plainly so
+    restored = torch.nn.Sequential(torch.nn.Conv1d(1, 4, 3), torch.nn.BatchNorm1d(4))
+    restored.load_state_dict(loaded["model"])
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values()):
+        assert torch.equal(a, b)
+    opt2 = torch.optim.SGD(restored.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(loaded["optimizer"])
+    momentum = [s["momentum_buffer"] for s in opt2.state.values()]
+    assert len(momentum) == 4 and all(m.abs().sum() > 0 for m in momentum)
+    assert loaded["iteration"] == 2 and loaded["config"] == "method: xdc\n"
+    assert torch.equal(loaded["labels"]["video"], torch.arange(5))
+    assert loaded["early_stop"]["history"] == [1.0]
+
+
+def test_rng_state_restores_every_generator(tmp_path):
+    save_checkpoint({"rng": rng_state()}, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    set_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), [random.random() for _ in range(3)])
+    assert torch.equal(expected[0], got[0])
+    np.testing.assert_array_equal(expected[1], got[1])
+    assert expected[2] == got[2]
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot save this")
+
+    with pytest.raises(RuntimeError, match="cannot save"):
+        save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_arbitrary_objects_are_refused_on_load(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"obj": EarlyStopping()}, path)
+    with pytest.raises(Exception, match="weights_only|Unsupported global"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "nope.pt")

@@ -1,0 +1,202 @@
+"""`xdc pretrain` end to end on CPU on real clips, one run per method, plus shipped configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from xdc.cli import main as xdc_main
+from xdc.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+# Smaller than tiny_cpu.yaml so five runs stay short: 1 iteration would not test re-clustering.
+FAST = ["optim.epoch_size=16", "optim.total_epochs=2", "iterations=2"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "pretrain").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.optim.gamma == 0.01
+    if path.stem != "tiny_cpu":
+        assert (cfg.cluster.k_video, cfg.cluster.k_audio) == (64, 128)
+    if cfg.data.frames == 32:  # the seed's 32-frame rule
+        assert (cfg.optim.batch_size, cfg.optim.lr) == (8, 0.0025)
+
+
+def test_table_2_rows():
+    def row(name):
+        o = load_config(REPO / "configs" / "pretrain" / f"{name}.yaml").optim
+        return (o.epoch_size, o.lr, o.warmup_epochs, o.step_epochs, o.total_epochs, o.weight_decay,
+                o.early_stop)
+    assert row("dc_kinetics") == (1_000_000, 0.01, 10, 10, 30, 1e-4, True)
+    assert row("superv_audioset") == (2_000_000, 0.04, 10, 20, 45, 1e-5, False)
+    assert row("dc_ig_random_last") == (10_000_000, 0.01, 0, 9, 30, 1e-4, False)
+
+
+def pretrain(*args: str) -> int:
+    return xdc_main(["pretrain", *map(str, args)])
+
+
+@pytest.mark.parametrize("method", ["xdc", "sdc", "mdc", "cdc", "rand"])
+def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
+    out = tmp_path / "run"
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, "--method", method,
+                    *FAST) == 0
+    cfg = load_config(out / "config.yaml")
+    assert cfg.method == method
+    rows = (out / "rows.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == method and len(summary["iterations"]) == 2
+    k = 4
+    for n, record in enumerate(summary["iterations"]):
+        assert record["iteration"] == n and 1 <= record["epochs"] <= 2
+        assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+        for modality in ("video", "audio"):
+            labels = np.load(out / "iterations" / f"{n:02d}" / f"labels_{modality}.npy")
+            assert labels.shape == (8,) and labels.min() >= 0 and labels.max() < k
+            stats = record[modality]
+            assert stats["num_clusters"] == k
+            assert stats["empty_clusters"] == k - len(np.unique(labels)) or method == "sdc"
+            assert stats["sizes"]["max"] == np.bincount(labels).max()
+            assert 0 <= stats["purity"] <= 1 and 0 <= stats["nmi"] <= 1  # the manifest has labels
+            assert (stats["nmi_prev"] is None) == (n == 0)
+    if method == "cdc":
+        np.testing.assert_array_equal(np.load(out / "iterations/00/labels_video.npy"),
+                                      np.load(out / "iterations/00/labels_audio.npy"))
+    if method == "rand":  # re-drawn each iteration
+        assert not np.array_equal(np.load(out / "iterations/00/labels_video.npy"),
+                                  np.load(out / "iterations/01/labels_video.npy"))
+    last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert last["iteration"] == 1 and last["finished"]
+    assert (out / "checkpoints" / "iteration_00.pt").is_file()
+    assert "conv1.weight" in last["audio_encoder"] and "stem.0.weight" in last["video_encoder"]
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
+
+
+def test_tensorboard_scalars(av_manifest, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, *FAST,
+                    "iterations=1", "cluster.first_features=handcrafted") == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/loss", "cluster/video/empty_clusters",
+            "cluster/audio/nmi"} <= tags
+    assert len(events.Scalars("train/loss")) == 2 * 2  # 2 epochs of 16 clips, batches of 8
+
+
+def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path):
+    from xdc.data.manifest import read_manifest
+
+    out = tmp_path / "run"
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, "--method", "superv",
+                    *FAST, "iterations=1") == 0
+    classes = sorted({"low", "high"})
+    truth = [classes.index(row["label"]) for row in read_manifest(out / "rows.csv")]
+    np.testing.assert_array_equal(np.load(out / "iterations/00/labels_video.npy"), truth)
+    record = json.loads((out / "summary.json").read_text())["iterations"][0]
+    assert record["video"]["num_clusters"] == 2 and record["video"]["purity"] == 1.0
+
+
+def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
+    lines = av_manifest.read_text().splitlines()
+    unlabelled = av_manifest.parent / "unlabelled.csv"
+    unlabelled.write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + "," for line in lines[1:]]))
+    with pytest.raises(ValueError, match="superv needs a manifest with a `label`"):
+        pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv")
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "x", "optim.lr=-1") == 2
+    assert "optim.lr=-1.0 is out of range" in capsys.readouterr().err
+    assert pretrain("--config", TINY, "--data", tmp_path / "none.csv", "--out", tmp_path / "y") == 2
+    assert "manifest not found" in capsys.readouterr().err
+    out = tmp_path / "done"
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, *FAST, "iterations=1",
+                    "optim.total_epochs=1") == 0
+    with pytest.raises(SystemExit, match="already holds a run"):
+        pretrain("--config", TINY, "--data", av_manifest, "--out", out)
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        pretrain("--resume", tmp_path / "missing")
+
+
+def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:
+    """The manifest's rows with `broken` of the files overwritten by garbage after the scan."""
+    import shutil
+
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(av_manifest)
+    for i, row in enumerate(rows):
+        copy = folder / f"clip_{i}.mp4"
+        shutil.copy(row["path"], copy)
+        if i < broken:
+            copy.write_bytes(b"not a video" * 100)
+        row["path"] = str(copy)
+    return write_manifest(rows, folder / "manifest.csv")
+
+
+def test_undecodable_video_is_counted_not_fatal(av_manifest, tmp_path):
+    out = tmp_path / "run"
+    manifest = broken_copy(av_manifest, tmp_path)
+    with pytest.warns(UserWarning, match="1 of 8 items have no features"):
+        assert pretrain("--config", TINY, "--data", manifest, "--out", out, *FAST, "iterations=1") == 0
+    record = json.loads((out / "summary.json").read_text())["iterations"][0]
+    assert record["skipped_clustering"] == 1
+    assert record["video"]["unlabelled"] == 1 and record["audio"]["unlabelled"] == 1
+    labels = np.load(out / "iterations/00/labels_video.npy")
+    assert labels[0] == -1 and (labels[1:] >= 0).all()
+    assert record["skipped"] == 0  # the unlabelled video is never drawn for training
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_training_loop_counts_skipped_samples(av_manifest, tmp_path):
+    from torch.utils.data import Subset
+
+    from xdc.data.datasets import AudioVideoClips, clip_loader
+    from xdc.data.manifest import read_manifest
+    from xdc.methods import get_method
+    from xdc.models import audio_encoder, video_encoder
+    from xdc.training.loop import PretrainModel, train_one_epoch
+    from xdc.training.schedule import make_scheduler
+
+    cfg = load_config(TINY)
+    rows = read_manifest(broken_copy(av_manifest, tmp_path, broken=2))
+    specs = get_method("xdc").heads(cfg.cluster)
+    model = PretrainModel(video_encoder("r2plus1d_18", 8), audio_encoder(8))
+    model.reset_heads(specs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = make_scheduler(optimizer, cfg.optim, 2)
+    dataset = AudioVideoClips(rows, cfg.data, train=True)
+    # Two batches: the first only the two broken videos (no step), the second all good ones.
+    order = Subset(dataset, [0, 1, 2, 3, 4, 5])
+    loader = clip_loader(order, batch_size=2, sampler=list(range(4)))
+    labels = {"video": torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), "audio": torch.tensor([3, 2, 1, 0] * 2)}
+    before = [p.detach().clone() for p in model.video_encoder.parameters()]
+    stats = train_one_epoch(model, specs, loader, labels, optimizer, scheduler, torch.device("cpu"),
+                            amp=False)
+    assert stats["skipped"] == 2 and stats["clips"] == 2
+    assert "2 samples skipped (2 videos)" in stats["skip_summary"]
+    assert scheduler.last_epoch == 2  # the schedule advanced for the skipped batch too
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.video_encoder.parameters()))
+
+
+def test_init_from_starts_from_a_previous_runs_encoders(av_manifest, tmp_path):
+    """The IG* rows (a longer last iteration) start from the encoders of an earlier run."""
+    first, last = tmp_path / "first", tmp_path / "last"
+    short = [*FAST, "iterations=1", "optim.total_epochs=1"]
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", first, *short, "seed=1") == 0
+    source = first / "checkpoints" / "iteration_00.pt"
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", last, *short,
+                    f"init_from={source}", "optim.lr=1e-12", "optim.weight_decay=0") == 0
+    start = torch.load(source, weights_only=True)["video_encoder"]
+    end = torch.load(last / "checkpoints" / "last.pt", weights_only=True)["video_encoder"]
+    weight = "stem.0.weight"
+    # lr ~0, so still the loaded weights (trained from seed 1; this run's own init uses seed 0).
+    torch.testing.assert_close(end[weight], start[weight])
