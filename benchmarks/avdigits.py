@@ -33,6 +33,9 @@ import wave
 from pathlib import Path
 
 import numpy as np
+from omegaconf import OmegaConf
+
+from xdc.demo import dotlist
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -231,20 +234,7 @@ MODALITIES = ("video", "audio")
 
 
 def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def dotlist(tree: dict, prefix: str = "") -> list[str]:
-    items = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            items += dotlist(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
+    return OmegaConf.to_container(OmegaConf.merge(base, extra))
 
 
 def write_yaml(tree: dict, path: Path) -> Path:

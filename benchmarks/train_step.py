@@ -86,10 +86,10 @@ def measure(cfg, rows: list[dict], device: torch.device, args) -> dict:
     labels = {t: torch.as_tensor(rng.integers(0, 8, len(rows)), device=device) for t in ("video", "audio")}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     scheduler = make_scheduler(optimizer, cfg.optim, args.steps)
-    dataset = AudioVideoClips(rows, cfg.data, train=True)
+    dataset = AudioVideoClips(rows, cfg.data, mode="train")
 
     def loader(epoch_size: int, epoch: int) -> DataLoader:
-        sampler = EpochSampler(dataset, epoch_size=epoch_size, seed=0)
+        sampler = EpochSampler(len(dataset), epoch_size=epoch_size, seed=0)
         sampler.set_epoch(epoch)
         return DataLoader(dataset, sampler=sampler, batch_size=cfg.optim.batch_size,
                           collate_fn=collate_clips, num_workers=cfg.data.num_workers,

@@ -173,7 +173,7 @@ def test_training_loop_counts_skipped_samples(av_manifest, tmp_path):
     model.reset_heads(specs)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scheduler = make_scheduler(optimizer, cfg.optim, 2)
-    dataset = AudioVideoClips(rows, cfg.data, train=True)
+    dataset = AudioVideoClips(rows, cfg.data, mode="train")
     # Two batches: the first only the two broken videos (no step), the second all good ones.
     order = Subset(dataset, [0, 1, 2, 3, 4, 5])
     loader = clip_loader(order, batch_size=2, sampler=list(range(4)))

@@ -58,12 +58,12 @@ def _method_list(text: str) -> list[str]:
     return methods
 
 
-def _dotlist(tree: dict, prefix: str = "") -> list[str]:
+def dotlist(tree: dict, prefix: str = "") -> list[str]:
     """{'a': {'b': 1}} -> ['a.b=1'] (lists as YAML flow text), for load_config's overrides."""
     items = []
     for key, value in tree.items():
         if isinstance(value, dict):
-            items += _dotlist(value, f"{prefix}{key}.")
+            items += dotlist(value, f"{prefix}{key}.")
         else:
             items.append(f"{prefix}{key}={json.dumps(value)}")
     return items
@@ -77,13 +77,13 @@ def load_settings(path: Path, quick: bool, overrides: list[str]) -> dict:
     tree = OmegaConf.load(path)
     if quick:
         tree = OmegaConf.merge(tree, tree.get("quick") or {})
-    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides)))
+    tree = OmegaConf.merge(tree, OmegaConf.fromdotlist(list(overrides)))
     raw = OmegaConf.to_container(tree, resolve=True)
-    pretrain_cfg = load_config(None, _dotlist(raw.get("pretrain") or {}), schema=PretrainConfig)
+    pretrain_cfg = load_config(None, dotlist(raw.get("pretrain") or {}), schema=PretrainConfig)
     # The probe uses the pretraining encoders and clips; only its own keys differ.
     finetune_tree = {"data": _asdict(pretrain_cfg.data), "model": _asdict(pretrain_cfg.model)}
     finetune_tree = OmegaConf.to_container(OmegaConf.merge(finetune_tree, raw.get("finetune") or {}))
-    finetune_cfg = load_config(None, _dotlist(finetune_tree), schema=FinetuneConfig)
+    finetune_cfg = load_config(None, dotlist(finetune_tree), schema=FinetuneConfig)
     methods = list(raw.get("methods") or ALL_METHODS)
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:

@@ -130,7 +130,7 @@ def make_loader(dataset, cfg: PretrainConfig, device: torch.device, sampler=None
 def eval_loader(rows: list[dict], cfg: PretrainConfig, device: torch.device, indices: np.ndarray,
                 clips: int) -> DataLoader:
     """Eval-mode clips (`clips` per video, centre crop) of the videos `indices`, in order."""
-    dataset = AudioVideoClips(rows, cfg.data, train=False, clips_per_video=clips)
+    dataset = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=clips)
     return make_loader(Subset(dataset, indices.tolist()), cfg, device)
 
 
@@ -210,7 +210,7 @@ class Pretraining:
 
     def __init__(self, cfg: PretrainConfig, rows: list[dict], run_dir: Path, device: torch.device):
         self.cfg, self.rows, self.run_dir, self.device = cfg, rows, Path(run_dir), device
-        self.train_set = AudioVideoClips(rows, cfg.data, train=True)
+        self.train_set = AudioVideoClips(rows, cfg.data, mode="train")
         self.truth = self.train_set.labels  # class index per row, or None without labels
         self.method = get_method(cfg.method, self.truth)
         self.train_idx, self.val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
@@ -232,7 +232,7 @@ class Pretraining:
         self.model.to(device)
         if device.type == "cuda":
             self.model.video_encoder.to(memory_format=torch.channels_last_3d)
-        self.val_set = AudioVideoClips(rows, cfg.data, train=False, clips_per_video=1)  # centre clip
+        self.val_set = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1)  # centre clip
         self.steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
         # What a checkpoint holds (besides weights, optimizer and scheduler).
         self.iteration, self.epoch, self.finished = 0, 0, True

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 from collections import Counter
-from typing import Any, Sequence, Sized
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel, window_samples
-from xdc.data.decode import DecodeError, decode_clip, decode_clips, media_duration
+from xdc.data.decode import (DecodeError, decode_audio_windows, decode_clip, decode_clips,
+                              media_duration)
 from xdc.data.manifest import describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
 from xdc.training import distributed
@@ -53,10 +54,7 @@ class AudioVideoClips(Dataset):
     """
 
     def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train",
-                 require_audio: bool = True, clips_per_video: int | None = None, *,
-                 train: bool | None = None):
-        if train is not None:  # `train=True/False` reads as mode="train"/"eval"
-            mode = "train" if train else "eval"
+                 require_audio: bool = True, clips_per_video: int | None = None):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if clips_per_video is not None and clips_per_video < 1:
@@ -137,6 +135,42 @@ class AudioVideoClips(Dataset):
         return item
 
 
+class AudioClips(Dataset):
+    """Log-mel windows of sound files without video (ESC-50), with AudioVideoClips' audio keys.
+
+    Same decoder and log-mel as the audio of AudioVideoClips, so the windows match."""
+
+    def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.rows, self.cfg, self.mode = list(rows), cfg, mode
+        self.classes, self.labels = _labels_of(self.rows)
+        self.log_mel = LogMel.from_config(cfg)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row, cfg = self.rows[index], self.cfg
+        window = cfg.audio_window_seconds
+        duration = row.get("duration") or window
+        if self.mode == "train":
+            starts = [float(torch.rand(())) * max(0.0, duration - window)]
+        else:
+            starts = eval_starts(duration, window, cfg.eval_clips)
+        try:
+            samples = decode_audio_windows(row["path"], starts, cfg)
+        except DecodeError as err:
+            return {"index": index, "skipped": f"{row['path']}: {err.what}"}
+        audio = self.log_mel(torch.from_numpy(np.stack(samples)))
+        train = self.mode == "train"
+        item = {"audio": audio[0] if train else audio, "index": index, "has_audio": True,
+                "start": starts[0] if train else torch.tensor(starts, dtype=torch.float64)}
+        if self.labels is not None:
+            item["label"] = int(self.labels[index])
+        return item
+
+
 def _labels_of(rows: Sequence[dict]) -> tuple[list[str], np.ndarray | None]:
     names = [row.get("label") for row in rows]
     given = [name for name in names if name not in (None, "")]
@@ -200,9 +234,9 @@ class EpochSampler(Sampler[int]):
     (every world_size-th index); each rank gets ceil(epoch_size / world_size) indices.
     """
 
-    def __init__(self, num_items: int | Sized, epoch_size: int, weights=None, seed: int = 0,
+    def __init__(self, num_items: int, epoch_size: int, weights=None, seed: int = 0,
                  rank: int | None = None, world_size: int | None = None):
-        self.num_items = num_items if isinstance(num_items, int) else len(num_items)
+        self.num_items = int(num_items)
         if self.num_items < 1 or epoch_size < 1:
             raise ValueError(f"need num_items >= 1 and epoch_size >= 1, got {self.num_items}, {epoch_size}")
         self.epoch_size, self.seed, self.epoch = int(epoch_size), int(seed), 0

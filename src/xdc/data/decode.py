@@ -90,6 +90,22 @@ def decode_clips(path, starts, cfg: DataConfig, with_audio: bool = True,
             raise DecodeError(path, f"decode failed: {type(err).__name__}: {err}") from err
 
 
+def decode_audio_windows(path, starts, cfg: DataConfig) -> list[np.ndarray]:
+    """Mono float32 windows of `cfg.audio_window_seconds` at `starts` (seconds from the audio
+    stream's start) of a file that may have no video stream (ESC-50's wav files, say)."""
+    try:
+        container = av.open(str(path))
+    except Exception as err:
+        raise DecodeError(path, f"cannot open: {err}") from err
+    with container:
+        stream = _pick_stream(container.streams.audio, cfg.audio_stream, "audio", path)
+        t0 = _stream_start(stream)
+        try:
+            return _read_audio(container, stream, [t0 + float(s) for s in starts], cfg, path)
+        except Exception as err:
+            raise DecodeError(path, f"audio decode failed: {type(err).__name__}: {err}") from err
+
+
 def media_duration(path, cfg: DataConfig | None = None) -> float:
     """Seconds of the video stream: from the header, else by reading packet timestamps (no decode)."""
     stream_index = cfg.video_stream if cfg is not None else 0

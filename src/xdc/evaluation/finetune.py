@@ -30,18 +30,14 @@ import json
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torch import nn
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from xdc.config import ConfigError, FinetuneConfig, PretrainConfig, config_to_yaml, load_config
-from xdc.data.audio import LogMel
-from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader, eval_starts
-from xdc.data.decode import DecodeError, _read_audio, _stream_start
+from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
 from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows
 from xdc.evaluation.linear import accuracy, clip_features, encoder_input, train_linear
 from xdc.evaluation.splits import SplitError, split_manifests
@@ -61,43 +57,6 @@ class FinetuneError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ data
-
-class AudioClips(Dataset):
-    """Log-mel windows of sound files without video (ESC-50), with AudioVideoClips' item keys.
-
-    `AudioVideoClips` needs a video stream; this reads only the audio, through the same decoder
-    (`decode._read_audio`) and log-mel (`LogMel`), so the windows match the audio of video files.
-    """
-
-    def __init__(self, rows: list[dict], cfg, mode: str = "train"):
-        self.rows, self.cfg, self.mode = list(rows), cfg, mode
-        self.log_mel = LogMel.from_config(cfg)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        row, cfg = self.rows[index], self.cfg
-        window = cfg.audio_window_seconds
-        duration = row.get("duration") or window
-        if self.mode == "train":
-            starts = [float(torch.rand(())) * max(0.0, duration - window)]
-        else:
-            starts = eval_starts(duration, window, cfg.eval_clips)
-        try:
-            with av.open(str(row["path"])) as container:
-                if len(container.streams.audio) <= cfg.audio_stream:
-                    return {"index": index, "skipped": f"{row['path']}: no audio stream"}
-                stream = container.streams.audio[cfg.audio_stream]
-                t0 = _stream_start(stream)
-                samples = _read_audio(container, stream, [t0 + s for s in starts], cfg, row["path"])
-        except (DecodeError, av.FFmpegError, OSError) as err:
-            return {"index": index, "skipped": f"{row['path']}: {err}"}
-        audio = self.log_mel(torch.from_numpy(np.stack(samples)))
-        item = {"audio": audio[0] if self.mode == "train" else audio, "index": index, "has_audio": True}
-        item["start"] = starts[0] if self.mode == "train" else torch.tensor(starts, dtype=torch.float64)
-        return item
-
 
 def is_audio_only(row: dict) -> bool:
     """A probed sound file (`splits.probe_audio_file`): audio, and no video properties."""
