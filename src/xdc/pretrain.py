@@ -43,6 +43,8 @@ from xdc.training.loop import (PretrainModel, average_buffers, train_one_epoch, 
                                weights_digest)
 from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
 
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML config (e.g. configs/pretrain/tiny_cpu.yaml)")
@@ -67,7 +69,7 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     if args.data is None or args.out is None:
         raise SystemExit("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config or default_config(), overrides)
     if (args.out / "checkpoints" / "last.pt").exists():
         raise SystemExit(f"{args.out} already holds a run: pass --resume {args.out} to continue it, "
                          f"or choose another --out")
@@ -76,6 +78,14 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     if dist_utils.is_main():
         print(f"{args.data}: {len(rows)} usable videos, {describe_dropped(dropped)}", flush=True)
     return cfg, rows, args.out
+
+
+def default_config() -> Path:
+    """Without --config: the paper's Kinetics schedule on a GPU, a CPU-scale one otherwise."""
+    name = "dc_kinetics.yaml" if torch.cuda.is_available() else "cpu.yaml"
+    path = CONFIGS / name
+    print(f"no --config given: using {path}", file=sys.stderr, flush=True)
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
