@@ -207,27 +207,29 @@ FULL = {
         "model": {"video_arch": "r2plus1d_18", "width": 16},
         "cluster": {"k_video": 32, "k_audio": 32, "k_joint": 32, "first_features": "handcrafted",
                     "niter": 20, "max_points_per_centroid": 64},
-        "optim": {"epoch_size": 1000, "batch_size": 32, "lr": 0.01, "warmup_epochs": 1,
+        "optim": {"epoch_size": 1000, "batch_size": 16, "lr": 0.01, "warmup_epochs": 1,
                   "step_epochs": 6, "total_epochs": 8, "early_stop": True, "patience": 2,
                   "val_fraction": 0.1},
     },
     "superv": {"optim": {"early_stop": False}},  # Table 2: Superv rows train without e-stop
     "finetune": {
-        "lrs": [0.01, 0.1], "fc_lrs": [0.01, 0.04, 0.1, 0.4], "device": "auto",
+        "fc_lrs": [0.01, 0.04, 0.1, 0.4], "device": "auto",  # linear: cheap, so 4 lrs
         "data": {"eval_clips": 1},
         "optim": {"epoch_size": 2000, "batch_size": 32, "warmup_epochs": 0, "step_epochs": 6,
                   "total_epochs": 8, "weight_decay": 1.0e-4, "early_stop": False},
     },
-    "fc_optim": {"epoch_size": 1000, "total_epochs": 4, "step_epochs": 3},  # fc runs the encoder
+    # fc trains on augmented clips through the frozen encoder: costlier than linear, fewer lrs.
+    "fc": {"fc_lrs": [0.04, 0.4], "optim": {"epoch_size": 1000, "total_epochs": 4, "step_epochs": 3}},
 }
 QUICK = {
     "seeds": [0],
-    "data": {"per_speaker_digit": 10},  # 400 videos: 200 pretraining, 100 val, 100 test
-    "pretrain": {"iterations": 2, "model": {"width": 8},
+    "data": {"per_speaker_digit": 20},  # 800 videos: 400 pretraining, 200 val, 200 test
+    "pretrain": {"model": {"width": 8},
                  "cluster": {"k_video": 16, "k_audio": 16, "k_joint": 16},
-                 "optim": {"epoch_size": 300, "step_epochs": 2, "total_epochs": 3}},
-    "finetune": {"fc_lrs": [0.04, 0.4], "optim": {"epoch_size": 1000, "total_epochs": 4, "step_epochs": 3}},
-    "fc_optim": {"epoch_size": 300, "total_epochs": 2, "step_epochs": 2},
+                 "optim": {"epoch_size": 800, "batch_size": 16, "step_epochs": 3, "total_epochs": 4}},
+    "finetune": {"optim": {"epoch_size": 1000, "total_epochs": 4, "step_epochs": 3}},
+    # Two lrs: with 0.4 alone, fc on Scratch diverged to a constant prediction (measured).
+    "fc": {"fc_lrs": [0.04, 0.4], "optim": {"epoch_size": 1000, "total_epochs": 2, "step_epochs": 2}},
 }
 METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc", "superv")
 MODALITIES = ("video", "audio")
@@ -269,6 +271,7 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
         summary = json.loads((run_dir / "summary.json").read_text())
         result["pretrain_summary"] = summary["iterations"]
         if method != "superv":
+            result["iterations"] = pseudo_label_nmis(run_dir, out / "data")
             report = folder / "clusters"
             if not (report / "metrics.json").is_file():
                 xdc("clusters", str(run_dir), "--labels", str(manifests["pretrain_labeled"]), "-o",
@@ -279,7 +282,7 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
         for modality in MODALITIES:
             probe = folder / f"{mode}_{modality}"
             if not (probe / "results.json").is_file():
-                extra = dotlist({"optim": settings["fc_optim"]}) if mode == "fc" else []
+                extra = dotlist(settings["fc"]) if mode == "fc" else []
                 xdc("finetune", *source, "--modality", modality, "--mode", mode, "--config",
                     str(configs["finetune"]), "--train", str(manifests["train"]), "--val",
                     str(manifests["val"]), "--test", str(manifests["test"]), "--out", str(probe),
@@ -287,6 +290,19 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
             result[f"{mode}_{modality}"] = json.loads((probe / "results.json").read_text())
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def pseudo_label_nmis(run_dir: Path, data_dir: Path) -> list[dict]:
+    """Per iteration, NMI of each modality's pseudo-labels with the digit and with the speaker
+    (the audio nuisance): do the clusters carry the class, and from the first iteration on?"""
+    from xdc.data.manifest import read_manifest
+    from xdc.demo import iteration_nmis
+
+    meta = {str((data_dir / r["path"]).resolve()): r for r in json.loads((data_dir / "labels.json").read_text())}
+    rows = [meta[str(Path(r["path"]).resolve())] for r in read_manifest(run_dir / "rows.csv")]
+    digits = np.array([int(r["label"]) for r in rows])
+    speakers = np.unique([r["speaker"] for r in rows], return_inverse=True)[1]
+    return iteration_nmis(run_dir, digits, {"video": speakers, "audio": speakers})
 
 
 # ------------------------------------------------------------------------------------- the table
@@ -313,56 +329,73 @@ def aggregate(results: list[dict]) -> dict:
             for key in ("purity", "nmi", "empty_clusters"):
                 values = [r["clusters"][modality].get(key) for r in runs if "clusters" in r]
                 row[f"{key}_{modality}"] = mean_std(values) if values else None
+        with_iterations = [r["iterations"] for r in runs if r.get("iterations")]
+        if with_iterations:  # (first, last) iteration, averaged over seeds
+            row["pseudo_labels"] = {
+                f"{modality}_{kind}": tuple(float(np.mean([its[i][modality][f"nmi_{kind}"] for its in with_iterations]))
+                                            for i in (0, -1))
+                for modality in MODALITIES for kind in ("class", "nuisance")}
         row["seconds"] = mean_std([r["seconds"] for r in runs])
         table[method] = row
     return table
 
 
-def beats(table: dict, results: list[dict], winner: str, loser: str, key: str) -> dict | None:
+def beats(table: dict, winner: str, loser: str, key: str) -> dict | None:
     """Is `winner` ahead of `loser` by more than the spread over seeds (the larger std)?"""
     if winner not in table or loser not in table:
         return None
     (mw, sw), (ml, sl) = table[winner][key], table[loser][key]
     margin = mw - ml
-    return {"margin": round(margin, 4), "spread": round(max(sw, sl), 4),
-            "wins": bool(margin > max(sw, sl)) and table[winner]["seeds"] > 1}
+    seeds = min(table[winner]["seeds"], table[loser]["seeds"])
+    return {"margin": round(margin, 4), "spread": round(max(sw, sl), 4), "seeds": seeds,
+            "wins": bool(margin > max(sw, sl)) and seeds > 1}
 
 
 def markdown(table: dict, comparisons: dict, header: str) -> str:
-    def cell(value, digits=3):
-        if value is None:
+    def cell(value):
+        if value is None or math.isnan(value[0]):
             return "–"
-        mean, std = value
-        if math.isnan(mean):
-            return "–"
-        return f"{mean:.{digits}f} ± {std:.{digits}f}" if digits else f"{mean:.1f} ± {std:.1f}"
+        return f"{value[0]:.3f} ± {value[1]:.3f}"
 
     lines = [header, "",
              "| method | video linear | audio linear | video fc | audio fc | video purity | video NMI | "
              "audio purity | audio NMI | empty (v / a) | s per seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
-        empty = (f"{cell(row['empty_clusters_video'], 0)} / {cell(row['empty_clusters_audio'], 0)}"
-                 if row.get("empty_clusters_video") else "–")
+        empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
+                 if row.get("empty_clusters_video") else "–")  # mean over seeds
         lines.append(f"| {method} | {cell(row['linear_video'])} | {cell(row['linear_audio'])} | "
                      f"{cell(row['fc_video'])} | {cell(row['fc_audio'])} | {cell(row['purity_video'])} | "
                      f"{cell(row['nmi_video'])} | {cell(row['purity_audio'])} | {cell(row['nmi_audio'])} | "
                      f"{empty} | {row['seconds'][0]:.0f} |")
+    lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
+              "iteration -> last, mean over seeds:", "",
+              "| method | video: digit | audio: digit | audio: speaker |", "|---|---|---|---|"]
+    for method, row in table.items():
+        if row.get("pseudo_labels"):
+            p = row["pseudo_labels"]
+            lines.append(f"| {method} | {p['video_class'][0]:.3f} -> {p['video_class'][1]:.3f} | "
+                         f"{p['audio_class'][0]:.3f} -> {p['audio_class'][1]:.3f} | "
+                         f"{p['audio_nuisance'][0]:.3f} -> {p['audio_nuisance'][1]:.3f} |")
     lines += ["", "Does XDC beat the method by more than the spread over seeds (linear probe, "
               "video-level top-1)?", "", "| comparison | video | audio |", "|---|---|---|"]
     for name, per_modality in comparisons.items():
         cells = []
         for modality in MODALITIES:
             c = per_modality.get(modality)
-            cells.append("–" if c is None else
-                         f"{'yes' if c['wins'] else 'no'} ({c['margin']:+.3f}, spread {c['spread']:.3f})")
+            if c is None:
+                cells.append("–")
+            elif c["seeds"] < 2:
+                cells.append(f"one seed: no spread ({c['margin']:+.3f})")
+            else:
+                cells.append(f"{'yes' if c['wins'] else 'no'} ({c['margin']:+.3f}, spread {c['spread']:.3f})")
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, 400 videos, small budget (<= 15 min)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 800 videos, small budget (<= 15 min)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
@@ -372,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or settings["seeds"]
     out = args.out or REPO / "runs" / ("avdigits_quick" if args.quick else "avdigits")
     out.mkdir(parents=True, exist_ok=True)
+    stamp = out / "settings.json"  # finished pieces are reused: only for the same settings
+    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+        raise SystemExit(f"{out} holds runs with other settings: choose another --out (or delete it)")
+    stamp.write_text(json.dumps(settings, indent=1))
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every `xdc` process
     started = time.perf_counter()
 
@@ -397,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_seed(seed, method, settings, manifests, out, configs, out / "data" / "cache"))
             results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
     table = aggregate(results)
-    comparisons = {f"XDC vs {m.upper()}": {mod: beats(table, results, "xdc", m, f"linear_{mod}")
+    comparisons = {f"XDC vs {m.upper()}": {mod: beats(table, "xdc", m, f"linear_{mod}")
                                            for mod in MODALITIES}
                    for m in args.methods if m not in ("xdc",)}
     wall = time.perf_counter() - started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import replace
 
 import numpy as np
@@ -17,6 +18,8 @@ from xdc.data.decode import decode_clips
 from xdc.data.manifest import read_manifest
 from xdc.demo import probe_split
 
+REPO = Path(__file__).resolve().parents[1]
+
 CFG = DataConfig(frames=4, fps=8.0, short_side=32, crop=28, eval_clips=2, num_workers=0)
 
 
@@ -30,7 +33,7 @@ def videos(tmp_path_factory):
 def test_cache_serves_what_decoding_gives(videos, tmp_path):
     summary = cache.build_cache(videos, CFG, tmp_path / "cache", progress=False)
     assert summary["cached"] == len(videos) and not summary["failed"]
-    starts = [0.0, 0.25, 0.625, 0.875]  # on the 1/fps grid; the last runs past the end (loop)
+    starts = [0.0, 0.25, 0.625, 0.875]  # on the 1/fps grid; the last two run past the end
     for row in videos:
         decoded = decode_clips(row["path"], starts, CFG)
         cached = cache.cached_clips(tmp_path / "cache", row["path"], starts, CFG)
@@ -38,11 +41,40 @@ def test_cache_serves_what_decoding_gives(videos, tmp_path):
             np.testing.assert_array_equal(d.video, c.video)
             assert d.start == c.start
             assert np.abs(d.audio - c.audio).max() < 1e-3
+    # A clip longer than the video (12 frames of a 1-s video at 8 fps) loops, as decoding does.
+    long = replace(CFG, frames=12)
+    cache.build_cache(videos[:1], long, tmp_path / "long", progress=False)
+    decoded = decode_clips(videos[0]["path"], [0.0], long)[0]
+    np.testing.assert_array_equal(decoded.video, cache.cached_clips(tmp_path / "long", videos[0]["path"],
+                                                                    [0.0], long)[0].video)
+    np.testing.assert_array_equal(decoded.video[8:], decoded.video[:4])
     # Another frame rate or size is not in the cache: decode as usual.
     assert cache.cached_clips(tmp_path / "cache", videos[0]["path"], [0.0], replace(CFG, fps=4.0)) is None
     assert cache.cached_clips(tmp_path / "cache", tmp_path / "other.mp4", [0.0], CFG) is None
     # Building again with the same settings reuses the cache.
     assert cache.build_cache(videos, CFG, tmp_path / "cache", progress=False)["reused"]
+
+
+def test_cache_never_serves_a_rewritten_file(tmp_path):
+    manifest = synthetic.generate(tmp_path / "a", num_classes=2, videos_per_class=1, seed=1,
+                                  seconds=1.0, progress=False)
+    rows = read_manifest(manifest)
+    cache.build_cache(rows, CFG, tmp_path / "cache", progress=False)
+    old = cache.cached_clips(tmp_path / "cache", rows[0]["path"], [0.0], CFG)[0].video
+    # Same paths, other content (e.g. the demo regenerating its data with another seed).
+    synthetic.generate(tmp_path / "a", num_classes=2, videos_per_class=1, seed=2, seconds=1.0,
+                       progress=False)
+    assert cache.cached_clips(tmp_path / "cache", rows[0]["path"], [0.0], CFG) is None
+    assert not cache.build_cache(rows, CFG, tmp_path / "cache", progress=False)["reused"]
+    new = cache.cached_clips(tmp_path / "cache", rows[0]["path"], [0.0], CFG)[0].video
+    np.testing.assert_array_equal(new, decode_clips(rows[0]["path"], [0.0], CFG)[0].video)
+    assert not np.array_equal(new, old)
+    # A file that cannot be decoded is recorded, named, and does not force a rebuild next time.
+    (tmp_path / "a" / "videos" / "broken.mp4").write_bytes(b"not a video")
+    broken = dict(rows[0], path=str(tmp_path / "a" / "videos" / "broken.mp4"))
+    summary = cache.build_cache(rows + [broken], CFG, tmp_path / "cache", progress=False)
+    assert list(summary["failed"]) == [broken["path"]] and summary["cached"] == 2
+    assert cache.build_cache(rows + [broken], CFG, tmp_path / "cache", progress=False)["reused"]
 
 
 def test_dataset_reads_through_the_cache(videos, tmp_path):
@@ -55,7 +87,7 @@ def test_dataset_reads_through_the_cache(videos, tmp_path):
     assert (a["audio"] - b["audio"]).abs().mean() < 0.05
     # A file missing from the cache is decoded (not skipped, not an error).
     (tmp_path / "cache" / "index.json").write_text(json.dumps(
-        {"settings": cache._settings(CFG), "videos": {}}))
+        {"settings": cache._settings(CFG), "videos": {}, "failed": {}}))
     cache._OPEN.clear()
     item = AudioVideoClips(videos, replace(CFG, cache_dir=str(tmp_path / "cache")), mode="eval")[1]
     torch.testing.assert_close(item["video"], a["video"])
@@ -71,6 +103,16 @@ def test_probe_split_is_stratified_and_disjoint():
     assert len(parts["test"]) == 4 and len(parts["val"]) == 4
     with pytest.raises(SystemExit, match="too few"):
         probe_split(rows[:4], 0.3, 0.3, seed=0)
+
+
+def test_bad_demo_settings_give_a_clear_message(tmp_path, capsys):
+    assert xdc_main(["demo", "--out", str(tmp_path), "pretrain.model.width=0"]) == 2
+    assert "model.width=0 is out of range" in capsys.readouterr().err
+    assert xdc_main(["demo", "--out", str(tmp_path), "synthetic.colour=red"]) == 2
+    assert "unknown synthetic key(s) ['colour']" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="num_classes must be in"):
+        xdc_main(["demo", "--out", str(tmp_path), "synthetic.num_classes=1"])
+    assert not (tmp_path / "data" / "videos").exists()  # refused before writing anything
 
 
 TINY = ["synthetic.num_classes=2", "synthetic.videos_per_class=5", "synthetic.seconds=1.0",
@@ -119,3 +161,31 @@ def test_demo_end_to_end(tmp_path, capsys):
     again = json.loads((out / "results.json").read_text())
     assert again["methods"]["xdc"]["probe"] == results["methods"]["xdc"]["probe"]
     assert "reusing the finished run" in capsys.readouterr().out
+    # Other settings into the same folder: refused, rather than mixing old runs with new ones.
+    with pytest.raises(SystemExit, match="holds a demo run with other settings"):
+        xdc_main(argv + ["pretrain.optim.lr=0.02"])
+
+
+def test_avdigits_renders_a_real_recording_into_a_real_video(shared_fsdd, tmp_path):
+    """benchmarks/avdigits.py: a spoken digit (FSDD wav) + a handwritten digit -> decodable mp4."""
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from xdc.data.encode import write_video
+    from xdc.data.scan import probe_file
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import avdigits
+
+    samples, rate = avdigits.read_wav(shared_fsdd / "3_george_0.wav")
+    assert rate == 8000 and 0.1 < samples.size / rate < 1.5 and np.abs(samples).max() > 0.05
+    audio = avdigits.fit_audio(samples, rate)  # 1 s
+    assert audio.size == rate and np.isclose(np.abs(audio).sum(), np.abs(samples[:rate]).sum(), rtol=0.05)
+    digits = load_digits()
+    frames = avdigits.render_digit(digits.images[3], np.random.default_rng(0), 8, 32)
+    assert frames.shape == (8, 32, 32, 3) and frames.dtype == np.uint8
+    assert frames.mean() > 5 and (frames.max(axis=(1, 2, 3)) > 150).all()  # the digit is on every frame
+    row = probe_file(write_video(tmp_path / "digit.mp4", frames, 8.0, audio, rate))
+    assert row["status"] == "ok" and row["has_audio"] and not row["audio_silent"]
+    assert row["num_frames"] == 8 and row["audio_rate"] == 8000

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import platform
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from xdc.config import FinetuneConfig, PretrainConfig, config_to_yaml, load_config
+from xdc.config import ConfigError, FinetuneConfig, PretrainConfig, config_to_yaml, load_config
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 PRETRAINED = ("rand", "sdc", "mdc", "cdc", "xdc")
@@ -73,21 +74,27 @@ def load_settings(path: Path, quick: bool, overrides: list[str]) -> dict:
     """The demo YAML, with `quick:` applied when asked and then the command-line overrides; the
     pretrain and finetune sections come back as validated config objects."""
     if not Path(path).is_file():
-        raise SystemExit(f"demo config not found: {path} (pass --config FILE)")
+        raise ConfigError(f"demo config not found: {path} (pass --config FILE)")
     tree = OmegaConf.load(path)
     if quick:
         tree = OmegaConf.merge(tree, tree.get("quick") or {})
-    tree = OmegaConf.merge(tree, OmegaConf.fromdotlist(list(overrides)))
+    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides)))
     raw = OmegaConf.to_container(tree, resolve=True)
     pretrain_cfg = load_config(None, dotlist(raw.get("pretrain") or {}), schema=PretrainConfig)
     # The probe uses the pretraining encoders and clips; only its own keys differ.
     finetune_tree = {"data": _asdict(pretrain_cfg.data), "model": _asdict(pretrain_cfg.model)}
     finetune_tree = OmegaConf.to_container(OmegaConf.merge(finetune_tree, raw.get("finetune") or {}))
     finetune_cfg = load_config(None, dotlist(finetune_tree), schema=FinetuneConfig)
+    from xdc.data.synthetic import generate
+
+    known = set(inspect.signature(generate).parameters) - {"out_dir", "progress"}
+    unknown_keys = sorted(set(raw.get("synthetic") or {}) - known)
+    if unknown_keys:
+        raise ConfigError(f"demo config: unknown synthetic key(s) {unknown_keys}; known: {sorted(known)}")
     methods = list(raw.get("methods") or ALL_METHODS)
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
-        raise SystemExit(f"demo config: unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
+        raise ConfigError(f"demo config: unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
     return {"synthetic": raw["synthetic"], "probe": raw["probe"], "methods": methods,
             "threads": int(raw.get("threads") or 1),
             "pretrain": pretrain_cfg, "finetune": finetune_cfg}
@@ -100,21 +107,34 @@ def _asdict(cfg) -> dict:
 # ------------------------------------------------------------------------------------------ data
 
 def make_data(out: Path, synthetic_settings: dict) -> tuple[Path, Path]:
-    """Generate the videos (reused when out/data holds the same settings); returns the
+    """Generate the videos (reused when out/data already holds them); returns the
     pretraining manifest (no labels) and the evaluation manifest (labels)."""
     from xdc.data import synthetic
 
     folder = out / "data"
-    stamp = folder / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == synthetic_settings \
-            and (folder / "manifest.csv").is_file():
+    if (folder / "manifest.csv").is_file():  # written last; `check_out_dir` vouched for the settings
         print(f"reusing the synthetic data in {folder}")
         manifest = folder / "manifest.csv"
     else:
-        manifest = synthetic.generate(folder, **synthetic_settings)
-        stamp.write_text(json.dumps(synthetic_settings))
+        try:
+            manifest = synthetic.generate(folder, **synthetic_settings)
+        except ValueError as err:  # out-of-range settings, said before anything is written
+            raise SystemExit(f"xdc demo: synthetic: {err}") from None
     labeled = synthetic.labeled_manifest(manifest, folder / "labels.csv", folder / "labeled.csv")
     return manifest, labeled
+
+
+def check_out_dir(out: Path, settings: dict) -> None:
+    """Reuse an output folder only for the same settings (any subset of methods): otherwise old
+    data, runs or probes would mix with new ones."""
+    stamp = {"synthetic": settings["synthetic"], "probe": settings["probe"],
+             "pretrain": config_to_yaml(settings["pretrain"]), "finetune": config_to_yaml(settings["finetune"])}
+    path = out / "settings.json"
+    if path.is_file() and json.loads(path.read_text()) != stamp:
+        raise SystemExit(f"xdc demo: {out} holds a demo run with other settings: choose another --out "
+                         f"(or delete it)")
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stamp, indent=1))
 
 
 def probe_split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
@@ -137,20 +157,12 @@ def probe_split(rows: list[dict], val_fraction: float, test_fraction: float, see
 
 
 def nuisance_labels(labels_csv: Path, rows: list[dict]) -> dict[str, np.ndarray]:
-    """Per row, a discrete nuisance code per modality (to see what clusters follow):
-    video: hue sextant x brightness half; audio: noise colour x noise level third."""
-    from xdc.data.synthetic import read_labels
+    """Per row, a discrete nuisance code per modality (synthetic.nuisance_codes)."""
+    from xdc.data.synthetic import nuisance_codes, read_labels
 
     meta = read_labels(labels_csv)
-    video, audio = [], []
-    for row in rows:
-        m = meta[str(Path(row["path"]).resolve())]
-        rgb = np.asarray(json.loads(m["background_rgb"]))
-        hue = int(np.argmax(rgb)) * 2 + int(np.sort(rgb)[1] > 0.5)  # coarse hue: 6 bins
-        video.append(hue * 2 + int(float(m["brightness"]) > 0.425))
-        level = min(2, int((float(m["noise_db"]) + 40.0) / 10.0))
-        audio.append(["white", "brown", "hum", "band"].index(m["noise_colour"]) * 3 + level)
-    return {"video": np.asarray(video), "audio": np.asarray(audio)}
+    codes = np.array([nuisance_codes(meta[str(Path(row["path"]).resolve())]) for row in rows])
+    return {"video": codes[:, 0], "audio": codes[:, 1]}
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -159,8 +171,7 @@ def pretrain_method(method: str, cfg: PretrainConfig, rows: list[dict], run_dir:
     """Pretrain one method into run_dir (resumed or skipped when already there); seconds spent."""
     from xdc.pretrain import pretrain
 
-    summary = run_dir / "summary.json"
-    if summary.is_file() and (run_dir / "checkpoints" / f"iteration_{cfg.iterations - 1:02d}.pt").is_file():
+    if (run_dir / "summary.json").is_file() and final_checkpoint(run_dir, cfg.iterations).is_file():
         print(f"{method}: reusing the finished run in {run_dir}")
         return float(json.loads((run_dir / "demo_seconds.json").read_text())["seconds"]) \
             if (run_dir / "demo_seconds.json").is_file() else 0.0
@@ -320,7 +331,7 @@ def demo(out: Path, settings: dict) -> dict:
     from xdc.reports.filters import draw_filters
 
     started = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, settings)
     pretrain_cfg, finetune_cfg = settings["pretrain"], settings["finetune"]
     methods = settings["methods"]
     steps = 2 + len(methods)
@@ -402,7 +413,11 @@ def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, args.quick, args.overrides)
+    try:
+        settings = load_settings(args.config, args.quick, args.overrides)
+    except ConfigError as err:
+        print(f"xdc demo: {err}", file=sys.stderr)
+        return 2
     torch.set_num_threads(settings["threads"])
     if args.methods:
         settings["methods"] = [m for m in ALL_METHODS if m in args.methods]

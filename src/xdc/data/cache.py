@@ -15,7 +15,8 @@ config that asks for other settings (fps, size, rate, streams), is decoded as us
 
 Same answers as decoding, up to the time grid: a window's start is rounded down to a multiple of
 `1 / fps` (exact when the video's own frame rate is `fps`, as for prepared or generated videos).
-Windows past the last frame loop or hold it, as `cfg.short_video` says.
+Windows past the last frame hold it; videos shorter than a clip loop or pad (`cfg.short_video`),
+as in decoding.
 """
 
 from __future__ import annotations
@@ -53,6 +54,23 @@ def _key(path) -> str:
     return str(Path(path).resolve())
 
 
+def _stamp(path) -> list[int]:
+    """Size and modification time: a file rewritten since it was cached is decoded again."""
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _is_current(index: dict, rows: list[dict], cfg: DataConfig) -> bool:
+    if index["settings"] != _settings(cfg):
+        return False
+    for row in rows:
+        key = _key(row["path"])
+        entry = index["videos"].get(key) or index["failed"].get(key)
+        if entry is None or not os.path.exists(row["path"]) or entry["stamp"] != _stamp(row["path"]):
+            return False
+    return True
+
+
 def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progress: bool = True) -> dict:
     """Decode the `ok` rows once into `cache_dir` (reused when it already holds them with the
     same settings); returns a summary with counts and failures (named, not dropped silently)."""
@@ -60,9 +78,9 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
     wanted = [r for r in rows if r.get("status") == "ok"]
     index_path = cache_dir / INDEX
     if index_path.is_file():
-        index = json.loads(index_path.read_text())
-        if index["settings"] == _settings(cfg) and all(_key(r["path"]) in index["videos"] for r in wanted):
+        if _is_current(json.loads(index_path.read_text()), wanted, cfg):
             return {"cached": len(wanted), "failed": {}, "reused": True}
+        index_path.unlink()  # from here until the new index is written, there is no cache
     cache_dir.mkdir(parents=True, exist_ok=True)
     margin = _margin(cfg)
     videos, failed = {}, {}
@@ -73,15 +91,17 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
             try:
                 duration = row.get("duration") or media_duration(row["path"], cfg)
                 num = max(1, math.ceil(duration * cfg.fps - 1e-6))  # grid times j / fps < duration
+                stamp = _stamp(row["path"])
                 whole = replace(cfg, frames=num, audio_seconds=num / cfg.fps + 2 * margin,
-                                short_video="pad")
+                                short_video="pad", cache_dir=None)
                 clip = decode_clip(row["path"], 0.0, whole, with_audio=bool(row.get("has_audio")))
             except (DecodeError, OSError, ValueError) as err:
-                failed[row["path"]] = str(err)
+                failed[_key(row["path"])] = {"stamp": _stamp(row["path"]) if os.path.exists(row["path"])
+                                             else None, "reason": str(err)}
                 continue
             video = np.ascontiguousarray(clip.video, dtype=np.uint8)
             frames_out.write(video.tobytes())
-            entry = {"frame_offset": frame_offset, "frames": num, "height": video.shape[1],
+            entry = {"stamp": stamp, "frame_offset": frame_offset, "frames": num, "height": video.shape[1],
                      "width": video.shape[2], "audio_offset": None, "samples": 0}
             frame_offset += video.size
             if clip.audio is not None:
@@ -93,12 +113,13 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
     os.replace(frames_tmp, cache_dir / "frames.u8")
     os.replace(audio_tmp, cache_dir / "audio.f32")
     tmp = cache_dir / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps({"settings": _settings(cfg), "videos": videos}))
+    tmp.write_text(json.dumps({"settings": _settings(cfg), "videos": videos, "failed": failed}))
     os.replace(tmp, index_path)  # written last: a half-built cache has no index
     _OPEN.pop(str(cache_dir), None)
     if failed and progress:
         print(f"cache: {len(failed)} of {len(wanted)} videos could not be decoded; they are decoded "
-              f"(and skipped) as usual when read: {next(iter(failed))}: {next(iter(failed.values()))}")
+              f"(and skipped) as usual when read, e.g. {next(iter(failed))}: "
+              f"{next(iter(failed.values()))['reason']}")
     return {"cached": len(videos), "failed": failed, "reused": False}
 
 
@@ -123,8 +144,8 @@ class ClipCache:
 
     def clips(self, path, starts, cfg: DataConfig, with_audio: bool = True) -> list[Clip] | None:
         entry = self.videos.get(_key(path))
-        if entry is None:
-            return None
+        if entry is None or not os.path.exists(path) or entry["stamp"] != _stamp(path):
+            return None  # not cached, or rewritten since: decode the file itself
         num, h, w = entry["frames"], entry["height"], entry["width"]
         video = self.frames[entry["frame_offset"]:entry["frame_offset"] + num * h * w * 3]
         video = video.reshape(num, h, w, 3)
@@ -133,7 +154,10 @@ class ClipCache:
             first = int(math.floor(max(0.0, float(start)) * cfg.fps + 1e-6))
             start = first / cfg.fps  # video and audio both start on the grid, so they stay aligned
             grid = first + np.arange(cfg.frames)
-            grid = grid % num if cfg.short_video == "loop" else np.minimum(grid, num - 1)
+            # As decode: a video shorter than the clip loops (or pads); a window that runs past
+            # the end of a longer video holds the last frame.
+            looped = cfg.short_video == "loop" and num < cfg.frames
+            grid = grid % num if looped else np.minimum(grid, num - 1)
             audio = None
             if with_audio and entry["audio_offset"] is not None:
                 audio = self._audio_window(entry, start, cfg)

@@ -89,17 +89,32 @@ def class_patterns(num_classes: int) -> list[ClassPattern]:
     return patterns
 
 
+BRIGHTNESS = (0.15, 0.7)  # background value; white shapes stay visible on all of them
+NOISE_DB = (-40.0, -10.0)  # background noise level, dBFS
+NOISE_COLOURS = ("white", "brown", "hum", "band")
+
+
 def sample_nuisance(rng: np.random.Generator) -> Nuisance:
     hue, saturation = rng.uniform(0, 1), rng.uniform(0.3, 1.0)
     rgb = colorsys.hsv_to_rgb(hue, saturation, 1.0)
     return Nuisance(
         background_rgb=tuple(float(v) for v in rgb),
-        brightness=float(rng.uniform(0.15, 0.7)),
+        brightness=float(rng.uniform(*BRIGHTNESS)),
         gain_db=float(rng.uniform(-20.0, 0.0)),
-        noise_db=float(rng.uniform(-40.0, -10.0)),
-        noise_colour=str(rng.choice(["white", "brown", "hum", "band"])),
+        noise_db=float(rng.uniform(*NOISE_DB)),
+        noise_colour=str(rng.choice(NOISE_COLOURS)),
         noise_hz=float(rng.choice([50.0, 60.0]) if rng.random() < 0.3 else 2 ** rng.uniform(8, 12.5)),
     )
+
+
+def nuisance_codes(label_row: dict) -> tuple[int, int]:
+    """A labels.csv row's nuisances as discrete codes, to measure what clusters follow:
+    video = coarse hue (6) x brightness half (2); audio = noise colour (4) x noise level third (3)."""
+    rgb = np.asarray(json.loads(label_row["background_rgb"]))
+    hue = int(np.argmax(rgb)) * 2 + int(np.sort(rgb)[1] > 0.5)
+    bright = int(float(label_row["brightness"]) > sum(BRIGHTNESS) / 2)
+    level = min(2, int(3 * (float(label_row["noise_db"]) - NOISE_DB[0]) / (NOISE_DB[1] - NOISE_DB[0])))
+    return hue * 2 + bright, NOISE_COLOURS.index(label_row["noise_colour"]) * 3 + level
 
 
 def _shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarray:
@@ -189,7 +204,7 @@ def render_audio(pattern: ClassPattern, nuisance: Nuisance, rng: np.random.Gener
         if amp > 0:
             tone += amp * np.sin(h * phase) * (h * freq < sample_rate / 2)  # no aliasing
     tone /= np.abs(tone).max() + 1e-9
-    # Notes of 80% of the contour period, so onsets are audible.
+    # Notes of 80% of the contour period, so onsets are audible; edges smoothed over 10 ms (no clicks).
     gate = ((t / period) % 1.0 < 0.8).astype(np.float64)
     gate = np.convolve(gate, np.hanning(int(0.01 * sample_rate)) / (0.005 * sample_rate), "same")
     signal = 0.5 * 10 ** (nuisance.gain_db / 20) * tone * np.clip(gate, 0, 1)
@@ -224,9 +239,9 @@ def generate(out_dir: str | Path, num_classes: int = 6, videos_per_class: int = 
         raise ValueError(f"videos_per_class must be >= 1, got {videos_per_class}")
     if size < 8 or size % 2:
         raise ValueError(f"size must be even and >= 8 (H.264 yuv420p), got {size}")
+    patterns = class_patterns(num_classes)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    patterns = class_patterns(num_classes)
     rng = np.random.default_rng(seed)
     labels = rng.permutation(np.repeat(np.arange(num_classes), videos_per_class))
     num_frames = max(1, int(round(seconds * fps)))
