@@ -157,7 +157,7 @@ def test_bad_inputs_fail_clearly(manifests, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     code = main(["finetune", "--superv", "--config", TINY, "--train", str(manifests / "train.csv"),
                  "--test", str(manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
-    assert code == 1 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().out
+    assert code == 1 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
 
 
 def test_hold_out_is_stratified_and_seeded():

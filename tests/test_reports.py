@@ -95,7 +95,7 @@ def test_clusters_command_line(run_dir, tmp_path, capsys):
                  "--no-media"]) == 0
     assert "video: purity 1.000" in capsys.readouterr().out and (out / "index.html").is_file()
     assert main(["clusters", str(tmp_path), "-o", str(out)]) == 1  # not a run folder
-    assert "no iterations/NN/labels_*.npy" in capsys.readouterr().out
+    assert "no iterations/NN/labels_*.npy" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("arch", ["r2plus1d_18", "r3d_18"])

@@ -27,6 +27,7 @@ import argparse
 import copy
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -513,6 +514,6 @@ def run(args: argparse.Namespace) -> int:
         encoder, source = load_encoder(args.modality, cfg, args.checkpoint, args.weights, args.superv)
         finetune(cfg, encoder, args.modality, train_rows, val_rows, test_rows, args.out, source)
     except (ConfigError, FinetuneError, WeightsError, ManifestError, SplitError, FileNotFoundError) as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -10,6 +10,7 @@ any key that does not match; `load_strict` only lets the classifier `fc.*` diffe
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = export_encoder(args.checkpoint, args.out, args.modality)
     except WeightsError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote the {args.modality} encoder of {args.checkpoint} to {out}")
     return 0

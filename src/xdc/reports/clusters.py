@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from xdc.clustering.metrics import (ari, cluster_sizes_summary, hungarian_accuracy, nmi,
-                                    per_cluster_purity, purity)
+from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import read_manifest
 from xdc.reports import html
@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
                                  args.max_clusters, media=not args.no_media)
     except ReportError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     for modality, m in metrics.items():
         if m["purity"] is None:

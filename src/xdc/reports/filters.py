@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,12 +110,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.checkpoints) > 2:
-        print("error: give one or two checkpoints")
+        print("error: give one or two checkpoints", file=sys.stderr)
         return 2
     try:
         out = draw_filters(args.checkpoints, args.out, args.titles)
     except WeightsError as err:
-        print(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -19,6 +19,7 @@ th { background: #f0f0f0; }
 .cluster h3 { margin: 0 0 0.3em; font-size: 1em; }
 .members { display: flex; flex-wrap: wrap; gap: 0.8em; }
 .member { font-size: 0.75em; max-width: 340px; }
+img { max-width: 100%; }  /* wide figures (filters) fit the page */
 .member img { display: block; max-width: 100%; image-rendering: pixelated; }
 .member audio { width: 100%; height: 28px; }
 .member img.spectrogram { width: 100%; height: 64px; }  /* same size whatever the clip length */
