@@ -111,8 +111,11 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
     lines = av_manifest.read_text().splitlines()
     unlabelled = av_manifest.parent / "unlabelled.csv"
     unlabelled.write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + "," for line in lines[1:]]))
-    with pytest.raises(ValueError, match="superv needs a manifest with a `label`"):
-        pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv")
+    assert pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv") == 2
+    assert "superv needs a manifest with a `label`" in capsys.readouterr().err
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "k",
+                    "cluster.k_audio=9") == 2  # 8 videos
+    assert "cluster.k_audio=9 is more than the 8 usable videos" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "x", "optim.lr=-1") == 2
     assert "optim.lr=-1.0 is out of range" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", tmp_path / "none.csv", "--out", tmp_path / "y") == 2

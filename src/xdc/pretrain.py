@@ -30,17 +30,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from xdc import clustering
-from xdc.config import (METHODS, ConfigError, PretrainConfig, config_to_yaml, load_config,
-                        save_config)
+from xdc.config import METHODS, ConfigError, PretrainConfig, config_to_yaml, load_config, save_config
 from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
-from xdc.data.manifest import (ManifestError, describe_dropped, read_manifest, usable_rows,
-                               write_manifest)
+from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows, write_manifest
+from xdc.methods import METHODS as METHOD_CLASSES
 from xdc.methods import MODALITIES, Method, get_method
 from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from xdc.training.loop import (PretrainModel, average_buffers, train_one_epoch, validation_loss,
-                               weights_digest)
+from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss, weights_digest
 from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
@@ -74,10 +72,24 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         raise SystemExit(f"{args.out} already holds a run: pass --resume {args.out} to continue it, "
                          f"or choose another --out")
     rows, dropped = usable_rows(read_manifest(args.data), require_audio=True)
+    check_inputs(cfg, rows)
     dist_utils.init_distributed(cfg.device)  # so that only rank 0 prints
     if dist_utils.is_main():
         print(f"{args.data}: {len(rows)} usable videos, {describe_dropped(dropped)}", flush=True)
     return cfg, rows, args.out
+
+
+def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
+    """What would fail later, said before any work: too few videos for k, superv without labels."""
+    method = METHOD_CLASSES[cfg.method]
+    for name in method.clusterings:
+        k = method().num_clusters(name, cfg.cluster)
+        if k > len(rows):
+            raise ConfigError(f"cluster.k_{name}={k} is more than the {len(rows)} usable videos of the "
+                              f"manifest: lower it (a few videos per cluster at least)")
+    if cfg.method == "superv" and any(row.get("label") in (None, "") for row in rows):
+        raise ConfigError("method superv needs a manifest with a `label` on every row "
+                          "(e.g. `xdc scan --labels-from-dirs`)")
 
 
 def default_config() -> Path:
