@@ -176,11 +176,6 @@ def compute_features(model: PretrainModel, rows: list[dict], cfg: PretrainConfig
                                        indices=mine)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def cluster_for_method(method: Method, features: clustering.Features, num_videos: int,
                        cfg: PretrainConfig, iteration: int) -> dict[str, clustering.ClusterResult]:
     """Cluster each feature set the method asks for ("joint" = [f_v; f_a], each L2-normalised).
@@ -189,8 +184,8 @@ def cluster_for_method(method: Method, features: clustering.Features, num_videos
     results = {}
     for name in method.clusterings:
         if name == "joint":
-            x = np.concatenate([l2_normalise(features["video"][present]),
-                                l2_normalise(features["audio"][present])], axis=1)
+            x = np.concatenate([clustering.l2_normalise(features["video"][present]),
+                                clustering.l2_normalise(features["audio"][present])], axis=1)
         else:
             x = features[name][present]
         results[name] = clustering.cluster_features(

@@ -6,6 +6,7 @@ from .kmeans import (
     ClusterResult,
     cluster_features,
     kmeans,
+    l2_normalise,
     preprocess,
     random_labels,
     reassign_empty_clusters,
@@ -15,7 +16,7 @@ from .metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cl
 
 __all__ = [
     "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "extract_features",
-    "handcrafted_features", "hungarian_accuracy", "kmeans", "nmi", "per_cluster_purity", "preprocess",
+    "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity", "preprocess",
     "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",

@@ -82,13 +82,19 @@ def fit_pca(sample: np.ndarray, pca_dim: int, whiten: bool = True) -> Projection
     return Projection(matrix, bias)
 
 
+def l2_normalise(x: np.ndarray) -> np.ndarray:
+    """float32 rows of unit length (zero rows stay zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+
+
 def apply_preprocessing(x: np.ndarray, projection: Projection | None) -> np.ndarray:
     """float32, projected when `projection` is given, then L2-normalised rows."""
     x = np.asarray(x, dtype=np.float32)
     if projection is not None:
         x = x @ projection.matrix.T + projection.bias
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+    return l2_normalise(x)
 
 
 def preprocess(x: np.ndarray, pca_dim: int = 0, whiten: bool = True, seed: int = 0) -> np.ndarray:
