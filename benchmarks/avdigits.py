@@ -1,6 +1,8 @@
 """Audio-visual digits: does XDC learn what the paper says it learns, on real recordings?
 
-    python benchmarks/avdigits.py [--quick] [--seeds 0 1 2] [--out runs/avdigits]
+    python benchmarks/avdigits.py [--quick] [--seeds 0 1 2] [--jobs 2] [--out runs/avdigits]
+
+On 2 CPU cores: 59 min (7 methods x 3 seeds), `--quick` 6.5 min (one seed); docs/RESULTS.md.
 
 Data: every spoken digit of ../shared/data/fsdd (4 speakers, real recordings, 8 kHz) becomes a
 short video whose soundtrack is the recording and whose frames show a real handwritten digit of
@@ -21,6 +23,8 @@ paper's comparisons per modality).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import json
 import math
 import os
@@ -30,7 +34,9 @@ import subprocess
 import sys
 import time
 import wave
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -122,7 +128,7 @@ def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_
 
     done = out / "dataset.json"
     if done.is_file():
-        return {k: Path(v) for k, v in json.loads(done.read_text())["manifests"].items()}
+        return {k: out / v for k, v in json.loads(done.read_text())["manifests"].items()}
     rng = np.random.default_rng(seed)
     digits = load_digits()
     # Each class's images, shuffled once, then cut into disjoint train/val/test pools.
@@ -153,7 +159,8 @@ def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_
                        "split": item["split"], "source": item["path"].name})
     xdc("scan", str(out / "videos"), "-o", str(out / "scan.csv"), "--workers", "2")
     manifests = write_split_manifests(out, labels)
-    done.write_text(json.dumps({"manifests": {k: str(v) for k, v in manifests.items()},
+    # Names relative to `out` (as the manifests' own paths are), so the folder can be moved.
+    done.write_text(json.dumps({"manifests": {k: v.name for k, v in manifests.items()},
                                 "videos": len(labels), "seconds": seconds, "fps": fps, "size": size}))
     return manifests
 
@@ -162,7 +169,7 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
     """pretrain (no labels), pretrain_labeled (Superv only), train / val / test (labelled)."""
     from xdc.data.manifest import read_manifest, write_manifest
 
-    by_path = {str((out / r["path"]).resolve()): r for r in labels}
+    by_name = {Path(r["path"]).name: r for r in labels}
     rows = read_manifest(out / "scan.csv")
     bad = [r for r in rows if r["status"] != "ok" or not r["has_audio"]]
     if bad:
@@ -172,7 +179,7 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
     def write(name: str, split_names: tuple[str, ...], with_labels: bool) -> None:
         chosen = []
         for r in rows:
-            meta = by_path[str(Path(r["path"]).resolve())]
+            meta = by_name[Path(r["path"]).name]
             if meta["split"] in split_names:
                 chosen.append(dict(r, label=meta["label"] if with_labels else None))
         manifests[name] = write_manifest(chosen, out / f"{name}.csv")
@@ -188,11 +195,15 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
 
 # ----------------------------------------------------------------------------------- the runs
 
-def xdc(*args: str) -> None:
-    """Run one `xdc` command in a fresh process, as a user would."""
+def xdc(*args: str, log: TextIO | None = None) -> None:
+    """Run one `xdc` command in a fresh process, as a user would; its output goes to `log` if given."""
     command = [sys.executable, "-m", "xdc.cli", *args]
-    print("$ xdc " + " ".join(args), flush=True)
-    subprocess.run(command, check=True)
+    print("$ xdc " + " ".join(args), file=log or sys.stdout, flush=True)
+    try:
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT if log else None)
+    except subprocess.CalledProcessError as error:
+        where = f" (its output: {log.name})" if log else ""
+        raise SystemExit(f"`xdc {args[0]}` failed with exit status {error.returncode}{where}") from None
 
 
 # The settings. Levers named by the issue: hand-crafted first clusters, k, widths, clip length,
@@ -247,10 +258,17 @@ def write_yaml(tree: dict, path: Path) -> Path:
 
 
 def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], out: Path,
-             configs: dict[str, Path], cache_dir: Path) -> dict:
-    """Pretrain (unless Scratch), probe both encoders (linear and fc), analyse the clusters."""
+             configs: dict[str, Path], cache_dir: Path, quiet: bool = False) -> dict:
+    """Pretrain (unless Scratch), probe both encoders (linear and fc), analyse the clusters.
+    `quiet`: the commands' output goes to `log.txt` in the run's folder (for parallel runs)."""
     folder = out / f"seed{seed}" / method
     folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "log.txt", "a") if quiet else contextlib.nullcontext() as log:
+        return _run_seed(seed, method, settings, manifests, folder, configs, cache_dir, out, log)
+
+
+def _run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], folder: Path,
+              configs: dict[str, Path], cache_dir: Path, out: Path, log: TextIO | None) -> dict:
     result: dict = {"method": method, "seed": seed}
     cache = f"data.cache_dir={json.dumps(str(cache_dir))}"
     started = time.perf_counter()
@@ -262,10 +280,10 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
             data = manifests["pretrain_labeled" if method == "superv" else "pretrain"]
             extra = dotlist(settings["superv"]) if method == "superv" else []
             if (run_dir / "checkpoints" / "last.pt").is_file():
-                xdc("pretrain", "--resume", str(run_dir))
+                xdc("pretrain", "--resume", str(run_dir), log=log)
             else:
                 xdc("pretrain", "--config", str(configs["pretrain"]), "--data", str(data), "--out",
-                    str(run_dir), f"method={method}", f"seed={seed}", cache, *extra)
+                    str(run_dir), f"method={method}", f"seed={seed}", cache, *extra, log=log)
         checkpoint = last
         result["pretrain_seconds"] = round(time.perf_counter() - started, 1)
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -275,7 +293,7 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
             report = folder / "clusters"
             if not (report / "metrics.json").is_file():
                 xdc("clusters", str(run_dir), "--labels", str(manifests["pretrain_labeled"]), "-o",
-                    str(report), "--no-media")
+                    str(report), "--no-media", log=log)
             result["clusters"] = json.loads((report / "metrics.json").read_text())
     source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--scratch"]
     for mode in ("linear", "fc"):
@@ -286,7 +304,7 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
                 xdc("finetune", *source, "--modality", modality, "--mode", mode, "--config",
                     str(configs["finetune"]), "--train", str(manifests["train"]), "--val",
                     str(manifests["val"]), "--test", str(manifests["test"]), "--out", str(probe),
-                    f"seed={seed}", cache, *extra)
+                    f"seed={seed}", cache, *extra, log=log)
             result[f"{mode}_{modality}"] = json.loads((probe / "results.json").read_text())
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
@@ -295,11 +313,13 @@ def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path],
 def pseudo_label_nmis(run_dir: Path, data_dir: Path) -> list[dict]:
     """Per iteration, NMI of each modality's pseudo-labels with the digit and with the speaker
     (the audio nuisance): do the clusters carry the class, and from the first iteration on?"""
-    from xdc.data.manifest import read_manifest
     from xdc.demo import iteration_nmis
 
-    meta = {str((data_dir / r["path"]).resolve()): r for r in json.loads((data_dir / "labels.json").read_text())}
-    rows = [meta[str(Path(r["path"]).resolve())] for r in read_manifest(run_dir / "rows.csv")]
+    # By file name (unique in videos/), not through read_manifest: the run's rows.csv holds
+    # absolute paths, which a moved output folder leaves pointing nowhere.
+    meta = {Path(r["path"]).name: r for r in json.loads((data_dir / "labels.json").read_text())}
+    with open(run_dir / "rows.csv", newline="") as f:
+        rows = [meta[Path(r["path"]).name] for r in csv.DictReader(f)]
     digits = np.array([int(r["label"]) for r in rows])
     speakers = np.unique([r["speaker"] for r in rows], return_inverse=True)[1]
     return iteration_nmis(run_dir, digits, {"video": speakers, "audio": speakers})
@@ -352,21 +372,22 @@ def beats(table: dict, winner: str, loser: str, key: str) -> dict | None:
 
 
 def markdown(table: dict, comparisons: dict, header: str) -> str:
-    def cell(value):
+    def cell(value, seeds):
         if value is None or math.isnan(value[0]):
             return "–"
-        return f"{value[0]:.3f} ± {value[1]:.3f}"
+        return f"{value[0]:.3f} ± {value[1]:.3f}" if seeds > 1 else f"{value[0]:.3f}"  # no spread
 
     lines = [header, "",
              "| method | video linear | audio linear | video fc | audio fc | video purity | video NMI | "
              "audio purity | audio NMI | empty (v / a) | s per seed |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
+        n = row["seeds"]
         empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
                  if row.get("empty_clusters_video") else "–")  # mean over seeds
-        lines.append(f"| {method} | {cell(row['linear_video'])} | {cell(row['linear_audio'])} | "
-                     f"{cell(row['fc_video'])} | {cell(row['fc_audio'])} | {cell(row['purity_video'])} | "
-                     f"{cell(row['nmi_video'])} | {cell(row['purity_audio'])} | {cell(row['nmi_audio'])} | "
+        lines.append(f"| {method} | {cell(row['linear_video'], n)} | {cell(row['linear_audio'], n)} | "
+                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['purity_video'], n)} | "
+                     f"{cell(row['nmi_video'], n)} | {cell(row['purity_audio'], n)} | {cell(row['nmi_audio'], n)} | "
                      f"{empty} | {row['seconds'][0]:.0f} |")
     lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
               "iteration -> last, mean over seeds:", "",
@@ -400,7 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="runs side by side (default 2: one per core of a 2-core machine)")
     args = parser.parse_args(argv)
+    if args.jobs < 1 or args.threads < 1:
+        parser.error("--jobs and --threads must be at least 1")
     settings = merge(FULL, QUICK) if args.quick else FULL
     seeds = args.seeds or settings["seeds"]
     out = args.out or REPO / "runs" / ("avdigits_quick" if args.quick else "avdigits")
@@ -428,11 +453,25 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     results_path = out / "results.json"
-    for seed in seeds:
-        for method in args.methods:
+    pieces = [(seed, method) for seed in seeds for method in args.methods]
+    if args.jobs == 1:
+        for seed, method in pieces:
             print(f"\n=== seed {seed}, {method} ({time.perf_counter() - started:.0f} s so far) ===", flush=True)
             results.append(run_seed(seed, method, settings, manifests, out, configs, out / "data" / "cache"))
             results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
+    else:  # independent runs side by side, one per core; each run's output in its own log.txt
+        print(f"{len(pieces)} runs, {args.jobs} at a time; their output: {out}/seed*/*/log.txt", flush=True)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = {pool.submit(run_seed, seed, method, settings, manifests, out, configs,
+                                   out / "data" / "cache", True): (seed, method) for seed, method in pieces}
+            for done, future in enumerate(as_completed(futures), 1):
+                seed, method = futures[future]
+                results.append(future.result())
+                results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
+                print(f"[{done}/{len(pieces)}] seed {seed}, {method}: {results[-1]['seconds']:.0f} s "
+                      f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+        order = {piece: i for i, piece in enumerate(pieces)}
+        results.sort(key=lambda r: order[r["seed"], r["method"]])
     table = aggregate(results)
     comparisons = {f"XDC vs {m.upper()}": {mod: beats(table, "xdc", m, f"linear_{mod}")
                                            for mod in MODALITIES}
@@ -440,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - started
     header = (f"avdigits{' --quick' if args.quick else ''}: seeds {seeds}, {len(rows)} videos; "
               f"{wall / 60:.1f} min wall on {platform.node()} ({os.cpu_count()} CPUs, "
-              f"{args.threads} torch thread(s) per process); mean ± std over seeds, video-level top-1 "
+              f"{args.jobs} run(s) at a time, {args.threads} torch thread(s) each); mean ± std over seeds, video-level top-1 "
               f"on the test speaker")
     text = markdown(table, comparisons, header)
     (out / "table.md").write_text(text)

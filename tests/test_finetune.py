@@ -15,7 +15,7 @@ from xdc.data.encode import write_video
 from xdc.data.manifest import write_manifest
 from xdc.data.scan import scan_paths
 from xdc.evaluation.finetune import FinetuneError, finetune, hold_out
-from xdc.evaluation.linear import accuracy
+from xdc.evaluation.linear import accuracy, encoder_input
 from xdc.models import video_encoder
 from xdc.reports.html import write_wav
 
@@ -68,6 +68,19 @@ def test_accuracy_video_level_averages_softmax_over_clips():
     assert scores["top1_clip"] == pytest.approx(4 / 6)
     assert scores["top1_video"] == 1.0
     assert accuracy(logits, torch.tensor([1, 2]))["top1_video"] == 0.5
+
+
+def test_encoder_input_flattens_eval_clips_and_keeps_train_batches():
+    # Eval batches carry a clip axis (V×N×...); the encoders take one batch of clips. On CUDA
+    # the video then goes channels_last_3d, which only a 5-D tensor can (found on an H200).
+    eval_batch = {"video": torch.randn(2, 3, 3, 4, 8, 8), "audio": torch.randn(2, 3, 1, 40, 20)}
+    train_batch = {"video": torch.randn(5, 3, 4, 8, 8), "audio": torch.randn(5, 1, 40, 20)}
+    cpu = torch.device("cpu")
+    assert encoder_input(eval_batch, "video", cpu).shape == (6, 3, 4, 8, 8)
+    assert encoder_input(eval_batch, "audio", cpu).shape == (6, 1, 40, 20)
+    assert torch.equal(encoder_input(eval_batch, "video", cpu)[4], eval_batch["video"][1, 1])
+    assert encoder_input(train_batch, "video", cpu).shape == (5, 3, 4, 8, 8)
+    assert encoder_input(train_batch, "audio", cpu).shape == (5, 1, 40, 20)
 
 
 def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):

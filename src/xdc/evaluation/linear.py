@@ -20,8 +20,12 @@ from xdc.training.schedule import make_scheduler, steps_per_epoch
 
 
 def encoder_input(batch: dict, modality: str, device: torch.device) -> torch.Tensor:
-    """The batch's video (channels_last_3d on CUDA) or log-mel, on `device` without blocking."""
-    x = batch[modality].to(device, non_blocking=device.type == "cuda")
+    """The batch's video clips (channels_last_3d on CUDA) or log-mels on `device`, copied without
+    blocking; an eval batch's V videos × N clips become one batch of V·N clips."""
+    x = batch[modality]
+    if x.dim() == (6 if modality == "video" else 5):  # V×N×C×T×H×W or V×N×1×F×T
+        x = x.flatten(0, 1)
+    x = x.to(device, non_blocking=device.type == "cuda")
     if modality == "video" and device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
@@ -40,10 +44,9 @@ def clip_features(encoder: nn.Module, dataset, modality: str, device: torch.devi
         skipped.extend(batch.get("skipped", ()))
         if modality not in batch:  # every video of the batch failed to decode
             continue
-        x = encoder_input(batch, modality, device)
-        videos, clips = x.shape[:2]
+        videos, clips = batch[modality].shape[:2]
         with autocast(device, amp):
-            out = encoder(x.flatten(0, 1))
+            out = encoder(encoder_input(batch, modality, device))
         features.append(out.float().reshape(videos, clips, -1).cpu())
         indices.append(torch.as_tensor(batch["index"]))
     if not features:

@@ -161,9 +161,9 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         skips.add(batch)
         if not has_data(batch):
             continue
+        if batch["video"].dim() == 6:  # eval items carry a clip axis: N×C×T×H×W per video; keep clip 0
+            batch = dict(batch, video=batch["video"][:, 0], audio=batch["audio"][:, 0])
         video, audio, index = to_device(batch, device)
-        if video.dim() == 6:  # eval items carry a clip axis: N×C×T×H×W per video; keep clip 0
-            video, audio = video[:, 0], audio[:, 0]
         with autocast(device, amp):
             logits = model(video, audio)
         loss_sum += heads_loss(logits, targets_for(labels, index), specs).float() * len(index)
