@@ -11,7 +11,8 @@ Loaders timed in turns on the same random windows of clips >= 10 s (train mode: 
   window, convert only kept frames) on the originals / on `xdc prepare` copies;
 - dataset / prepared_dataset: `AudioVideoClips` train items (decode + log-mel + crop/flip), the
   project's loader as training uses it: `clips_per_s` and `prepared_clips_per_s`;
-- eval_dataset: eval items, `eval_clips` uniformly spaced clips per video from one decode pass.
+- eval_dataset: eval items, `eval_clips` uniformly spaced clips per video from one decode pass;
+  eval_video_only: the same without the audio (`with_audio=False`, video-only fine-tuning).
 `prepare_seconds` is the one-time cost of `xdc prepare` on the clips. `rss_growth_mb` is the
 resident-memory growth of this process over `--decodes` train items after a warm-up (leaks).
 """
@@ -152,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
 
         train = AudioVideoClips(rows, cfg, mode="train", require_audio=False)
         evaluate = AudioVideoClips(rows, cfg, mode="eval", require_audio=False)
+        evaluate_video = AudioVideoClips(rows, cfg, mode="eval", require_audio=False, with_audio=False)
         train_prepared = AudioVideoClips(prepared_rows, cfg, mode="train", require_audio=False)
         loaders = {
             "naive": lambda i, s: (naive_clip(rows[i]["path"], s, cfg), 1)[1],
@@ -166,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         rates = interleaved_rates(loaders, windows)
         # Eval mode: eval_clips uniformly spaced clips per video from one decode pass.
         eval_windows = windows[:max(len(rows), args.windows // cfg.eval_clips)]
-        rates.update(interleaved_rates({"eval_dataset": lambda i, s: _item_clips(evaluate[i])}, eval_windows))
+        rates.update(interleaved_rates({"eval_dataset": lambda i, s: _item_clips(evaluate[i]),
+                                        "eval_video_only": lambda i, s: _item_clips(evaluate_video[i])},
+                                       eval_windows))
         for name, rate in rates.items():
             print(f"{name:>18}: {rate:7.1f} clips/s")
 
@@ -190,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         "prepare_seconds": summary["seconds"],
         "eval_clips_per_s": rates["eval_dataset"],
         "speedup_eval_vs_naive": rates["eval_dataset"] / naive,
+        "eval_video_only_clips_per_s": rates["eval_video_only"],
+        "speedup_video_only_vs_eval": rates["eval_video_only"] / rates["eval_dataset"],
         "decode_clips_per_s": rates["decode"],
         "prepared_decode_clips_per_s": rates["prepared_decode"],
         "naive_minimal_clips_per_s": rates["naive_minimal"],

@@ -84,6 +84,20 @@ def test_eval_items_uniform_starts_and_clip_override(clip_factory):
     assert eval_starts(0.5, 1.0, 2) == [0.0, 0.0]  # shorter than a clip: loop from the start
 
 
+def test_video_only_items_skip_the_audio_and_keep_the_same_frames(clip_factory):
+    path = clip_factory("a.mp4", seconds=4.0)
+    rows = [row(path, duration=4.0, has_audio=True)]
+    both = AudioVideoClips(rows, CFG, mode="eval", require_audio=False)[0]
+    video_only = AudioVideoClips(rows, CFG, mode="eval", require_audio=False, with_audio=False)[0]
+    assert "audio" not in video_only and "has_audio" not in video_only
+    assert torch.equal(video_only["video"], both["video"]) and torch.equal(video_only["start"], both["start"])
+    torch.manual_seed(0)
+    train = AudioVideoClips(rows, CFG, require_audio=False, with_audio=False)[0]
+    assert "audio" not in train and train["video"].shape == (3, CFG.frames, CFG.crop, CFG.crop)
+    with pytest.raises(ValueError, match="require_audio"):
+        AudioVideoClips(rows, CFG, require_audio=True, with_audio=False)
+
+
 def test_loaded_clips_keep_flash_and_beep_aligned(tmp_path):
     from test_decode import BEEP_HZ, FLASH_FPS, FLASH_TIME, make_flash_beep
 

@@ -4,6 +4,7 @@ Item contract (docs/DESIGN.md):
 - train: `video` float32 C×T×H×W, `audio` float32 1×n_mels×n_frames, `index`, `start` (s),
   `has_audio`, `label` (when labelled); random start, random crop, random flip.
 - eval: the same with a leading clip axis N (uniformly spaced starts, centre crop, one decode).
+- with_audio=False: no `audio` and no `has_audio` (the audio is not decoded).
 - a sample that cannot be decoded: `{"index": i, "skipped": reason}`; `collate_clips` drops it
   and lists it in `batch["skipped"]`, and a `SkipCounter` reports the skips at epoch end.
 
@@ -49,20 +50,24 @@ class AudioVideoClips(Dataset):
     require_audio=False: a video without an audio stream gets the log-mel of silence and
     `has_audio=False`. require_audio=True: such a video is skipped (pretraining drops these rows
     up front in `from_manifest`, so this only happens when a row's metadata was wrong).
+    with_audio=False: the audio is not decoded at all and items have neither `audio` nor
+    `has_audio` (video-only fine-tuning has no use for them).
     Train mode retries another random window after a decode error, up to `cfg.max_retries`
     times; eval windows are fixed, so eval mode skips at the first error.
     """
 
     def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train",
-                 require_audio: bool = True, clips_per_video: int | None = None):
+                 require_audio: bool = True, clips_per_video: int | None = None, with_audio: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if require_audio and not with_audio:
+            raise ValueError("require_audio=True needs with_audio=True")
         if clips_per_video is not None and clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
         self.rows = list(rows)
         if not self.rows:
             raise ValueError("AudioVideoClips needs at least one row (the manifest has no usable video)")
-        self.cfg, self.mode, self.require_audio = cfg, mode, require_audio
+        self.cfg, self.mode, self.require_audio, self.with_audio = cfg, mode, require_audio, with_audio
         self.clips_per_video = clips_per_video or cfg.eval_clips
         self.classes, self.labels = _labels_of(self.rows)
         self._durations = [row.get("duration") for row in self.rows]
@@ -114,22 +119,24 @@ class AudioVideoClips(Dataset):
         duration = self.duration(index)
         if self.mode == "train":
             start = float(torch.rand(())) * max(0.0, duration - cfg.clip_seconds)
-            return [decode_clip(path, start, cfg, with_audio=True)]
-        return decode_clips(path, eval_starts(duration, cfg.clip_seconds, self.clips_per_video), cfg)
+            return [decode_clip(path, start, cfg, with_audio=self.with_audio)]
+        return decode_clips(path, eval_starts(duration, cfg.clip_seconds, self.clips_per_video), cfg,
+                            with_audio=self.with_audio)
 
     def _item(self, index: int, clips) -> dict[str, Any]:
         has_audio = clips[0].audio is not None
-        if has_audio:
-            audio = self.log_mel(torch.from_numpy(np.stack([c.audio for c in clips])))
-        else:
-            audio = self._silence.expand(len(clips), *self._silence.shape).clone()
         if self.mode == "train":
-            item = {"video": train_video_transform(clips[0].video, self.cfg), "audio": audio[0],
-                    "start": clips[0].start}
+            item = {"video": train_video_transform(clips[0].video, self.cfg), "start": clips[0].start}
         else:
             item = {"video": torch.stack([eval_video_transform(c.video, self.cfg) for c in clips]),
-                    "audio": audio, "start": torch.tensor([c.start for c in clips], dtype=torch.float64)}
-        item.update(index=index, has_audio=has_audio)
+                    "start": torch.tensor([c.start for c in clips], dtype=torch.float64)}
+        if self.with_audio:
+            if has_audio:
+                audio = self.log_mel(torch.from_numpy(np.stack([c.audio for c in clips])))
+            else:
+                audio = self._silence.expand(len(clips), *self._silence.shape).clone()
+            item.update(audio=audio[0] if self.mode == "train" else audio, has_audio=has_audio)
+        item["index"] = index
         if self.labels is not None:
             item["label"] = int(self.labels[index])
         return item

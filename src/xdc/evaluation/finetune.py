@@ -67,7 +67,8 @@ def is_audio_only(row: dict) -> bool:
 def make_dataset(rows: list[dict], cfg: FinetuneConfig, modality: str, mode: str):
     if modality == "audio" and all(is_audio_only(row) for row in rows):
         return AudioClips(rows, cfg.data, mode)
-    return AudioVideoClips(rows, cfg.data, mode, require_audio=modality == "audio")
+    audio = modality == "audio"
+    return AudioVideoClips(rows, cfg.data, mode, require_audio=audio, with_audio=audio)
 
 
 def usable(rows: list[dict], modality: str) -> tuple[list[dict], dict[str, int]]:
