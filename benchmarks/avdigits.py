@@ -464,12 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(run_seed, seed, method, settings, manifests, out, configs,
                                    out / "data" / "cache", True): (seed, method) for seed, method in pieces}
-            for done, future in enumerate(as_completed(futures), 1):
-                seed, method = futures[future]
-                results.append(future.result())
-                results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
-                print(f"[{done}/{len(pieces)}] seed {seed}, {method}: {results[-1]['seconds']:.0f} s "
-                      f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+            try:
+                for done, future in enumerate(as_completed(futures), 1):
+                    seed, method = futures[future]
+                    results.append(future.result())
+                    results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
+                    print(f"[{done}/{len(pieces)}] seed {seed}, {method}: {results[-1]['seconds']:.0f} s "
+                          f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+            except BaseException:  # a failed run: start no other (the one beside it finishes)
+                pool.shutdown(cancel_futures=True)
+                raise
         order = {piece: i for i, piece in enumerate(pieces)}
         results.sort(key=lambda r: order[r["seed"], r["method"]])
     table = aggregate(results)
