@@ -7,7 +7,6 @@ every item, so row i is item i. `kmeans.cluster_features` gathers what it needs 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from xdc.models import autocast, to_device
 from xdc.training import distributed as dist
 
 # Dimensions of one clip as an encoder takes it (a batch adds one): video C×T×H×W, audio 1×M×F.
@@ -43,19 +43,6 @@ def _clips(batch: dict, key: str) -> torch.Tensor:
         raise ValueError(f"batch[{key!r}] has shape {tuple(x.shape)}: expected B×N×clip or B×clip "
                          f"with a clip of {CLIP_NDIM[key]} dims")
     return x
-
-
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device, non_blocking=True)
-    if device.type == "cuda" and x.dim() == 5:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
@@ -93,14 +80,14 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
     try:
         for enc in encoders.values():
             enc.train()
-        with _autocast(device, amp):
+        with autocast(device, amp):
             for batch in loader:
                 if used >= max_batches:
                     break
                 if "index" not in batch or len(batch["index"]) == 0:
                     continue  # every item of this batch was skipped
                 for key, enc in encoders.items():
-                    enc(_to_device(_clips(batch, key).flatten(0, 1), device))
+                    enc(to_device(_clips(batch, key).flatten(0, 1), device))
                 used += 1
     finally:
         for m, momentum in zip(norms, momenta):
@@ -224,8 +211,8 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
         @torch.no_grad()
         def fn(clips: torch.Tensor) -> torch.Tensor:
             b, n = clips.shape[:2]
-            with _autocast(device, amp):
-                out = encoder(_to_device(clips.flatten(0, 1), device))
+            with autocast(device, amp):
+                out = encoder(to_device(clips.flatten(0, 1), device))
             return out.float().view(b, n, -1).mean(dim=1)
         return fn
 

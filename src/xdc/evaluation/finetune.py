@@ -43,10 +43,9 @@ from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, us
 from xdc.evaluation.linear import accuracy, clip_features, encoder_input, train_linear
 from xdc.evaluation.splits import SplitError, split_manifests
 from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict, superv_state_dict
-from xdc.models import ClassificationHead, audio_encoder, video_encoder
+from xdc.models import ClassificationHead, audio_encoder, autocast, video_encoder
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
-from xdc.training.loop import autocast
 from xdc.training.schedule import make_scheduler, steps_per_epoch
 
 MODALITIES = ("video", "audio")

@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
-from xdc.models import ClassificationHead
-from xdc.training.loop import autocast
+from xdc.models import ClassificationHead, autocast, to_device
 from xdc.training.schedule import make_scheduler, steps_per_epoch
 
 
@@ -25,10 +24,7 @@ def encoder_input(batch: dict, modality: str, device: torch.device) -> torch.Ten
     x = batch[modality]
     if x.dim() == (6 if modality == "video" else 5):  # V×N×C×T×H×W or V×N×1×F×T
         x = x.flatten(0, 1)
-    x = x.to(device, non_blocking=device.type == "cuda")
-    if modality == "video" and device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-    return x
+    return to_device(x, device)
 
 
 @torch.no_grad()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, heads_loss
-from xdc.models import ClassificationHead
+from xdc.models import ClassificationHead, autocast, to_device
 from xdc.training import distributed as dist_utils
 
 
@@ -46,21 +45,10 @@ class PretrainModel(nn.Module):
         return {s.name: self.heads[s.name](features[s.encoder]) for s in self.head_specs}
 
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked; nothing on CPU (bf16 there is slow, not faster)."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Video (channels_last_3d on CUDA), audio and row indices, copied without blocking."""
-    non_blocking = device.type == "cuda"
-    video = batch["video"].to(device, non_blocking=non_blocking)
-    if device.type == "cuda":
-        video = video.contiguous(memory_format=torch.channels_last_3d)
-    audio = batch["audio"].to(device, non_blocking=non_blocking)
-    return video, audio, torch.as_tensor(batch["index"]).to(device, non_blocking=non_blocking)
+def batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Video clips, log-mels and row indices of a train batch on `device`."""
+    return (to_device(batch["video"], device), to_device(batch["audio"], device),
+            to_device(torch.as_tensor(batch["index"]), device))
 
 
 def targets_for(labels: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -105,7 +93,7 @@ def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
             scheduler.step()
             last = time.perf_counter()
             continue
-        video, audio, index = to_device(batch, device)
+        video, audio, index = batch_to_device(batch, device)
         with autocast(device, amp):
             logits = model(video, audio)
         loss = heads_loss(logits, targets_for(labels, index), specs)
@@ -163,7 +151,7 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
             continue
         if batch["video"].dim() == 6:  # eval items carry a clip axis: N×C×T×H×W per video; keep clip 0
             batch = dict(batch, video=batch["video"][:, 0], audio=batch["audio"][:, 0])
-        video, audio, index = to_device(batch, device)
+        video, audio, index = batch_to_device(batch, device)
         with autocast(device, amp):
             logits = model(video, audio)
         loss_sum += heads_loss(logits, targets_for(labels, index), specs).float() * len(index)
