@@ -413,9 +413,7 @@ class Pretraining:
         dist_utils.barrier()
 
     def load(self, path: Path) -> None:
-        # Loaded on the CPU: load_state_dict moves weights and optimiser state to the parameters'
-        # device, and RNG states must stay CPU tensors (numpy's cannot come from CUDA).
-        state = load_checkpoint(path)
+        state = load_checkpoint(path)  # on the CPU (see load_checkpoint)
         self.model.video_encoder.load_state_dict(state["video_encoder"])
         self.model.audio_encoder.load_state_dict(state["audio_encoder"])
         self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])

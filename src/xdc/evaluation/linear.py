@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from xdc.clustering.features import CLIP_NDIM
 from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
 from xdc.models import ClassificationHead, autocast, to_device
@@ -22,7 +23,7 @@ def encoder_input(batch: dict, modality: str, device: torch.device) -> torch.Ten
     """The batch's video clips (channels_last_3d on CUDA) or log-mels on `device`, copied without
     blocking; an eval batch's V videos × N clips become one batch of V·N clips."""
     x = batch[modality]
-    if x.dim() == (6 if modality == "video" else 5):  # V×N×C×T×H×W or V×N×1×F×T
+    if x.dim() == CLIP_NDIM[modality] + 2:  # V×N×clip
         x = x.flatten(0, 1)
     return to_device(x, device)
 
