@@ -13,6 +13,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+MODALITIES = ("video", "audio")  # one encoder each
 # Dimensions of one clip as an encoder takes it (a batch adds one, the clip axis another):
 # video C×T×H×W, audio 1×M×F.
 CLIP_NDIM = {"video": 4, "audio": 3}
