@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xdc.config import ClusterConfig
-from xdc.methods import get_method, heads_loss
+from xdc.methods import get_method, head_losses, reduce_heads
 
 CFG = ClusterConfig(k_video=3, k_audio=5, k_joint=7)
 N = 40
@@ -46,13 +46,13 @@ def test_loss_is_low_only_when_each_head_predicts_its_routed_labels(name):
     heads = method.heads(CFG)
     targets = {k: torch.as_tensor(v) for k, v in labels.items()}
     routed = {h.name: confident_logits(labels[h.target], h.num_classes) for h in heads}
-    assert heads_loss(routed, targets, heads) < 1e-6
+    assert head_losses(routed, targets, heads).max() < 1e-6
     # Swap the modalities' label arrays: a method whose routing ignored `target` would not notice.
     if "video" in labels:
         swapped = {h.name: confident_logits(labels["video" if h.encoder == "video" else "audio"]
                                             % h.num_classes, h.num_classes) for h in heads}
         own_is_routed = all(h.target == h.encoder for h in heads)
-        assert (heads_loss(swapped, targets, heads) < 1e-6) == own_is_routed
+        assert (head_losses(swapped, targets, heads).max() < 1e-6) == own_is_routed
 
 
 def test_xdc_video_head_gets_audio_clusters():
@@ -112,3 +112,26 @@ def test_safeguard_defaults_and_overrides():
 def test_unknown_method_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown method 'dc'"):
         get_method("dc")
+
+
+def test_head_reduction_sum_gives_each_head_its_full_gradient():
+    losses = torch.tensor([1.0, 3.0], requires_grad=True)
+    reduce_heads(losses, "sum").backward()
+    assert losses.grad.tolist() == [1.0, 1.0]
+    losses.grad = None
+    reduce_heads(losses, "mean").backward()
+    assert losses.grad.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="head reduction"):
+        reduce_heads(losses, "max")
+
+
+def test_cdc_clusters_the_joint_features_it_builds():
+    from xdc.clustering import Features
+
+    present = np.array([True, False, True])
+    features = Features({"video": np.array([[3.0, 4.0], [9, 9], [1, 0]]),
+                         "audio": np.array([[0.0, 2.0], [9, 9], [0, 5]])}, np.arange(3), present)
+    joint = get_method("cdc").cluster_inputs(features)["joint"]
+    np.testing.assert_allclose(joint, [[0.6, 0.8, 0, 1], [1, 0, 0, 1]])  # each half L2-normalised
+    own = get_method("xdc").cluster_inputs(features)
+    assert set(own) == {"video", "audio"} and own["video"].shape == (2, 2)

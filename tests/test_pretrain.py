@@ -11,6 +11,7 @@ import torch
 
 from xdc.cli import main as xdc_main
 from xdc.config import load_config
+from xdc.methods import get_method
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
@@ -58,6 +59,15 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
     for n, record in enumerate(summary["iterations"]):
         assert record["iteration"] == n and 1 <= record["epochs"] <= 2
         assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+        # Per-head diagnostics: each head's losses beside its chance level ln k.
+        heads = get_method(method).heads(cfg.cluster)
+        assert set(record["heads"]) == {h.name for h in heads}
+        for h in heads:
+            entry = record["heads"][h.name]
+            assert entry["chance"] == pytest.approx(np.log(h.num_classes))
+            assert np.isfinite(entry["train_loss"]) and np.isfinite(entry["val_loss"])
+        # the reduced loss is the mean of the heads' (optim.head_reduction defaults to mean)
+        assert record["val_loss"] == pytest.approx(np.mean([e["val_loss"] for e in record["heads"].values()]))
         for modality in ("video", "audio"):
             labels = np.load(out / "iterations" / f"{n:02d}" / f"labels_{modality}.npy")
             assert labels.shape == (8,) and labels.min() >= 0 and labels.max() < k
@@ -74,7 +84,10 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
         assert not np.array_equal(np.load(out / "iterations/00/labels_video.npy"),
                                   np.load(out / "iterations/01/labels_video.npy"))
     last = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert last["iteration"] == 1 and last["finished"]
+    assert (last["iteration"], last["epoch"]) == (2, 0) and "labels" not in last  # nothing left to run
+    final = torch.load(out / "checkpoints" / "iteration_01.pt", weights_only=True)
+    assert final["iteration"] == 1 and final["epoch"] == summary["iterations"][1]["epochs"]
+    assert set(final["labels"]) == {h.target for h in get_method(method).heads(cfg.cluster)}
     assert (out / "checkpoints" / "iteration_00.pt").is_file()
     assert "conv1.weight" in last["audio_encoder"] and "stem.0.weight" in last["video_encoder"]
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
@@ -123,10 +136,11 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
     out = tmp_path / "done"
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, *FAST, "iterations=1",
                     "optim.total_epochs=1") == 0
-    with pytest.raises(SystemExit, match="already holds a run"):
-        pretrain("--config", TINY, "--data", av_manifest, "--out", out)
-    with pytest.raises(SystemExit, match="nothing to resume"):
-        pretrain("--resume", tmp_path / "missing")
+    capsys.readouterr()
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert pretrain("--resume", tmp_path / "missing") == 2
+    assert "nothing to resume" in capsys.readouterr().err
 
 
 def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:

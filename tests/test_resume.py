@@ -55,7 +55,7 @@ def test_sigkill_mid_epoch_then_resume(av_manifest, tmp_path):
     first_log = (tmp_path / "first.log").read_text()
     assert killed_at is not None, f"never saw a mid-run checkpoint:\n{first_log[-3000:]}"
     assert process.returncode == -signal.SIGKILL
-    assert killed_at["epoch"] == 1 and not killed_at["finished"]  # the kill landed inside epoch 2
+    assert killed_at["epoch"] == 1 and "labels" in killed_at  # the kill landed inside epoch 2
     assert "iteration 0 epoch 2/2" not in first_log
 
     resumed = subprocess.run([sys.executable, "-m", "xdc.pretrain", "--resume", str(out)], env=env,
@@ -72,9 +72,10 @@ def test_sigkill_mid_epoch_then_resume(av_manifest, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert [r["epochs"] for r in summary["iterations"]] == [2, 2]
     final = read_checkpoint(last)
-    assert final["iteration"] == 1 and final["finished"] and final["epoch"] == 2
+    assert (final["iteration"], final["epoch"]) == (2, 0)  # the run is complete
     # The scheduler went on from the checkpoint's step count: 2 iterations × 2 epochs × 8 steps.
     assert final["global_step"] == 2 * 2 * 8
+    final = read_checkpoint(out / "checkpoints" / "iteration_01.pt")
 
     # Exactly as far as a run that was never interrupted (same crops, order, momentum, lr).
     from xdc.cli import main as xdc_main
@@ -82,7 +83,7 @@ def test_sigkill_mid_epoch_then_resume(av_manifest, tmp_path):
     reference = tmp_path / "reference"
     assert xdc_main(["pretrain", "--config", str(TINY), "--data", str(av_manifest), "--out",
                      str(reference), *SETTINGS]) == 0
-    expected = read_checkpoint(reference / "checkpoints" / "last.pt")
+    expected = read_checkpoint(reference / "checkpoints" / "iteration_01.pt")
     for part in ("video_encoder", "audio_encoder", "heads"):
         for name, value in expected[part].items():
             torch.testing.assert_close(final[part][name], value, rtol=1e-4, atol=1e-5, msg=name)

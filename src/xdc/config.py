@@ -89,6 +89,9 @@ class OptimConfig:
     early_stop: bool = True
     patience: int = 3  # stop after this many consecutive rises of the validation loss
     val_fraction: float = 0.1  # share of videos held out for the validation loss
+    # How the heads' cross-entropies combine into the loss (pretraining): "sum" gives every head
+    # the full gradient that Table 2's lr was set for; "mean" divides it by the number of heads.
+    head_reduction: str = "mean"
 
 
 @dataclass
@@ -170,6 +173,8 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
            f"in [0, total_epochs={cfg.total_epochs}]")
     _check(cfg.step_epochs >= 1, f"{prefix}.step_epochs", cfg.step_epochs, ">= 1")
     _check(0 < cfg.val_fraction < 1, f"{prefix}.val_fraction", cfg.val_fraction, "in (0, 1)")
+    _check(cfg.head_reduction in ("sum", "mean"), f"{prefix}.head_reduction", cfg.head_reduction,
+           "sum | mean")
 
 
 def validate(cfg: PretrainConfig | FinetuneConfig) -> None:

@@ -12,10 +12,10 @@ from .kmeans import (
     reassign_empty_clusters,
     uniform_over_clusters_weights,
 )
-from .metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
+from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accuracy, nmi, per_cluster_purity, purity
 
 __all__ = [
-    "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "extract_features",
+    "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "cluster_stats", "extract_features",
     "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity", "preprocess",
     "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
     "shard_indices",

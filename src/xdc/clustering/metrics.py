@@ -88,3 +88,20 @@ def per_cluster_purity(labels, true_labels, class_names, top: int = 5) -> list[d
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
+
+
+def cluster_stats(labels: np.ndarray, k: int, previous: np.ndarray | None, truth: np.ndarray | None,
+                  kmeans_empty: int | None = None) -> dict:
+    """Per-modality summary: sizes, empty clusters (as k-means left them, before any
+    reassignment), NMI with the previous iteration's labels and, with true labels, purity/NMI."""
+    sizes = cluster_sizes_summary(labels, k)
+    stats = {"num_clusters": int(k),
+             "empty_clusters": sizes["empty_clusters"] if kmeans_empty is None else int(kmeans_empty),
+             "empty_after_reassignment": sizes["empty_clusters"],
+             "unlabelled": int((labels < 0).sum()),
+             "sizes": {key: sizes[key] for key in ("min", "median", "max")},
+             "nmi_prev": None if previous is None else nmi(labels, previous)}
+    if truth is not None:
+        stats["purity"] = purity(labels, truth)
+        stats["nmi"] = nmi(labels, truth)
+    return stats

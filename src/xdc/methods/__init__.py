@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from xdc.methods.base import MODALITIES, HeadSpec, Method, heads_loss
+from xdc.methods.base import HEAD_REDUCTIONS, MODALITIES, HeadSpec, Method, head_losses, reduce_heads
 from xdc.methods.cdc import CDC
 from xdc.methods.mdc import MDC
 from xdc.methods.rand import RAND
@@ -22,4 +22,5 @@ def get_method(name: str, true_labels: np.ndarray | None = None) -> Method:
     return Superv(true_labels) if name == "superv" else METHODS[name]()
 
 
-__all__ = ["MODALITIES", "HeadSpec", "Method", "heads_loss", "get_method", "METHODS"]
+__all__ = ["HEAD_REDUCTIONS", "MODALITIES", "HeadSpec", "Method", "head_losses", "reduce_heads", "get_method",
+           "METHODS"]

@@ -1,28 +1,29 @@
 """What a deep-clustering method decides: which features are clustered and what each head predicts.
 
 A method is a small object, one file each (solo-learn style). It names
-- `clusterings`: the feature sets to cluster each iteration, among "video", "audio" and "joint"
-  (the concatenation [f_v; f_a], each part L2-normalised first);
+- `clusterings`: the feature sets to cluster each iteration, and `cluster_inputs` builds them from
+  the extracted per-modality features (CDC's "joint" set is its own business);
 - `heads(cfg)`: the classification heads, each sitting on one encoder and predicting one label
   set (a key of the labels dict) with its number of classes;
 - its defaults for DeepCluster's two safeguards against trivial solutions (empty-cluster
   reassignment, sampling uniformly over clusters), which the config may override.
 
-The training loop builds the heads, trains them with the mean of their cross-entropies, and never
-needs to know which method it runs.
+The training loop builds the heads, trains them on the sum or mean of their cross-entropies
+(`optim.head_reduction`), and never needs to know which method it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from xdc.config import ClusterConfig
-
-MODALITIES = ("video", "audio")
+from xdc.models.device import MODALITIES
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class HeadSpec:
     def name(self) -> str:
         return f"{self.encoder}_to_{self.target}"
 
+    @property
+    def chance_loss(self) -> float:
+        """Cross-entropy of a head that learned nothing (uniform over its classes): ln k."""
+        return math.log(self.num_classes)
+
 
 class Method:
     """Base class; subclasses set the class attributes and `heads`."""
@@ -48,6 +54,11 @@ class Method:
 
     def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
         raise NotImplementedError
+
+    def cluster_inputs(self, features) -> dict[str, np.ndarray]:
+        """The rows k-means sees for each of `clusterings`, from extracted features
+        (`clustering.Features`: one array per modality, rows of the videos that have features)."""
+        return {name: features[name][features.present] for name in self.clusterings}
 
     def num_clusters(self, clustering: str, cfg: ClusterConfig) -> int:
         return {"video": cfg.k_video, "audio": cfg.k_audio, "joint": cfg.k_joint}[clustering]
@@ -72,9 +83,20 @@ class Method:
         return dict(clusters)
 
 
-def heads_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-               heads: list[HeadSpec]) -> torch.Tensor:
-    """Mean over heads of each head's cross-entropy against its own label set."""
+HEAD_REDUCTIONS = ("sum", "mean")
+
+
+def head_losses(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                heads: list[HeadSpec]) -> torch.Tensor:
+    """Each head's cross-entropy against its own label set, in `heads` order (a 1-D tensor)."""
     # -1 marks a video without features (skipped at extraction): it has no pseudo-label.
-    losses = [F.cross_entropy(logits[h.name].float(), targets[h.target], ignore_index=-1) for h in heads]
-    return torch.stack(losses).mean()
+    return torch.stack([F.cross_entropy(logits[h.name].float(), targets[h.target], ignore_index=-1)
+                        for h in heads])
+
+
+def reduce_heads(losses: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The loss that trains: `sum` gives each encoder the full gradient of each of its heads, as a
+    single-head network trained at Table 2's lr gets; `mean` divides it by the number of heads."""
+    if reduction not in HEAD_REDUCTIONS:
+        raise ValueError(f"head reduction must be one of {HEAD_REDUCTIONS}, got {reduction!r}")
+    return losses.sum() if reduction == "sum" else losses.mean()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from xdc.clustering import l2_normalise
 from xdc.config import ClusterConfig
 from xdc.methods.base import HeadSpec, Method
 
@@ -18,6 +19,12 @@ class CDC(Method):
 
     def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
         return [HeadSpec("video", "joint", cfg.k_joint), HeadSpec("audio", "joint", cfg.k_joint)]
+
+    def cluster_inputs(self, features) -> dict[str, np.ndarray]:
+        """[f_v; f_a], each part L2-normalised so that neither modality dominates the distances."""
+        present = features.present
+        return {"joint": np.concatenate([l2_normalise(features["video"][present]),
+                                         l2_normalise(features["audio"][present])], axis=1)}
 
     def modality_labels(self, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"video": labels["joint"], "audio": labels["joint"]}

@@ -9,29 +9,48 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import numpy as np
 import torch
 
+from xdc.training import distributed as dist_utils
 
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` to a temp file in the same folder, then rename it over `path` (atomic)."""
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temp file in `path`'s folder, renamed over `path` when the block ends
+    without error: a reader (or a run killed mid-write) sees the old file or the new one, never
+    half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(state, handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_file(path) as handle:
+        handle.write(text.encode("utf-8"))
+    return Path(path)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` atomically (`atomic_file`)."""
+    with atomic_file(path) as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,3 +86,21 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["cached"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+
+
+def rank_rng_states() -> list[dict[str, Any]]:
+    """Every rank's `rng_state`, in rank order (a collective: every rank calls it), so that each
+    rank resumes its own random streams."""
+    if not dist_utils.is_distributed():
+        return [rng_state()]
+    states = [None] * dist_utils.world_size()
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
+def restore_rank_rng(states: list[dict[str, Any]]) -> None:
+    """This rank's state of `rank_rng_states`; rank 0's when the world size changed."""
+    if len(states) != dist_utils.world_size():
+        print(f"rank {dist_utils.rank()}: the checkpoint was written by {len(states)} rank(s); "
+              "random streams restart from rank 0's state", file=sys.stderr, flush=True)
+    set_rng_state(states[dist_utils.rank() if len(states) == dist_utils.world_size() else 0])

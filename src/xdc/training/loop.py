@@ -2,7 +2,8 @@
 
 `PretrainModel` holds the two encoders and the current iteration's classification heads, so DDP
 wraps one module (one backward, one gradient all-reduce). `train_one_epoch` and
-`validation_loss` are the only places a batch goes through the network.
+`validation_loss` are the only places a batch goes through the network; both report the loss of
+every head (`HeadLosses`), since a mean over heads hides a head that learns nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from xdc.data.datasets import SkipCounter
-from xdc.methods import HeadSpec, heads_loss
+from xdc.methods import HeadSpec, head_losses, reduce_heads
 from xdc.models import ClassificationHead, autocast, to_device
 from xdc.training import distributed as dist_utils
 
@@ -67,18 +68,40 @@ def all_ranks_have_data(batch: dict) -> bool:
     return int(dist_utils.all_reduce_sum(torch.tensor([float(mine)]))) == dist_utils.world_size()
 
 
+class HeadLosses:
+    """Per-head loss sums over the clips of an epoch, averaged over every rank's clips at the end."""
+
+    def __init__(self, specs: list[HeadSpec], reduction: str):
+        self.specs, self.reduction = specs, reduction
+        self.sums = torch.zeros(len(specs), dtype=torch.float64)
+        self.clips = 0
+
+    def add(self, losses: torch.Tensor, clips: int) -> None:
+        self.sums += losses.detach().double().cpu() * clips
+        self.clips += clips
+
+    def result(self, skipped: int) -> dict:
+        """{"loss": the reduced loss, "heads": {name: loss}, "clips", "skipped"}, over all ranks."""
+        totals = dist_utils.all_reduce_sum(torch.cat([self.sums, torch.tensor([self.clips, skipped],
+                                                                              dtype=torch.float64)]))
+        clips = int(totals[-2])
+        per_head = totals[:-2] / max(clips, 1)
+        return {"loss": float(reduce_heads(per_head, self.reduction)),
+                "heads": {s.name: float(v) for s, v in zip(self.specs, per_head)},
+                "clips": clips, "skipped": int(totals[-1])}
+
+
 def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler, device: torch.device, amp: bool,
-                    description: str = "epoch", on_step=None) -> dict[str, float]:
+                    reduction: str = "mean", description: str = "epoch", on_step=None) -> dict:
     """One epoch of SGD on the pseudo-labels. `model` may be DDP-wrapped.
 
-    Returns the mean training loss over ranks, clips seen and skipped (summed over ranks), the
-    fraction of this rank's time spent waiting for data, and this rank's skip summary.
-    `on_step(step_in_epoch, loss)` is called after every step (TensorBoard logging).
+    Returns `HeadLosses.result` (training loss, per head and reduced, over ranks; clips seen and
+    skipped), the fraction of this rank's time spent waiting for data, and this rank's skip
+    summary. `on_step(step_in_epoch, loss)` is called after every step (TensorBoard logging).
     """
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    clips = 0
+    meter = HeadLosses(specs, reduction)
     skips = SkipCounter()
     wait = 0.0
     start = last = time.perf_counter()
@@ -96,24 +119,21 @@ def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         video, audio, index = batch_to_device(batch, device)
         with autocast(device, amp):
             logits = model(video, audio)
-        loss = heads_loss(logits, targets_for(labels, index), specs)
+        losses = head_losses(logits, targets_for(labels, index), specs)
+        loss = reduce_heads(losses, reduction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        loss_value = float(loss.detach())  # one host sync per step, for the bar and TensorBoard
-        loss_sum += loss_value * len(index)
-        clips += len(index)
+        meter.add(losses, len(index))  # one host sync per step, for the bar and TensorBoard
+        loss_value = float(loss.detach())
         if on_step is not None:
             on_step(step, loss_value)
         bar.set_postfix(loss=f"{loss_value:.3f}")
         last = time.perf_counter()
     total = time.perf_counter() - start
-    totals = dist_utils.all_reduce_sum(
-        torch.stack([loss_sum.float().cpu(), torch.tensor(float(clips)), torch.tensor(float(skips.total))]))
-    return {"loss": float(totals[0] / max(totals[1], 1)), "clips": int(totals[1]),
-            "skipped": int(totals[2]), "skip_summary": skips.summary() if skips.total else "",
-            "data_wait": wait / total if total > 0 else 0.0}
+    return meter.result(skips.total) | {"skip_summary": skips.summary() if skips.total else "",
+                                        "data_wait": wait / total if total > 0 else 0.0}
 
 
 @torch.no_grad()
@@ -138,12 +158,11 @@ def weights_digest(module: nn.Module) -> str:
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
-                    device: torch.device, amp: bool) -> tuple[float, int]:
+                    device: torch.device, amp: bool, reduction: str = "mean") -> dict:
     """Cross-entropy of the held-out videos' pseudo-labels (eval mode, one centre clip each),
-    averaged over every rank's share; also the number of samples skipped."""
+    per head and reduced, averaged over every rank's share (`HeadLosses.result`)."""
     model.eval()
-    loss_sum = torch.zeros((), device=device)
-    count = 0
+    meter = HeadLosses(specs, reduction)
     skips = SkipCounter()
     for batch in loader:
         skips.add(batch)
@@ -154,10 +173,8 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         video, audio, index = batch_to_device(batch, device)
         with autocast(device, amp):
             logits = model(video, audio)
-        loss_sum += heads_loss(logits, targets_for(labels, index), specs).float() * len(index)
-        count += len(index)
-    totals = dist_utils.all_reduce_sum(
-        torch.stack([loss_sum.cpu(), torch.tensor(float(count)), torch.tensor(float(skips.total))]))
-    if totals[1] == 0:
+        meter.add(head_losses(logits, targets_for(labels, index), specs), len(index))
+    result = meter.result(skips.total)
+    if result["clips"] == 0:
         raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
-    return float(totals[0] / totals[1]), int(totals[2])
+    return result
