@@ -135,3 +135,22 @@ def test_cdc_clusters_the_joint_features_it_builds():
     np.testing.assert_allclose(joint, [[0.6, 0.8, 0, 1], [1, 0, 0, 1]])  # each half L2-normalised
     own = get_method("xdc").cluster_inputs(features)
     assert set(own) == {"video", "audio"} and own["video"].shape == (2, 2)
+
+
+def test_superv_multi_label_rows_train_sigmoid_heads():
+    method = get_method("superv", ["dog|bark", "cat", "bark", "cat|dog"])
+    assert method.multilabel and method.classes == ["bark", "cat", "dog"]
+    targets = method.make_labels({}, 4, 0, 0, CFG)["true"]
+    np.testing.assert_array_equal(targets, [[1, 0, 1], [0, 1, 0], [1, 0, 0], [0, 1, 1]])
+    heads = method.heads(CFG)
+    assert all(h.multilabel and h.num_classes == 3 for h in heads)
+    assert heads[0].chance_loss == pytest.approx(np.log(2))  # every logit 0
+    exact = {h.name: torch.as_tensor(targets, dtype=torch.float32) * 40 - 20 for h in heads}
+    losses = head_losses(exact, {"true": torch.as_tensor(targets)}, heads)
+    assert losses.max() < 1e-6  # right on every class
+    wrong = {h.name: -v for h, v in zip(heads, exact.values())}
+    assert head_losses(wrong, {"true": torch.as_tensor(targets)}, heads).min() > 5
+    # one class per row for the cluster statistics: the first of its classes by name
+    np.testing.assert_array_equal(method.modality_labels({"true": targets})["video"], [0, 1, 0, 1])
+    single = get_method("superv", ["dog", "cat", "dog"])
+    assert not single.multilabel and single.make_labels({}, 3, 0, 0, CFG)["true"].tolist() == [1, 0, 1]

@@ -120,6 +120,24 @@ def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path
     assert record["video"]["num_clusters"] == 2 and record["video"]["purity"] == 1.0
 
 
+def test_superv_multi_label_manifest(av_manifest, tmp_path):
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    rows = read_manifest(av_manifest)
+    for i, row in enumerate(rows):  # AudioSet-style: some rows name two classes
+        row["label"] = f"{row['label']}|loud" if i % 2 else row["label"]
+    manifest = write_manifest(rows, tmp_path / "multi.csv")
+    out = tmp_path / "run"
+    assert pretrain("--config", TINY, "--data", manifest, "--out", out, "--method", "superv",
+                    *FAST, "iterations=1") == 0
+    final = torch.load(out / "checkpoints" / "iteration_00.pt", weights_only=True)
+    assert final["labels"]["true"].shape == (8, 3)  # multi-hot over high, loud, low
+    assert final["labels"]["true"].sum(1).tolist() == [1 + i % 2 for i in range(8)]
+    record = json.loads((out / "summary.json").read_text())["iterations"][0]
+    assert all(head["chance"] == pytest.approx(np.log(2)) for head in record["heads"].values())
+    assert np.isfinite(record["train_loss"])
+
+
 def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
     lines = av_manifest.read_text().splitlines()
     unlabelled = av_manifest.parent / "unlabelled.csv"

@@ -230,7 +230,7 @@ def train_loader(dataset, videos: np.ndarray, labels: dict[str, np.ndarray], spe
 
 def labelled(indices: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
     """Those of `indices` that have a label for every head (-1: no features were extracted)."""
-    return indices[np.all([labels[t][indices] >= 0 for t in labels], axis=0)]
+    return indices[np.all([(labels[t][indices] >= 0).reshape(len(indices), -1).all(1) for t in labels], axis=0)]
 
 
 def save(path: Path, model: PretrainModel, cfg: PretrainConfig, position: dict, summary: list[dict],
@@ -273,7 +273,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     train_set = AudioVideoClips(rows, cfg.data, mode="train")
     val_set = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1)  # the centre clip
     truth = train_set.labels  # class index per row, or None without labels
-    method = get_method(cfg.method, truth)
+    method = get_method(cfg.method, [row.get("label") for row in rows] if truth is not None else None)
     train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
     model = build_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
@@ -319,7 +319,8 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
 
         def training_state() -> dict:
             return {"labels": {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in labels.items()},
-                    "heads": model.heads.state_dict(), "head_specs": [[s.encoder, s.target, s.num_classes] for s in specs],
+                    "heads": model.heads.state_dict(),
+                    "head_specs": [[s.encoder, s.target, s.num_classes, s.multilabel] for s in specs],
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "early_stop": early_stop.state_dict(), "global_step": global_step}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Sequence
 
 from xdc.methods.base import HEAD_REDUCTIONS, MODALITIES, HeadSpec, Method, head_losses, reduce_heads
 from xdc.methods.cdc import CDC
@@ -15,8 +15,9 @@ from xdc.methods.xdc import XDC
 METHODS = {m.name: m for m in (XDC, SDC, MDC, CDC, RAND, Superv)}
 
 
-def get_method(name: str, true_labels: np.ndarray | None = None) -> Method:
-    """The method called `name`; `superv` also needs the manifest's labels (class indices)."""
+def get_method(name: str, true_labels: Sequence | None = None) -> Method:
+    """The method called `name`; `superv` also needs the rows' labels (label texts, `a|b` for
+    several classes, or class indices)."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}: expected one of {', '.join(METHODS)}")
     return Superv(true_labels) if name == "superv" else METHODS[name]()

@@ -33,6 +33,7 @@ class HeadSpec:
     encoder: str
     target: str
     num_classes: int
+    multilabel: bool = False  # a sigmoid per class (several true classes per row), not a softmax
 
     @property
     def name(self) -> str:
@@ -40,8 +41,9 @@ class HeadSpec:
 
     @property
     def chance_loss(self) -> float:
-        """Cross-entropy of a head that learned nothing (uniform over its classes): ln k."""
-        return math.log(self.num_classes)
+        """Loss of a head that learned nothing: ln k for a softmax over k classes (uniform
+        output); ln 2 for a multi-label head (every logit 0, the binary cross-entropy per class)."""
+        return math.log(2) if self.multilabel else math.log(self.num_classes)
 
 
 class Method:
@@ -90,8 +92,10 @@ def head_losses(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor
                 heads: list[HeadSpec]) -> torch.Tensor:
     """Each head's cross-entropy against its own label set, in `heads` order (a 1-D tensor)."""
     # -1 marks a video without features (skipped at extraction): it has no pseudo-label.
-    return torch.stack([F.cross_entropy(logits[h.name].float(), targets[h.target], ignore_index=-1)
-                        for h in heads])
+    return torch.stack([
+        F.binary_cross_entropy_with_logits(logits[h.name].float(), targets[h.target].float()) if h.multilabel
+        else F.cross_entropy(logits[h.name].float(), targets[h.target], ignore_index=-1)
+        for h in heads])
 
 
 def reduce_heads(losses: torch.Tensor, reduction: str) -> torch.Tensor:
