@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel, window_samples
+from xdc.data.cache import cached_clips
 from xdc.data.decode import DecodeError, decode_audio_windows, decode_clips, media_duration
 from xdc.data.manifest import describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
@@ -54,6 +55,8 @@ class AudioVideoClips(Dataset):
     `has_audio` (video-only fine-tuning has no use for them).
     Train mode retries another random window after a decode error, up to `cfg.max_retries`
     times; eval windows are fixed, so eval mode skips at the first error.
+    With `cfg.cache_dir` set, windows come from the decoded-clip cache (xdc.data.cache) when it
+    holds the file with these settings, else from the file.
     """
 
     def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train",
@@ -121,7 +124,10 @@ class AudioVideoClips(Dataset):
             starts = [float(torch.rand(())) * max(0.0, duration - cfg.clip_seconds)]
         else:
             starts = eval_starts(duration, cfg.clip_seconds, self.clips_per_video)
-        return decode_clips(path, starts, cfg, with_audio=self.with_audio)
+        clips = None
+        if cfg.cache_dir:  # None when the cache cannot answer (file or settings not in it)
+            clips = cached_clips(cfg.cache_dir, path, starts, cfg, with_audio=self.with_audio)
+        return clips if clips is not None else decode_clips(path, starts, cfg, with_audio=self.with_audio)
 
     def _item(self, index: int, clips) -> dict[str, Any]:
         has_audio = clips[0].audio is not None
