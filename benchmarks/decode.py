@@ -98,7 +98,7 @@ def sample_windows(rows: list[dict], count: int, cfg: DataConfig, seed: int = 0)
 def _item_clips(item: dict) -> int:
     if "skipped" in item:
         raise RuntimeError(f"benchmark clip skipped: {item['skipped']}")
-    return item["video"].shape[0] if item["video"].ndim == 5 else 1
+    return item["video"].shape[0]  # the clip axis: 1 for train items
 
 
 def interleaved_rates(loaders: dict, windows: list[tuple[int, float]]) -> dict[str, float]:

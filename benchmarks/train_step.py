@@ -109,10 +109,10 @@ def measure(cfg, rows: list[dict], device: torch.device, args) -> dict:
     seconds, stats = timed(loader(cfg.optim.epoch_size, 1))
     in_memory = list(loader(cfg.optim.epoch_size, 2))
     compute_seconds, compute_stats = timed(in_memory)
-    clip_shape = tuple(in_memory[0]["video"].shape[1:])
+    clip_shape = tuple(in_memory[0]["video"].shape[2:])  # batch B×N×clip
     return {
         "steps": args.steps, "batch_size": cfg.optim.batch_size, "clip": clip_shape,
-        "audio": tuple(in_memory[0]["audio"].shape[1:]), "width": cfg.model.width,
+        "audio": tuple(in_memory[0]["audio"].shape[2:]), "width": cfg.model.width,
         "clips_per_s_end_to_end": stats["clips"] / seconds,
         "data_wait_fraction": stats["data_wait"],
         "clips_per_s_compute_only": compute_stats["clips"] / compute_seconds,

@@ -213,6 +213,30 @@ def test_extract_features_rejects_items_outside_the_shard(tmp_path):
         extract_features({"video": r2plus1d_18(4)}, [video_eval_batch([7])], 5, tmp_path, "cpu")
 
 
+def test_features_of_train_batches_and_encode_needs_the_clip_axis(tmp_path):
+    from xdc.models import encode, r2plus1d_18
+
+    torch.manual_seed(0)
+    encoder = r2plus1d_18(4)
+    cpu = torch.device("cpu")
+    train = video_eval_batch([1, 0], clips=1, seed=4)  # a train batch: one clip per video
+    feats = extract_features({"video": encoder}, [train], 2, tmp_path / "train", cpu)
+    assert encoder.training  # mode restored
+    encoder.eval()
+    with torch.no_grad():
+        expected = encoder(train["video"][:, 0]).numpy()  # rows follow the batch's index
+        assert np.allclose(feats["video"][[1, 0]], expected, rtol=1e-2, atol=1e-3)
+        clips = video_eval_batch([0, 1, 2], clips=2, seed=5)["video"]
+        out = encode(encoder, clips, "video", cpu)
+        assert out.shape == (3, 2, 32) and out.dtype == torch.float32
+        assert torch.allclose(out[2, 1], encoder(clips[2, 1:2])[0], atol=1e-5)
+        no_clip_axis = train["video"][:, 0]
+        with pytest.raises(ValueError, match=r"shape \(2, 3, 4, 32, 32\): expected B×N×clip"):
+            encode(encoder, no_clip_axis, "video", cpu)
+    with pytest.raises(ValueError, match="expected B×N×clip"):
+        extract_features({"video": encoder}, [dict(train, video=no_clip_axis)], 2, tmp_path / "bad", cpu)
+
+
 def test_handcrafted_features(tmp_path):
     batch = video_eval_batch([0, 1, 2])
     batch["video"][1] = batch["video"][1, :, :, :1]  # item 1: a still picture (no motion)

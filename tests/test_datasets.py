@@ -12,9 +12,11 @@ from torch.utils.data import DataLoader
 
 from xdc.config import DataConfig
 from xdc.data.audio import mel_band_centres, num_audio_frames
-from xdc.data.datasets import (AudioVideoClips, EpochSampler, SkipCounter, clip_loader, collate_clips,
-                               eval_starts, worker_init_fn)
+from xdc.data.datasets import (AudioClips, AudioVideoClips, EpochSampler, SkipCounter, clip_loader,
+                               collate_clips, eval_starts, worker_init_fn)
+from xdc.data.decode import decode_audio_windows, decode_clips
 from xdc.data.manifest import ManifestError, empty_row, write_manifest
+from xdc.data.transforms import train_video_transform
 
 CFG = DataConfig(frames=4, fps=8.0, short_side=64, crop=56, eval_clips=3, max_retries=2)
 MEDIA = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".wav")
@@ -26,16 +28,16 @@ def row(path, **fields):
     return out
 
 
-def check_train_item(item, cfg=CFG):
-    assert item["video"].shape == (3, cfg.frames, cfg.crop, cfg.crop) and item["video"].dtype == torch.float32
-    assert item["audio"].shape == (1, cfg.n_mels, num_audio_frames(cfg)) and item["audio"].dtype == torch.float32
+def check_eval_item(item, clips, cfg=CFG):
+    assert item["video"].shape == (clips, 3, cfg.frames, cfg.crop, cfg.crop) and item["video"].dtype == torch.float32
+    assert item["audio"].shape == (clips, 1, cfg.n_mels, num_audio_frames(cfg))
+    assert item["audio"].dtype == torch.float32
+    assert item["start"].shape == (clips,) and item["start"].dtype == torch.float64
     assert torch.isfinite(item["video"]).all() and torch.isfinite(item["audio"]).all()
 
 
-def check_eval_item(item, clips, cfg=CFG):
-    assert item["video"].shape == (clips, 3, cfg.frames, cfg.crop, cfg.crop)
-    assert item["audio"].shape == (clips, 1, cfg.n_mels, num_audio_frames(cfg))
-    assert item["start"].shape == (clips,)
+def check_train_item(item, cfg=CFG):
+    check_eval_item(item, 1, cfg)  # the same keys and shapes: one clip on the clip axis
 
 
 def test_every_shared_file_gives_items_or_a_clear_skip(shared_videos):
@@ -64,10 +66,49 @@ def test_train_item_keys_jitter_and_labels(clip_factory):
     for item in items:
         check_train_item(item)
         assert set(item) == {"video", "audio", "index", "start", "label", "has_audio"}
-        assert item["label"] == 1 and item["has_audio"] and 0 <= item["start"] <= 3.0 - CFG.clip_seconds
-    assert len({round(item["start"], 6) for item in items}) == 6, "temporal jittering: random starts"
+        assert item["label"] == 1 and item["has_audio"] and 0 <= float(item["start"]) <= 3.0 - CFG.clip_seconds
+    assert len({round(float(item["start"]), 6) for item in items}) == 6, "temporal jittering: random starts"
     # The audio is the clip's own: a 440 Hz tone, not silence.
     assert items[0]["audio"].std() > 0.5
+
+
+def test_train_item_is_one_window_with_a_clip_axis(clip_factory):
+    """A train item is the decoded window at the drawn start, cropped and flipped with the draws
+    that follow: the clip axis is the only thing it adds to the window."""
+    path = clip_factory("a.mp4", seconds=3.0)
+    dataset = AudioVideoClips([row(path, duration=3.0, has_audio=True)], CFG)
+    torch.manual_seed(5)
+    item = dataset[0]
+    torch.manual_seed(5)
+    start = float(torch.rand(())) * (3.0 - CFG.clip_seconds)  # the same draws, in the same order
+    clip = decode_clips(path, [start], CFG)[0]
+    assert torch.equal(item["video"][0], train_video_transform(clip.video, CFG))
+    assert torch.equal(item["audio"][0], dataset.log_mel(torch.from_numpy(clip.audio[None]))[0])
+    assert item["start"].tolist() == [start]
+
+
+def test_batches_are_videos_by_clips(clip_factory):
+    rows = [row(clip_factory(f"{k}.mp4", seconds=2.0, seed=k), duration=2.0, has_audio=True) for k in range(3)]
+    frames = num_audio_frames(CFG)
+    for mode, clips in (("train", 1), ("eval", CFG.eval_clips)):
+        batch = next(iter(clip_loader(AudioVideoClips(rows, CFG, mode=mode), batch_size=3)))
+        assert batch["video"].shape == (3, clips, 3, CFG.frames, CFG.crop, CFG.crop)
+        assert batch["audio"].shape == (3, clips, 1, CFG.n_mels, frames)
+        assert batch["start"].shape == (3, clips) and batch["index"].tolist() == [0, 1, 2]
+
+
+def test_audio_clips_carry_the_clip_axis(clip_factory):
+    path = clip_factory("a.mp4", seconds=3.0)
+    rows = [row(path, duration=3.0, label="tone")]
+    torch.manual_seed(0)
+    train = AudioClips(rows, CFG)[0]
+    assert train["audio"].shape == (1, 1, CFG.n_mels, num_audio_frames(CFG)) and train["start"].shape == (1,)
+    evaluate = AudioClips(rows, CFG, mode="eval")
+    item = evaluate[0]
+    assert item["audio"].shape == (CFG.eval_clips, 1, CFG.n_mels, num_audio_frames(CFG))
+    windows = decode_audio_windows(path, item["start"].tolist(), CFG)
+    assert torch.equal(item["audio"], evaluate.log_mel(torch.from_numpy(np.stack(windows))))
+    assert item["label"] == 0 and item["has_audio"]
 
 
 def test_eval_items_uniform_starts_and_clip_override(clip_factory):
@@ -93,7 +134,7 @@ def test_video_only_items_skip_the_audio_and_keep_the_same_frames(clip_factory):
     assert torch.equal(video_only["video"], both["video"]) and torch.equal(video_only["start"], both["start"])
     torch.manual_seed(0)
     train = AudioVideoClips(rows, CFG, require_audio=False, with_audio=False)[0]
-    assert "audio" not in train and train["video"].shape == (3, CFG.frames, CFG.crop, CFG.crop)
+    assert "audio" not in train and train["video"].shape == (1, 3, CFG.frames, CFG.crop, CFG.crop)
     with pytest.raises(ValueError, match="require_audio"):
         AudioVideoClips(rows, CFG, require_audio=True, with_audio=False)
 
@@ -107,16 +148,15 @@ def test_loaded_clips_keep_flash_and_beep_aligned(tmp_path):
     rows = [row(path, duration=3.0, has_audio=True)]
     train, evaluate = AudioVideoClips(rows, cfg), AudioVideoClips(rows, cfg, mode="eval", clips_per_video=1)
     torch.manual_seed(0)
-    items = [train[0] for _ in range(12)] + [{k: v[0] if k in ("video", "audio", "start") else v
-                                             for k, v in evaluate[0].items()}]
+    items = [train[0] for _ in range(12)] + [evaluate[0]]  # each with one clip
     checked = 0
     for item in items:
-        start = float(item["start"])
+        start = float(item["start"][0])
         if not start < FLASH_TIME < start + cfg.clip_seconds - 1 / cfg.fps:
             continue
-        flash = start + int(item["video"].mean(dim=(0, 2, 3)).argmax()) / cfg.fps
+        flash = start + int(item["video"][0].mean(dim=(0, 2, 3)).argmax()) / cfg.fps
         audio_start = start + cfg.clip_seconds / 2 - cfg.audio_window_seconds / 2
-        beep = audio_start + int(item["audio"][0, band].argmax()) * cfg.hop_ms / 1000
+        beep = audio_start + int(item["audio"][0, 0, band].argmax()) * cfg.hop_ms / 1000
         assert FLASH_TIME - 1e-3 <= flash < FLASH_TIME + 1 / cfg.fps, (start, flash)  # 1 ms: TIME_EPS
         assert abs(beep - flash) <= 1 / cfg.fps, (start, flash, beep)
         checked += 1
@@ -140,7 +180,7 @@ def test_short_video_is_looped_in_a_longer_clip(shared_videos):
     cfg = dataclasses.replace(CFG, frames=8, fps=4.0)
     item = AudioVideoClips([row(path, duration=1.2)], cfg)[0]
     check_train_item(item, cfg)
-    assert item["start"] == 0.0
+    assert item["start"].tolist() == [0.0]
 
 
 def write_bad_files(tmp_path, clip_factory):
@@ -165,7 +205,7 @@ def test_bad_files_are_skipped_and_the_epoch_completes(tmp_path, clip_factory, w
     for batch in loader:
         counter.add(batch)
         if "video" in batch:
-            assert batch["video"].shape[1:] == (3, CFG.frames, CFG.crop, CFG.crop)
+            assert batch["video"].shape[1:] == (1, 3, CFG.frames, CFG.crop, CFG.crop)
             decoded += batch["index"].tolist()
     assert counter.total + len(decoded) == 8
     assert set(decoded) == {paths.index(good)}
@@ -185,14 +225,14 @@ def test_windows_past_a_truncated_end_are_retried(tmp_path, clip_factory):
     torch.manual_seed(0)
     items = [dataset[0] for _ in range(6)]
     assert all("skipped" not in item for item in items), "another window inside the readable part"
-    assert all(item["start"] < 2.1 for item in items)
+    assert all(float(item["start"]) < 2.1 for item in items)
 
 
 def test_collate_drops_skipped_items():
-    good = {"video": torch.zeros(3, 2, 4, 4), "audio": torch.zeros(1, 5, 6), "index": 1, "start": 0.5,
-            "has_audio": True}
+    good = {"video": torch.zeros(1, 3, 2, 4, 4), "audio": torch.zeros(1, 1, 5, 6), "index": 1,
+            "start": torch.tensor([0.5], dtype=torch.float64), "has_audio": True}
     batch = collate_clips([{"index": 0, "skipped": "x: bad"}, good, dict(good, index=2)])
-    assert batch["video"].shape == (2, 3, 2, 4, 4) and batch["index"].tolist() == [1, 2]
+    assert batch["video"].shape == (2, 1, 3, 2, 4, 4) and batch["index"].tolist() == [1, 2]
     assert batch["skipped"] == [(0, "x: bad")]
     assert collate_clips([{"index": 3, "skipped": "y"}]) == {"skipped": [(3, "y")]}
 

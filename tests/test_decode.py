@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -231,3 +233,19 @@ def test_truncated_matroska_decodes_up_to_the_cut(tmp_path, clip_factory):
 def test_audio_only_file_has_no_video_stream(shared_videos):
     with pytest.raises(DecodeError, match="no video stream"):
         decode_clip(shared_videos / "mmaction2__test.wav", 0.0, CFG)
+
+
+def test_the_decoder_does_not_know_the_cache(clip_factory, tmp_path):
+    """`cache` reads files through `decode`, never the reverse: a config naming a cache changes
+    nothing in decoding (the dataset asks the cache), and decoding never imports it."""
+    from xdc.data.cache import build_cache
+    from xdc.data.scan import probe_file
+
+    path = clip_factory("a.mp4", seconds=2.0)
+    build_cache([probe_file(path)], CFG, tmp_path / "cache", progress=False)
+    code = ("import sys; from xdc.config import DataConfig; from xdc.data.decode import decode_clips; "
+            "cfg = DataConfig(frames=4, fps=8.0, short_side=64, crop=56, cache_dir=sys.argv[2]); "
+            "print(decode_clips(sys.argv[1], [0.3], cfg)[0].start, 'xdc.data.cache' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "cache")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0.3", "False"]  # the cache would have snapped 0.3 s to 0.25 s

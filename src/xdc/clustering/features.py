@@ -17,11 +17,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from xdc.models import autocast, to_device
+from xdc.models import autocast, encode, flat_clips, to_device
 from xdc.training import distributed as dist
 
-# Dimensions of one clip as an encoder takes it (a batch adds one): video C×T×H×W, audio 1×M×F.
-CLIP_NDIM = {"video": 4, "audio": 3}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -30,19 +28,6 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
     return np.arange(rank, num_items, world_size, dtype=np.int64)
-
-
-def _clips(batch: dict, key: str) -> torch.Tensor:
-    """batch[key] as B×N×(clip dims); a train-mode batch (no clip axis) gets N = 1."""
-    if key not in CLIP_NDIM:
-        raise ValueError(f"no encoder input named {key!r}: expected one of {', '.join(CLIP_NDIM)}")
-    x = batch[key]
-    if x.dim() == CLIP_NDIM[key] + 1:
-        return x.unsqueeze(1)
-    if x.dim() != CLIP_NDIM[key] + 2:
-        raise ValueError(f"batch[{key!r}] has shape {tuple(x.shape)}: expected B×N×clip or B×clip "
-                         f"with a clip of {CLIP_NDIM[key]} dims")
-    return x
 
 
 def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
@@ -87,7 +72,7 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
                 if "index" not in batch or len(batch["index"]) == 0:
                     continue  # every item of this batch was skipped
                 for key, enc in encoders.items():
-                    enc(to_device(_clips(batch, key).flatten(0, 1), device))
+                    enc(to_device(flat_clips(batch[key], key), device))
                 used += 1
     finally:
         for m, momentum in zip(norms, momenta):
@@ -176,7 +161,7 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
                              f"{len(indices)} items (of {num_items})")
         rows = row_of[index]
         for key, fn in feature_fns.items():
-            values = fn(_clips(batch, key)).float().cpu().numpy()
+            values = fn(batch[key]).float().cpu().numpy()
             if np.isnan(values).any():
                 raise ValueError(f"{key} features of items {index.tolist()} are NaN (diverged encoder?)")
             values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)  # keep huge values finite in float16
@@ -207,20 +192,17 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
     device = torch.device(device)
     modes = {key: enc.training for key, enc in encoders.items()}
 
-    def encode(encoder: nn.Module):
+    def mean_features(key: str, encoder: nn.Module):
         @torch.no_grad()
         def fn(clips: torch.Tensor) -> torch.Tensor:
-            b, n = clips.shape[:2]
-            with autocast(device, amp):
-                out = encoder(to_device(clips.flatten(0, 1), device))
-            return out.float().view(b, n, -1).mean(dim=1)
+            return encode(encoder, clips, key, device, amp).mean(dim=1)
         return fn
 
     for enc in encoders.values():
         enc.eval()
     try:
-        return run_extraction({key: encode(enc) for key, enc in encoders.items()}, loader, num_items,
-                              out_dir, indices, desc="extract features")
+        return run_extraction({key: mean_features(key, enc) for key, enc in encoders.items()}, loader,
+                              num_items, out_dir, indices, desc="extract features")
     finally:
         for key, enc in encoders.items():
             enc.train(modes[key])

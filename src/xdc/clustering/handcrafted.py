@@ -18,20 +18,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xdc.models import flat_clips
+
 from .features import Features, run_extraction
 
 
 def audio_descriptor(clips: torch.Tensor) -> torch.Tensor:
     """B×N×1×M×F log-mels -> B×3M: per band mean, std and mean |delta| over time, clip-averaged."""
-    x = clips.float().flatten(2, 3)  # B×N×M×F
+    b, n = clips.shape[:2]
+    x = flat_clips(clips, "audio").float().squeeze(1)  # (B·N)×M×F, shape checked
     delta = (x[..., 1:] - x[..., :-1]).abs().mean(-1) if x.shape[-1] > 1 else torch.zeros_like(x[..., 0])
-    return torch.cat([x.mean(-1), x.std(-1, unbiased=False), delta], dim=-1).mean(dim=1)
+    return torch.cat([x.mean(-1), x.std(-1, unbiased=False), delta], dim=-1).view(b, n, -1).mean(dim=1)
 
 
 def video_descriptor(clips: torch.Tensor) -> torch.Tensor:
     """B×N×C×T×H×W clips -> B×(C·64 + 16): 8×8 mean frame (colour) + 4×4 motion grid, clip-averaged."""
-    b, n, c, t, h, w = clips.shape
-    x = clips.float().flatten(0, 1)  # (B·N)×C×T×H×W
+    x = flat_clips(clips, "video").float()  # (B·N)×C×T×H×W, shape checked
+    b, n = clips.shape[:2]
+    t, h, w = x.shape[-3:]
     colour = F.adaptive_avg_pool2d(x.mean(dim=2), 8).flatten(1)
     if t > 1:
         motion = (x[:, :, 1:] - x[:, :, :-1]).abs().mean(dim=(1, 2))  # (B·N)×H×W
@@ -46,7 +50,8 @@ DESCRIPTORS = {"video": video_descriptor, "audio": audio_descriptor}
 
 def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=("video", "audio"),
                          indices: np.ndarray | None = None) -> Features:
-    """Hand-crafted descriptors of every item the loader yields (eval or train mode batches)."""
+    """Hand-crafted descriptors of every item the loader yields (eval or train mode batches:
+    both carry the clip axis)."""
     unknown = set(keys) - set(DESCRIPTORS)
     if unknown:
         raise ValueError(f"no hand-crafted descriptor for {sorted(unknown)}; known: {sorted(DESCRIPTORS)}")

@@ -9,9 +9,10 @@ and stores
   than the clip, concatenated;
 - `index.json`: the settings and, per video, where its frames and samples lie.
 
-With `data.cache_dir` set, `decode.decode_clips` asks `cached_clips` first, so datasets, feature
-extraction and every command use the cache without knowing it; a file not in the cache, or a
-config that asks for other settings (fps, size, rate, streams), is decoded as usual.
+With `data.cache_dir` set, `AudioVideoClips` asks `cached_clips` before decoding, so training,
+feature extraction and fine-tuning use the cache; a file not in the cache, or a config that asks
+for other settings (fps, size, rate, streams), is decoded as usual. The decoder knows nothing of
+the cache: this module reads files through it.
 
 Same answers as decoding, up to the time grid: a window's start is rounded down to a multiple of
 `1 / fps` (exact when the video's own frame rate is `fps`, as for prepared or generated videos).
@@ -92,8 +93,7 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
                 duration = row.get("duration") or media_duration(row["path"], cfg)
                 num = max(1, math.ceil(duration * cfg.fps - 1e-6))  # grid times j / fps < duration
                 stamp = _stamp(row["path"])
-                whole = replace(cfg, frames=num, audio_seconds=num / cfg.fps + 2 * margin,
-                                short_video="pad", cache_dir=None)
+                whole = replace(cfg, frames=num, audio_seconds=num / cfg.fps + 2 * margin, short_video="pad")
                 clip = decode_clip(row["path"], 0.0, whole, with_audio=bool(row.get("has_audio")))
             except (DecodeError, OSError, ValueError) as err:
                 failed[_key(row["path"])] = {"stamp": _stamp(row["path"]) if os.path.exists(row["path"])

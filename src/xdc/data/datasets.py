@@ -1,9 +1,10 @@
 """Aligned (video clip, log-mel audio) pairs from a manifest, and the sampling around them.
 
-Item contract (docs/DESIGN.md):
-- train: `video` float32 C×T×H×W, `audio` float32 1×n_mels×n_frames, `index`, `start` (s),
-  `has_audio`, `label` (when labelled); random start, random crop, random flip.
-- eval: the same with a leading clip axis N (uniformly spaced starts, centre crop, one decode).
+Item contract (docs/DESIGN.md, "Dataset item"): every item carries a clip axis N, so a batch is
+always B×N×clip and `xdc.models.encode` takes any batch.
+- train: N = 1; `video` float32 1×C×T×H×W, `audio` float32 1×1×n_mels×n_frames, `start` float64
+  tensor of 1 (s), `index`, `has_audio`, `label` (when labelled); random start, crop and flip.
+- eval: N clips (uniformly spaced starts, centre crop, one decode), `start` N.
 - with_audio=False: no `audio` and no `has_audio` (the audio is not decoded).
 - a sample that cannot be decoded: `{"index": i, "skipped": reason}`; `collate_clips` drops it
   and lists it in `batch["skipped"]`, and a `SkipCounter` reports the skips at epoch end.
@@ -25,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from xdc.config import DataConfig
 from xdc.data.audio import LogMel, window_samples
-from xdc.data.decode import (DecodeError, decode_audio_windows, decode_clip, decode_clips,
-                              media_duration)
+from xdc.data.cache import cached_clips
+from xdc.data.decode import DecodeError, decode_audio_windows, decode_clips, media_duration
 from xdc.data.manifest import describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
 from xdc.training import distributed
@@ -54,6 +55,8 @@ class AudioVideoClips(Dataset):
     `has_audio` (video-only fine-tuning has no use for them).
     Train mode retries another random window after a decode error, up to `cfg.max_retries`
     times; eval windows are fixed, so eval mode skips at the first error.
+    With `cfg.cache_dir` set, windows come from the decoded-clip cache (xdc.data.cache) when it
+    holds the file with these settings, else from the file.
     """
 
     def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train",
@@ -118,24 +121,25 @@ class AudioVideoClips(Dataset):
         path, cfg = self.rows[index]["path"], self.cfg
         duration = self.duration(index)
         if self.mode == "train":
-            start = float(torch.rand(())) * max(0.0, duration - cfg.clip_seconds)
-            return [decode_clip(path, start, cfg, with_audio=self.with_audio)]
-        return decode_clips(path, eval_starts(duration, cfg.clip_seconds, self.clips_per_video), cfg,
-                            with_audio=self.with_audio)
+            starts = [float(torch.rand(())) * max(0.0, duration - cfg.clip_seconds)]
+        else:
+            starts = eval_starts(duration, cfg.clip_seconds, self.clips_per_video)
+        clips = None
+        if cfg.cache_dir:  # None when the cache cannot answer (file or settings not in it)
+            clips = cached_clips(cfg.cache_dir, path, starts, cfg, with_audio=self.with_audio)
+        return clips if clips is not None else decode_clips(path, starts, cfg, with_audio=self.with_audio)
 
     def _item(self, index: int, clips) -> dict[str, Any]:
         has_audio = clips[0].audio is not None
-        if self.mode == "train":
-            item = {"video": train_video_transform(clips[0].video, self.cfg), "start": clips[0].start}
-        else:
-            item = {"video": torch.stack([eval_video_transform(c.video, self.cfg) for c in clips]),
-                    "start": torch.tensor([c.start for c in clips], dtype=torch.float64)}
+        transform = train_video_transform if self.mode == "train" else eval_video_transform
+        item = {"video": torch.stack([transform(c.video, self.cfg) for c in clips]),
+                "start": torch.tensor([c.start for c in clips], dtype=torch.float64)}
         if self.with_audio:
             if has_audio:
                 audio = self.log_mel(torch.from_numpy(np.stack([c.audio for c in clips])))
             else:
                 audio = self._silence.expand(len(clips), *self._silence.shape).clone()
-            item.update(audio=audio[0] if self.mode == "train" else audio, has_audio=has_audio)
+            item.update(audio=audio, has_audio=has_audio)
         item["index"] = index
         if self.labels is not None:
             item["label"] = int(self.labels[index])
@@ -143,7 +147,8 @@ class AudioVideoClips(Dataset):
 
 
 class AudioClips(Dataset):
-    """Log-mel windows of sound files without video (ESC-50), with AudioVideoClips' audio keys.
+    """Log-mel windows of sound files without video (ESC-50), with AudioVideoClips' audio keys
+    (`audio` N×1×M×F, N = 1 in train mode).
 
     Same decoder and log-mel as the audio of AudioVideoClips, so the windows match."""
 
@@ -169,10 +174,8 @@ class AudioClips(Dataset):
             samples = decode_audio_windows(row["path"], starts, cfg)
         except DecodeError as err:
             return {"index": index, "skipped": f"{row['path']}: {err.what}"}
-        audio = self.log_mel(torch.from_numpy(np.stack(samples)))
-        train = self.mode == "train"
-        item = {"audio": audio[0] if train else audio, "index": index, "has_audio": True,
-                "start": starts[0] if train else torch.tensor(starts, dtype=torch.float64)}
+        item = {"audio": self.log_mel(torch.from_numpy(np.stack(samples))), "index": index,
+                "has_audio": True, "start": torch.tensor(starts, dtype=torch.float64)}
         if self.labels is not None:
             item["label"] = int(self.labels[index])
         return item
@@ -192,7 +195,8 @@ def _labels_of(rows: Sequence[dict]) -> tuple[list[str], np.ndarray | None]:
 
 
 def collate_clips(items: list[dict]) -> dict[str, Any]:
-    """default_collate of the decoded items; `batch["skipped"]` = [(index, reason), ...].
+    """default_collate of the decoded items (video B×N×C×T×H×W, audio B×N×1×M×F, start B×N);
+    `batch["skipped"]` = [(index, reason), ...].
 
     When every item of the batch was skipped, the batch holds only "skipped".
     """

@@ -71,12 +71,6 @@ def decode_clips(path, starts, cfg: DataConfig, with_audio: bool = True,
     starts = [max(0.0, float(s)) for s in starts]
     if not starts:
         return []
-    if cfg.cache_dir:  # decoded once already (xdc.data.cache); None when the cache cannot answer
-        from xdc.data.cache import cached_clips
-
-        clips = cached_clips(cfg.cache_dir, path, starts, cfg, with_audio)
-        if clips is not None:
-            return clips
     try:
         container = av.open(str(path))
     except Exception as err:  # zero bytes, not media, unreadable...

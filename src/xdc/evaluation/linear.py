@@ -12,10 +12,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xdc.clustering.features import CLIP_NDIM
 from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
-from xdc.models import ClassificationHead, autocast, to_device
+from xdc.models import CLIP_NDIM, ClassificationHead, autocast, to_device
 from xdc.training.schedule import make_scheduler, steps_per_epoch
 
 

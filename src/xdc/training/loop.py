@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, head_losses, reduce_heads
-from xdc.models import ClassificationHead, autocast, to_device
+from xdc.models import ClassificationHead, autocast, flat_clips, to_device
 from xdc.training import distributed as dist_utils
 
 
@@ -47,9 +47,12 @@ class PretrainModel(nn.Module):
 
 
 def batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Video clips, log-mels and row indices of a train batch on `device`."""
-    return (to_device(batch["video"], device), to_device(batch["audio"], device),
-            to_device(torch.as_tensor(batch["index"]), device))
+    """Video clips and log-mels of a batch B×N×clip as (B·N)×clip, and each clip's row index, on
+    `device`. N = 1 for train batches and for the centre-clip validation set."""
+    clips_per_item = batch["video"].shape[1]
+    return (to_device(flat_clips(batch["video"], "video"), device),
+            to_device(flat_clips(batch["audio"], "audio"), device),
+            to_device(torch.as_tensor(batch["index"]).repeat_interleave(clips_per_item), device))
 
 
 def targets_for(labels: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -168,8 +171,6 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         skips.add(batch)
         if not has_data(batch):
             continue
-        if batch["video"].dim() == 6:  # eval items carry a clip axis: N×C×T×H×W per video; keep clip 0
-            batch = dict(batch, video=batch["video"][:, 0], audio=batch["audio"][:, 0])
         video, audio, index = batch_to_device(batch, device)
         with autocast(device, amp):
             logits = model(video, audio)
