@@ -28,9 +28,9 @@ from tqdm import tqdm
 from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import read_manifest
+from xdc.models.device import MODALITIES
 from xdc.reports import html
-
-MODALITIES = ("video", "audio")
+from xdc.training.run_folder import RunFolder
 TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
 THUMB_FRAMES = 4  # frames in a member's strip, spread over its window
 THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
@@ -41,18 +41,18 @@ class ReportError(ValueError):
     """The run folder or the labels cannot make a report."""
 
 
-def find_iteration(run_dir: Path, iteration: int | None = None) -> tuple[int, Path]:
-    """The iteration folder asked for, or the last one that holds cluster labels."""
-    folders = {int(p.name): p for p in (run_dir / "iterations").glob("[0-9]*")
-               if p.is_dir() and p.name.isdigit() and any(p.glob("labels_*.npy"))}
-    if not folders:
+def find_iteration(run_dir: Path, iteration: int | None = None) -> int:
+    """The iteration asked for, or the last one that holds cluster labels."""
+    run = RunFolder(run_dir)
+    found = [n for n in run.iterations() if any(run.iteration_dir(n).glob("labels_*.npy"))]
+    if not found:
         raise ReportError(f"{run_dir} has no iterations/NN/labels_*.npy: is it a `xdc pretrain` run folder?")
     if iteration is None:
-        iteration = max(folders)
-    if iteration not in folders:
-        raise ReportError(f"iteration {iteration} not in {run_dir / 'iterations'} "
-                          f"(found {', '.join(map(str, sorted(folders)))})")
-    return iteration, folders[iteration]
+        iteration = max(found)
+    if iteration not in found:
+        raise ReportError(f"iteration {iteration} not in {run.root / 'iterations'} "
+                          f"(found {', '.join(map(str, found))})")
+    return iteration
 
 
 def true_labels(rows: list[dict], labels_manifest: str | Path | None) -> list[str | None]:
@@ -66,7 +66,7 @@ def true_labels(rows: list[dict], labels_manifest: str | Path | None) -> list[st
 
 def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.ndarray) -> int:
     """k from summary.json (it counts empty clusters too), else one past the largest id."""
-    summary = run_dir / "summary.json"
+    summary = RunFolder(run_dir).summary
     if summary.is_file():
         for record in json.loads(summary.read_text()).get("iterations", []):
             if record.get("iteration") == iteration and modality in record:
@@ -199,24 +199,25 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
                    max_clusters: int | None = None, media: bool = True) -> dict:
     """Write the tables, metrics.json and index.html; returns the metrics."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    iteration, folder = find_iteration(run_dir, iteration)
-    if not (run_dir / "rows.csv").is_file():
-        raise ReportError(f"{run_dir / 'rows.csv'} not found: the labels cannot be matched to files")
-    rows = read_manifest(run_dir / "rows.csv")
+    run = RunFolder(run_dir)
+    iteration = find_iteration(run_dir, iteration)
+    if not run.rows.is_file():
+        raise ReportError(f"{run.rows} not found: the labels cannot be matched to files")
+    rows = read_manifest(run.rows)
     names = true_labels(rows, labels_manifest)
     if all(n is None for n in names):
         raise ReportError("no row of the run has a true label: pass --labels MANIFEST with a label column")
     data = DataConfig()
-    if (run_dir / "config.yaml").is_file():
+    if run.config.is_file():
         try:
-            data = load_config(run_dir / "config.yaml", schema=PretrainConfig).data
+            data = load_config(run.config, schema=PretrainConfig).data
         except ConfigError as err:
             print(f"warning: {err}; thumbnails use the default data settings")
     out_dir.mkdir(parents=True, exist_ok=True)
 
     metrics, sections, reports = {}, [], {}
     for modality in MODALITIES:
-        path = folder / f"labels_{modality}.npy"
+        path = run.labels(iteration, modality)
         if not path.is_file():
             continue
         clusters = np.load(path).astype(np.int64)
