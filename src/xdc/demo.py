@@ -194,8 +194,8 @@ def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str,
             continue
         torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
         loaded = load_encoder(modality, cfg.model, checkpoint, data=cfg.data)
-        results[modality] = finetune(replace(cfg, model=loaded.model), loaded.encoder, modality, splits["train"],
-                                     splits["val"], splits["test"], folder, loaded.source)
+        results[modality] = finetune(replace(cfg, model=loaded.model), loaded.encoder, modality,
+                                     splits["train"], splits["val"], splits["test"], folder, loaded.source)
     return results
 
 

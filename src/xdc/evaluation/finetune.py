@@ -265,20 +265,20 @@ def lr_sweep(lrs: list[float], out_dir: Path, fit: Callable[[float, Path], dict]
     print(f"  lr sweep: {', '.join(f'{lr:g}' for lr in lrs)}")
     val: dict[str, dict] = {}
     for lr in tqdm(lrs, desc="lr sweep", unit="lr"):
-        folder = out_dir / _lr_name(lr)
+        folder, key = out_dir / _lr_name(lr), f"{lr:g}"
         folder.mkdir(exist_ok=True)
         done = folder / "val.json"
         if done.is_file() and (folder / "model.pt").is_file():
-            val[f"{lr:g}"] = json.loads(done.read_text())
+            val[key] = json.loads(done.read_text())
             continue
-        val[f"{lr:g}"] = fit(lr, folder)
-        done.write_text(json.dumps(val[f"{lr:g}"], indent=2))
-        tqdm.write(f"  lr {lr:g}: val top1_clip {val[f'{lr:g}']['top1_clip']:.3f} "
-                   f"top1_video {val[f'{lr:g}']['top1_video']:.3f}")
+        val[key] = fit(lr, folder)
+        done.write_text(json.dumps(val[key], indent=2))
+        tqdm.write(f"  lr {key}: val top1_clip {val[key]['top1_clip']:.3f} top1_video {val[key]['top1_video']:.3f}")
     best_lr = max(lrs, key=lambda lr: val[f"{lr:g}"][SELECTION_METRIC])  # max keeps the first of equals
     writer = _writer(out_dir / "tb" / "summary")
     for lr, lr_scores in val.items():
-        writer.add_scalar(f"val/{SELECTION_METRIC}_by_lr", lr_scores[SELECTION_METRIC], int(round(float(lr) * 1e4)))
+        writer.add_scalar(f"val/{SELECTION_METRIC}_by_lr", lr_scores[SELECTION_METRIC],
+                          int(round(float(lr) * 1e4)))
     writer.close()
     print(f"  best lr {best_lr:g} (val {SELECTION_METRIC} {val[f'{best_lr:g}'][SELECTION_METRIC]:.3f})")
     return val, best_lr
@@ -495,7 +495,8 @@ def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
         **PATHS[cfg.mode](cfg, encoder, modality, data, out_dir, device),
         "device": str(device), "seconds": round(time.perf_counter() - started, 1),
     }
-    results["skipped"] = {name: [reason for _, reason in items] for name, items in results["skipped"].items() if items}
+    results["skipped"] = {name: [reason for _, reason in items]
+                          for name, items in results["skipped"].items() if items}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     test = {key: results[key] for key in TEST_METRICS if key in results}
     writer = _writer(out_dir / "tb" / "summary")
@@ -521,8 +522,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", choices=MODALITIES, default="video")
     parser.add_argument("--mode", choices=FINETUNE_MODES, help="overrides the config's mode")
     parser.add_argument("--train", help="labelled manifest of training videos")
-    parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train videos); "
-                        "knn and retrieval score it beside the test videos")
+    parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train "
+                        "videos); knn and retrieval score it beside the test videos")
     parser.add_argument("--test", help="labelled manifest of test videos")
     parser.add_argument("--split", choices=("ucf101", "hmdb51", "esc50"), help="a standard split instead of manifests")
     parser.add_argument("--root", help="with --split: the dataset's video (or ESC-50) folder")
