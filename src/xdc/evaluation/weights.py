@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from xdc.config import DataConfig, ModelConfig, PretrainConfig, validate
-from xdc.models import audio_encoder, video_encoder
+from xdc.models import MODALITIES, audio_encoder, video_encoder
 from xdc.training.checkpoint import load_checkpoint, save_checkpoint
 
 # Only the classification layer may differ between a checkpoint and the encoder it goes into.
@@ -213,7 +213,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a pretrain checkpoint (checkpoints/*.pt)")
     parser.add_argument("-o", "--out", required=True, help="output .pth file (a plain state dict)")
-    parser.add_argument("--modality", choices=("video", "audio"), default="video")
+    parser.add_argument("--modality", choices=MODALITIES, default="video")
 
 
 def run(args: argparse.Namespace) -> int:
