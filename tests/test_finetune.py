@@ -270,13 +270,17 @@ def _clustered(per_class, num_classes=4, dim=16, noise=0.3, seed=0):
     return centres[labels][:, None] + noise * torch.randn(len(labels), 3, dim, generator=g), labels
 
 
-def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels():
+def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels(monkeypatch):
+    from xdc.evaluation import knn
+
     train, train_labels = _clustered(30)
     test, test_labels = _clustered(10, seed=1)
     train, test = video_features(train), video_features(test)
     assert torch.allclose(train.norm(dim=1), torch.ones(len(train)))
     votes = knn_votes(train, train_labels, test, 4, k=20, temperature=0.07)
     assert knn_accuracy(votes, test_labels) == {"top1_video": 1.0, "top5_video": 1.0}
+    monkeypatch.setattr(knn, "CHUNK", 7)  # test videos in chunks: the same neighbours
+    assert torch.equal(knn_votes(train, train_labels, test, 4, k=20, temperature=0.07), votes)
     assert recall(train, train_labels, test, test_labels) == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0}
     shuffled = train_labels[torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(2))]
     votes = knn_votes(train, shuffled, test, 4, k=20, temperature=0.07)
