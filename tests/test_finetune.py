@@ -15,8 +15,10 @@ from xdc.data.encode import write_video
 from xdc.data.manifest import write_manifest
 from xdc.data.scan import scan_paths
 from xdc.evaluation.finetune import FinetuneError, finetune, hold_out
-from xdc.evaluation.linear import accuracy, encoder_input
-from xdc.models import video_encoder
+from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
+from xdc.evaluation.linear import accuracy
+from xdc.evaluation.weights import WeightsError, load_encoder
+from xdc.models import audio_encoder, encode, video_encoder
 from xdc.reports.html import write_wav
 
 TINY = "configs/finetune/tiny.yaml"
@@ -70,17 +72,23 @@ def test_accuracy_video_level_averages_softmax_over_clips():
     assert accuracy(logits, torch.tensor([1, 2]))["top1_video"] == 0.5
 
 
-def test_encoder_input_flattens_eval_clips_and_keeps_train_batches():
-    # Eval batches carry a clip axis (V×N×...); the encoders take one batch of clips. On CUDA
-    # the video then goes channels_last_3d, which only a 5-D tensor can (found on an H200).
-    eval_batch = {"video": torch.randn(2, 3, 3, 4, 8, 8), "audio": torch.randn(2, 3, 1, 40, 20)}
-    train_batch = {"video": torch.randn(5, 3, 4, 8, 8), "audio": torch.randn(5, 1, 40, 20)}
+def test_encode_takes_clip_batches_to_features_per_clip():
+    # Every batch carries a clip axis (B×N×clip; N = 1 for training items); the encoder sees one
+    # batch of B·N clips, and its features come back B×N×D in the clips' order. On CUDA the
+    # video then goes channels_last_3d, which only a 5-D tensor can (found on an H200).
+    torch.manual_seed(0)
     cpu = torch.device("cpu")
-    assert encoder_input(eval_batch, "video", cpu).shape == (6, 3, 4, 8, 8)
-    assert encoder_input(eval_batch, "audio", cpu).shape == (6, 1, 40, 20)
-    assert torch.equal(encoder_input(eval_batch, "video", cpu)[4], eval_batch["video"][1, 1])
-    assert encoder_input(train_batch, "video", cpu).shape == (5, 3, 4, 8, 8)
-    assert encoder_input(train_batch, "audio", cpu).shape == (5, 1, 40, 20)
+    video, audio = video_encoder("r2plus1d_18", 4).eval(), audio_encoder(4).eval()
+    clips = {"video": torch.randn(2, 3, 3, 4, 16, 16), "audio": torch.randn(2, 3, 1, 40, 20)}
+    with torch.no_grad():
+        for modality, encoder in (("video", video), ("audio", audio)):
+            features = encode(encoder, clips[modality], modality, cpu, amp=False)
+            assert features.shape == (2, 3, encoder.feature_dim) and features.dtype == torch.float32
+            torch.testing.assert_close(features[1, 2], encoder(clips[modality][1, 2:3])[0])
+            train_batch = clips[modality][:, :1]  # N = 1
+            assert encode(encoder, train_batch, modality, cpu, amp=False).shape == (2, 1, encoder.feature_dim)
+        with pytest.raises(ValueError, match="expected B×N×clip"):  # a batch without its clip axis
+            encode(video, clips["video"][:, 0], "video", cpu)
 
 
 def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):
@@ -208,7 +216,6 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
 def test_superv_baseline_reads_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
     import torchvision
 
-    from xdc.evaluation.finetune import load_encoder
     from xdc.evaluation.weights import superv_weights_path
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -217,9 +224,107 @@ def test_superv_baseline_reads_torchvision_weights_from_the_hub_cache(tmp_path, 
     superv_weights_path("r3d_18").parent.mkdir(parents=True)
     torch.save(state, superv_weights_path("r3d_18"))
     cfg = load_config(None, ["model.video_arch=r3d_18"], schema=FinetuneConfig)
-    encoder, source = load_encoder("video", cfg, superv=True)
-    assert source == "superv:r3d_18/KINETICS400_V1"
-    assert torch.equal(encoder.state_dict()["layer1.0.conv1.0.weight"], state["layer1.0.conv1.0.weight"])
+    loaded = load_encoder("video", cfg.model, superv=True)
+    assert loaded.source == "superv:r3d_18/KINETICS400_V1" and loaded.model == cfg.model
+    assert torch.equal(loaded.encoder.state_dict()["layer1.0.conv1.0.weight"], state["layer1.0.conv1.0.weight"])
     cfg.model.width = 8
-    with pytest.raises(FinetuneError, match="model.width=64"):
-        load_encoder("video", cfg, superv=True)
+    with pytest.raises(WeightsError, match="model.width=64"):
+        load_encoder("video", cfg.model, superv=True)
+    with pytest.raises(WeightsError, match="--modality video"):
+        load_encoder("audio", load_config(None, schema=FinetuneConfig).model, superv=True)
+
+
+def test_load_encoder_reads_a_checkpoint_and_leaves_the_config_alone(tmp_path, capsys):
+    from xdc.config import PretrainConfig, config_to_yaml
+    from xdc.training.checkpoint import save_checkpoint
+
+    pre = PretrainConfig()
+    pre.model.video_arch, pre.model.width, pre.data.n_mels = "r3d_18", 4, 32
+    torch.manual_seed(3)
+    video = video_encoder("r3d_18", 4)
+    ckpt = save_checkpoint({"video_encoder": video.state_dict(), "audio_encoder": audio_encoder(4).state_dict(),
+                            "config": config_to_yaml(pre)}, tmp_path / "last.pt")
+    cfg = load_config(TINY, schema=FinetuneConfig)
+    before = config_to_yaml(cfg)
+    loaded = load_encoder("video", cfg.model, checkpoint=ckpt, data=cfg.data)
+    assert (loaded.model.video_arch, loaded.model.width, loaded.source) == ("r3d_18", 4, str(ckpt))
+    assert loaded.pretrain.data.n_mels == 32 and config_to_yaml(cfg) == before  # nothing written back
+    assert torch.equal(loaded.encoder.state_dict()["stem.0.weight"], video.state_dict()["stem.0.weight"])
+    assert "warning: data.n_mels=40 differs from the pretraining's 32" in capsys.readouterr().out
+    # The checkpoint's config is validated like a config file: out of range, or an unknown key.
+    pre.model.width = 0
+    bad = save_checkpoint({"video_encoder": video.state_dict(), "config": config_to_yaml(pre)}, tmp_path / "bad.pt")
+    with pytest.raises(WeightsError, match="model.width=0 is out of range"):
+        load_encoder("video", cfg.model, checkpoint=bad)
+    odd = save_checkpoint({"video_encoder": video.state_dict(), "config": "model:\n  depth: 3\n"}, tmp_path / "odd.pt")
+    with pytest.raises(WeightsError, match="depth"):
+        load_encoder("video", cfg.model, checkpoint=odd)
+
+
+def _clustered(per_class, num_classes=4, dim=16, noise=0.3, seed=0):
+    """Clip features V×N×D around one random direction per class (the same for every seed), and
+    the labels V."""
+    centres = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(100 + seed)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    return centres[labels][:, None] + noise * torch.randn(len(labels), 3, dim, generator=g), labels
+
+
+def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels(monkeypatch):
+    from xdc.evaluation import knn
+
+    train, train_labels = _clustered(30)
+    test, test_labels = _clustered(10, seed=1)
+    train, test = video_features(train), video_features(test)
+    assert torch.allclose(train.norm(dim=1), torch.ones(len(train)))
+    votes = knn_votes(train, train_labels, test, 4, k=20, temperature=0.07)
+    assert knn_accuracy(votes, test_labels) == {"top1_video": 1.0, "top5_video": 1.0}
+    monkeypatch.setattr(knn, "CHUNK", 7)  # test videos in chunks: the same neighbours
+    assert torch.equal(knn_votes(train, train_labels, test, 4, k=20, temperature=0.07), votes)
+    assert recall(train, train_labels, test, test_labels) == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0}
+    shuffled = train_labels[torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(2))]
+    votes = knn_votes(train, shuffled, test, 4, k=20, temperature=0.07)
+    assert knn_accuracy(votes, test_labels)["top1_video"] < 0.6
+    assert recall(train, shuffled, test, test_labels)["recall@1"] < 0.6
+
+
+def test_knn_votes_are_weighted_by_similarity():
+    # One neighbour of class 0 at cosine 1, two of class 1 at cosine 0.8: with DINO's T = 0.07
+    # the close one outvotes the two (e^(1/T) > 2·e^(0.8/T)); with a large T the majority wins.
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6]])
+    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
+    votes = knn_votes(train, labels, query, 2, k=3, temperature=0.07)
+    assert votes.argmax().item() == 0
+    torch.testing.assert_close(votes[0], torch.tensor([np.exp(1 / 0.07), 2 * np.exp(0.8 / 0.07)], dtype=torch.float32))
+    assert knn_votes(train, labels, query, 2, k=3, temperature=100.0).argmax().item() == 1
+    assert knn_votes(train, labels, query, 2, k=1, temperature=100.0).argmax().item() == 0
+    # Retrieval: the nearest is class 0, so a class-1 query misses at 1 and hits at 5 (k capped at 3).
+    assert recall(train, labels, query, torch.tensor([1])) == {"recall@1": 0.0, "recall@5": 1.0, "recall@10": 1.0}
+
+
+@pytest.mark.parametrize("mode", ["knn", "retrieval"])
+def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
+    out = tmp_path / mode
+    args = ["finetune", "--scratch", "--config", TINY, "--mode", mode, "--train", str(manifests / "train.csv"),
+            "--test", str(manifests / "test.csv"), "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == mode and results["checkpoint"] == "scratch" and results["test_videos"] == 6
+    # No lr to choose: nothing held out, no sweep; the features are cached as in linear mode.
+    assert results["videos"] == {"train": 12, "test": 6} and "best_lr" not in results and "val" not in results
+    assert (out / "features.pt").is_file() and not list(out.glob("lr_*"))
+    if mode == "knn":
+        assert (results["knn_k"], results["knn_temperature"]) == (20, 0.07)
+        assert results["top5_video"] == 1.0 and results["top1_video"] >= 0.8  # solid colours, as in linear
+    else:
+        assert results["recall@1"] <= results["recall@5"] <= results["recall@10"]
+        assert results["recall@10"] == 1.0  # 10 of the 12 training videos always include one of 4 per class
+        assert results["recall@1"] >= 0.8
+    # A val manifest is scored too; other settings into the same folder are refused.
+    with_val = tmp_path / f"{mode}_val"
+    assert main(args[:-1] + [str(with_val), "--val", str(manifests / "test.csv"), "knn_k=3"]) == 0
+    results = json.loads((with_val / "results.json").read_text())
+    assert results["val"]["videos"] == 6 and results["val_source"] == "val manifest"
+    key = "top1_video" if mode == "knn" else "recall@1"
+    assert results["val"][key] == results[key]  # val and test are the same videos here
+    assert main(args + ["knn_k=5"]) == 1

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from xdc.data.manifest import read_manifest
-from xdc.evaluation.splits import SplitError, read_hmdb51, read_ucf101, split_manifests, split_rows
+from xdc.evaluation.splits import (SplitError, read_hmdb51, read_ucf101, split_manifests, split_rows,
+                                   stratified_split)
 from xdc.reports.html import write_wav
 
 
@@ -86,3 +87,70 @@ def test_esc50_fold_is_test_and_audio_only_rows_are_usable(tmp_path):
     assert row["duration"] == pytest.approx(0.5, abs=0.01) and row["audio_silent"] is False
     with pytest.raises(SplitError, match="fold 6"):
         split_rows("esc50", root, None, fold=6)
+
+
+# Copies of the two splits `stratified_split` replaced (finetune's `hold_out`, the demo's
+# `probe_split`, as of commit 14ecb98): the demo's numbers and resumed fine-tuning runs depend on
+# getting the very same rows for the same seed.
+def _old_hold_out(rows, fraction, seed):
+    rng = np.random.default_rng(seed)
+    by_class = {}
+    for i, row in enumerate(rows):
+        by_class.setdefault(row["label"], []).append(i)
+    val = set()
+    for label in sorted(by_class):
+        members = by_class[label]
+        count = min(len(members) - 1, max(1, round(fraction * len(members))))
+        val.update(int(i) for i in rng.permutation(members)[:count])
+    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+
+
+def _old_probe_split(rows, val_fraction, test_fraction, seed):
+    rng = np.random.default_rng(seed)
+    parts = {"train": [], "val": [], "test": []}
+    by_class = {}
+    for row in rows:
+        by_class.setdefault(row["label"], []).append(row)
+    for label in sorted(by_class):
+        members = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        n_val = max(1, round(val_fraction * len(members)))
+        n_test = max(1, round(test_fraction * len(members)))
+        if len(members) < n_val + n_test + 1:
+            raise SystemExit("too few")
+        parts["val"] += members[:n_val]
+        parts["test"] += members[n_val:n_val + n_test]
+        parts["train"] += members[n_val + n_test:]
+    return parts
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_stratified_split_draws_the_rows_the_old_splits_drew(seed):
+    rng = np.random.default_rng(100 + seed)
+    # Classes of 1 to 12 videos, shuffled together, labels as digits (the demo's) and names.
+    labels = [str(c) for c in range(10) for _ in range(c + 3)] + ["x"] + ["yy"] * 2
+    rows = [{"path": f"v{i}.mp4", "label": label} for i, label in enumerate(rng.permutation(labels))]
+    for fraction in (0.1, 0.25, 0.5, 0.9):
+        parts = stratified_split([r["label"] for r in rows], {"val": fraction}, seed)
+        train, val = _old_hold_out(rows, fraction, seed)
+        assert [rows[i] for i in sorted(parts["val"])] == val
+        assert [rows[i] for i in sorted(parts["train"])] == train
+    big = [r for r in rows if r["label"] not in ("x", "yy", "0")]  # classes of 4+ videos
+    for fractions in ((0.2, 0.2), (0.25, 0.1), (0.1, 0.3)):
+        parts = stratified_split([r["label"] for r in big], dict(zip(("val", "test"), fractions)), seed,
+                                 strict=True)
+        old = _old_probe_split(big, *fractions, seed)
+        assert list(parts) == list(old) == ["train", "val", "test"]
+        assert {name: [big[i] for i in part] for name, part in parts.items()} == old  # same order too
+
+
+def test_stratified_split_small_classes_give_less_or_raise():
+    labels = ["a"] * 10 + ["b"] * 2 + ["c"]
+    parts = stratified_split(labels, {"val": 0.2, "test": 0.2}, seed=0)
+    assert sorted(parts["train"] + parts["val"] + parts["test"]) == list(range(len(labels)))
+    assert [labels[i] for i in parts["val"]] == ["a", "a", "b"]  # b: one left for train, so no test
+    assert [labels[i] for i in parts["test"]] == ["a", "a"]
+    assert [labels[i] for i in parts["train"]].count("c") == 1
+    with pytest.raises(SplitError, match="class 'b' has 2 videos: too few"):
+        stratified_split(labels, {"val": 0.2, "test": 0.2}, seed=0, strict=True)
+    assert stratified_split(labels, {"val": 0.2}, seed=4) == stratified_split(labels, {"val": 0.2}, seed=4)
+    assert stratified_split(labels, {"val": 0.2}, seed=4) != stratified_split(labels, {"val": 0.2}, seed=5)

@@ -110,11 +110,14 @@ class PretrainConfig:
     init_from: str | None = None
 
 
+FINETUNE_MODES = ("full", "fc", "linear", "knn", "retrieval")
+
+
 @dataclass
 class FinetuneConfig:
     """Seed Tables 3-4."""
 
-    mode: str = "full"  # full | fc | linear
+    mode: str = "full"  # full | fc | linear | knn | retrieval (xdc.evaluation.finetune)
     lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01])
     fc_lrs: list[float] = field(
         default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.04]
@@ -130,6 +133,8 @@ class FinetuneConfig:
     )
     device: str = "auto"
     amp: bool = True
+    knn_k: int = 20  # mode knn: neighbours that vote (DINO's eval_knn)
+    knn_temperature: float = 0.07  # mode knn: a neighbour's vote is exp(cosine / knn_temperature)
 
 
 class ConfigError(ValueError):
@@ -194,7 +199,9 @@ def validate(cfg: PretrainConfig | FinetuneConfig) -> None:
         _check(c.first_features in ("random", "handcrafted"), "cluster.first_features",
                c.first_features, "random | handcrafted")
     else:
-        _check(cfg.mode in ("full", "fc", "linear"), "mode", cfg.mode, "full | fc | linear")
+        _check(cfg.mode in FINETUNE_MODES, "mode", cfg.mode, " | ".join(FINETUNE_MODES))
+        _check(cfg.knn_k >= 1, "knn_k", cfg.knn_k, ">= 1")
+        _check(cfg.knn_temperature > 0, "knn_temperature", cfg.knn_temperature, "> 0")
         _check(len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs), "lrs", cfg.lrs, "positive values")
         _check(len(cfg.fc_lrs) > 0 and all(lr > 0 for lr in cfg.fc_lrs), "fc_lrs", cfg.fc_lrs,
                "positive values")

@@ -17,7 +17,6 @@ cache and every finished run.
 from __future__ import annotations
 
 import argparse
-import copy
 import inspect
 import json
 import platform
@@ -139,21 +138,14 @@ def check_out_dir(out: Path, settings: dict) -> None:
 
 def probe_split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
     """Stratified split of labelled rows into train / val / test (each class in each part)."""
-    rng = np.random.default_rng(seed)
-    parts = {"train": [], "val": [], "test": []}
-    by_class: dict[str, list[dict]] = {}
-    for row in rows:
-        by_class.setdefault(row["label"], []).append(row)
-    for label in sorted(by_class):
-        members = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
-        n_val = max(1, round(val_fraction * len(members)))
-        n_test = max(1, round(test_fraction * len(members)))
-        if len(members) < n_val + n_test + 1:
-            raise SystemExit(f"class {label!r} has {len(members)} videos: too few for a train/val/test split")
-        parts["val"] += members[:n_val]
-        parts["test"] += members[n_val:n_val + n_test]
-        parts["train"] += members[n_val + n_test:]
-    return parts
+    from xdc.evaluation.splits import SplitError, stratified_split
+
+    try:
+        parts = stratified_split([row["label"] for row in rows], {"val": val_fraction, "test": test_fraction},
+                                 seed, strict=True)
+    except SplitError as err:
+        raise SystemExit(str(err)) from err
+    return {name: [rows[i] for i in part] for name, part in parts.items()}
 
 
 def nuisance_labels(labels_csv: Path, rows: list[dict]) -> dict[str, np.ndarray]:
@@ -191,7 +183,8 @@ def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str,
                  out: Path) -> dict[str, dict]:
     """Linear probe of both encoders (the finetune library in linear mode); per modality, its
     results.json content. `checkpoint` None = Scratch (random encoders, seeded)."""
-    from xdc.evaluation.finetune import finetune, load_encoder
+    from xdc.evaluation.finetune import finetune
+    from xdc.evaluation.weights import load_encoder
 
     results = {}
     for modality in MODALITIES:
@@ -200,10 +193,9 @@ def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str,
             results[modality] = json.loads((folder / "results.json").read_text())
             continue
         torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
-        probe_cfg = copy.deepcopy(cfg)  # load_encoder adopts the checkpoint's model settings
-        encoder, source = load_encoder(modality, probe_cfg, None if checkpoint is None else str(checkpoint))
-        results[modality] = finetune(probe_cfg, encoder, modality, splits["train"], splits["val"],
-                                     splits["test"], folder, source)
+        loaded = load_encoder(modality, cfg.model, checkpoint, data=cfg.data)
+        results[modality] = finetune(replace(cfg, model=loaded.model), loaded.encoder, modality,
+                                     splits["train"], splits["val"], splits["test"], folder, loaded.source)
     return results
 
 

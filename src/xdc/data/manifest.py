@@ -15,6 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width", "height",
@@ -176,3 +178,16 @@ def describe_dropped(dropped: dict[str, int]) -> str:
         return "none dropped"
     parts = ", ".join(f"{n} {reason}" for reason, n in sorted(dropped.items(), key=lambda kv: -kv[1]))
     return f"{total} dropped ({parts})"
+
+
+def class_indices(labels: Iterable[str], classes: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(class names, each label's index among them as int64). The classes are the sorted distinct
+    labels, or `classes` when given (e.g. the training set's, for val and test labels); a label
+    not among them raises ManifestError."""
+    labels = list(labels)
+    classes = sorted(set(labels)) if classes is None else list(classes)
+    lookup = {name: i for i, name in enumerate(classes)}
+    unknown = sorted(set(labels) - lookup.keys(), key=str)
+    if unknown:
+        raise ManifestError(f"labels not among the classes: {', '.join(map(str, unknown[:MAX_LISTED]))}")
+    return classes, np.array([lookup[name] for name in labels], dtype=np.int64)

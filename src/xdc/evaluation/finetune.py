@@ -1,24 +1,30 @@
-"""`xdc finetune`: a new classifier on a (pretrained) encoder, with base-lr cross-validation.
+"""`xdc finetune`: a new classifier on a (pretrained) encoder, with base-lr cross-validation, or
+kNN and retrieval on its frozen features.
 
-Modes (seed section C, Tables 3-4):
+Modes (seed section C, Tables 3-4; kNN and retrieval beside them, as DINO and the AV papers):
 - `full`: encoder and classifier train (lr set `cfg.lrs`);
 - `fc`: the encoder is frozen (eval-mode BatchNorm), only the new classifier trains on
   augmented clips (lr set `cfg.fc_lrs`);
 - `linear`: like `fc`, but the frozen encoder's features of N clips per video are computed once
   and cached (`features.pt`), standardised with the training set's mean and std, and the
-  classifier trains on them for every lr in seconds (no augmentation: centre crops).
+  classifier trains on them for every lr in seconds (no augmentation: centre crops);
+- `knn`: no training: each test video's class is voted by its `knn_k` nearest training videos
+  (cosine of the cached features, votes exp(cosine / knn_temperature)); `xdc.evaluation.knn`;
+- `retrieval`: no training: recall@1/5/10 of the test videos against the training videos.
 
-Each lr trains with the same schedule (epochs of `epoch_size` clips, warmup then step decay by
-γ, SGD with momentum and weight decay) and is scored on the validation videos by video-level
-top-1; the best lr's model is then scored once on the test videos. Without a validation
-manifest, `optim.val_fraction` of the training videos of every class is held out (seeded) for
-choosing the lr, and the final model is the one trained without them.
+`full` and `fc` (`finetune_clips`) and `linear` (`finetune_linear`) share one lr sweep
+(`lr_sweep`): each lr trains with the same schedule (epochs of `epoch_size` clips, warmup then
+step decay by γ, SGD with momentum and weight decay) and is scored on the validation videos by
+video-level top-1; the best lr's model is then scored once on the test videos. Without a
+validation manifest, `optim.val_fraction` of the training videos of every class is held out
+(seeded) for choosing the lr, and the final model is the one trained without them. kNN and
+retrieval have no lr to choose: all training videos are their reference set, and a validation
+manifest, when given, is scored too (`val`).
 
-Output folder: `results.json` (`best_lr`, per-lr validation scores, test `top1_clip`,
-`top1_video`, `top5_video`, ...), `lr_<lr>/` (`model.pt`: the trained classifier, and the
-encoder in full mode; `val.json`; `last.pt` while training, for resuming), `tb/` (TensorBoard).
-Rerunning into the same folder resumes: finished lrs are read back, an interrupted one goes on
-from its last epoch.
+Output folder: `results.json` (docs/DESIGN.md lists its keys), `lr_<lr>/` (`model.pt`: the
+trained classifier, and the encoder in full mode; `val.json`; `last.pt` while training, for
+resuming), `features.pt` (linear, knn, retrieval), `tb/` (TensorBoard). Rerunning into the same
+folder resumes: finished lrs are read back, an interrupted one goes on from its last epoch.
 """
 
 from __future__ import annotations
@@ -29,27 +35,31 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 from tqdm import tqdm
 
-from xdc.config import ConfigError, FinetuneConfig, PretrainConfig, config_to_yaml, load_config
+from xdc.config import FINETUNE_MODES, ConfigError, FinetuneConfig, config_to_yaml, load_config
 from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
-from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows
-from xdc.evaluation.linear import accuracy, clip_features, encoder_input, train_linear
-from xdc.evaluation.splits import SplitError, split_manifests
-from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict, superv_state_dict
-from xdc.models import ClassificationHead, audio_encoder, autocast, video_encoder
+from xdc.data.manifest import ManifestError, class_indices, describe_dropped, read_manifest, usable_rows
+from xdc.evaluation.knn import RECALL_AT, knn_accuracy, knn_votes, recall, video_features
+from xdc.evaluation.linear import accuracy, clip_features, train_linear
+from xdc.evaluation.splits import SplitError, split_manifests, stratified_split
+from xdc.evaluation.weights import WeightsError, load_encoder
+from xdc.models import MODALITIES, ClassificationHead, autocast, encode
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
 from xdc.training.schedule import make_scheduler, steps_per_epoch
 
-MODALITIES = ("video", "audio")
 SELECTION_METRIC = "top1_video"
+SWEPT_MODES = ("full", "fc", "linear")  # the modes that train, one model per lr
+# results.json's test scores: top1_clip (full, fc, linear), top1_video and top5_video (and knn),
+# recall@k (retrieval).
+TEST_METRICS = ("top1_clip", "top1_video", "top5_video", *(f"recall@{k}" for k in RECALL_AT))
 
 
 class FinetuneError(ValueError):
@@ -80,25 +90,28 @@ def usable(rows: list[dict], modality: str) -> tuple[list[dict], dict[str, int]]
 
 
 def hold_out(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, val): `fraction` of every class's videos held out (at least one where a class has
-    two or more), drawn with `seed`."""
-    rng = np.random.default_rng(seed)
-    by_class: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_class.setdefault(row["label"], []).append(i)
-    val: set[int] = set()
-    for label in sorted(by_class):
-        members = by_class[label]
-        count = min(len(members) - 1, max(1, round(fraction * len(members))))
-        val.update(int(i) for i in rng.permutation(members)[:count])
-    if not val:
+    """(train, val), each in the rows' order: `fraction` of every class's videos held out (at
+    least one where a class has two or more), drawn with `seed` (`stratified_split`)."""
+    parts = stratified_split([row["label"] for row in rows], {"val": fraction}, seed)
+    if not parts["val"]:
         raise FinetuneError("too few training videos to hold out a validation set: pass --val")
-    return [r for i, r in enumerate(rows) if i not in val], [r for i, r in enumerate(rows) if i in val]
+    return [rows[i] for i in sorted(parts["train"])], [rows[i] for i in sorted(parts["val"])]
+
+
+@dataclass
+class Labelled:
+    """The usable rows of each subset ("train", "val" where there is one, "test"), each row's
+    class index (a tensor per subset), and the class names (the training set's, sorted)."""
+
+    rows: dict[str, list[dict]]
+    labels: dict[str, torch.Tensor]
+    classes: list[str]
 
 
 def labelled_subsets(train_rows, val_rows, test_rows, modality: str, cfg: FinetuneConfig):
-    """({"train", "val", "test"}: usable rows, rows dropped per subset and reason, where val came
-    from); checks that every row has a label and that val/test classes were seen in training."""
+    """(Labelled, rows dropped per subset and reason, where val came from); checks that every row
+    has a label and that val/test classes were seen in training. Modes that choose an lr and
+    have no val rows hold out part of the training videos."""
     subsets, dropped = {}, {}
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
         if rows is None:
@@ -109,16 +122,19 @@ def labelled_subsets(train_rows, val_rows, test_rows, modality: str, cfg: Finetu
         unlabelled = sum(row.get("label") in (None, "") for row in subsets[name])
         if unlabelled:
             raise FinetuneError(f"{unlabelled} {name} rows have no label: every row needs one")
-    val_source = "val manifest"
-    if "val" not in subsets:
+    val_source = "val manifest" if "val" in subsets else "none (no lr to choose)"
+    if "val" not in subsets and cfg.mode in SWEPT_MODES:
         subsets["train"], subsets["val"] = hold_out(subsets["train"], cfg.optim.val_fraction, cfg.seed)
         val_source = f"held out {cfg.optim.val_fraction:g} of each class's train videos (seed {cfg.seed})"
-    seen = {row["label"] for row in subsets["train"]}
+    classes, _ = class_indices(row["label"] for row in subsets["train"])
+    seen = set(classes)
     for name in ("val", "test"):
-        unknown = sorted({row["label"] for row in subsets[name]} - seen)
+        unknown = sorted({row["label"] for row in subsets.get(name, ())} - seen)
         if unknown:
             raise FinetuneError(f"{name} labels not among the training classes: {', '.join(unknown[:10])}")
-    return subsets, dropped, val_source
+    labels = {name: torch.as_tensor(class_indices((row["label"] for row in rows), classes)[1])
+              for name, rows in subsets.items()}
+    return Labelled(subsets, labels, classes), dropped, val_source
 
 
 # ---------------------------------------------------------------------------------- the model
@@ -139,12 +155,12 @@ class Classifier(nn.Module):
             self.encoder.eval()  # BatchNorm statistics of the pretrained encoder stay as they are
         return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frozen:
-            with torch.no_grad():
-                features = self.encoder(x)
-            return self.fc(features.float())
-        return self.fc(self.encoder(x))
+    def forward(self, clips: torch.Tensor, modality: str, device: torch.device, amp: bool) -> torch.Tensor:
+        """Logits B×N×C of a clip batch B×N×clip."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            features = encode(self.encoder, clips, modality, device, amp)
+        with autocast(device, amp):
+            return self.fc(features.flatten(0, 1)).view(*features.shape[:2], -1)
 
     def trained_state(self) -> dict:
         """What training changed: the classifier, and the encoder unless frozen."""
@@ -152,56 +168,6 @@ class Classifier(nn.Module):
 
     def load_trained_state(self, state: dict) -> None:
         (self.fc if self.frozen else self).load_state_dict(state)
-
-
-def build_encoder(modality: str, cfg: FinetuneConfig) -> nn.Module:
-    if modality == "video":
-        return video_encoder(cfg.model.video_arch, cfg.model.width)
-    return audio_encoder(cfg.model.width)
-
-
-# Input settings an encoder is tied to: fine-tuning with other values feeds it inputs unlike those
-# it learned from (a warning, not an error: it can be what one wants to study).
-INPUT_SETTINGS = ("n_mels", "audio_norm", "sample_rate", "win_ms", "hop_ms", "video_mean", "video_std")
-
-
-def checkpoint_config(path: str | Path) -> PretrainConfig | None:
-    """The config a pretrain checkpoint was trained with (None for files without one)."""
-    state = load_checkpoint(path)
-    if "config" not in state:
-        return None
-    merged = OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.create(state["config"]))
-    return OmegaConf.to_object(merged)
-
-
-def load_encoder(modality: str, cfg: FinetuneConfig, checkpoint: str | None = None,
-                 weights: str | None = None, superv: bool = False) -> tuple[nn.Module, str]:
-    """(encoder, description of its weights): a pretrain checkpoint, a weights file, torchvision's
-    supervised Kinetics weights, or random init (scratch)."""
-    if checkpoint is not None:
-        pretrained = checkpoint_config(checkpoint)
-        if pretrained is not None:  # rebuild the encoder the checkpoint was trained with
-            cfg.model.video_arch, cfg.model.width = pretrained.model.video_arch, pretrained.model.width
-            for key in INPUT_SETTINGS:
-                ours, theirs = getattr(cfg.data, key), getattr(pretrained.data, key)
-                if ours != theirs:
-                    print(f"warning: data.{key}={ours} differs from the pretraining's {theirs}")
-        encoder = build_encoder(modality, cfg)
-        load_strict(encoder, read_state_dict(checkpoint, modality), source=str(checkpoint))
-        return encoder, str(checkpoint)
-    encoder = build_encoder(modality, cfg)
-    if weights is not None:
-        load_strict(encoder, read_state_dict(weights, modality), source=str(weights))
-        return encoder, str(weights)
-    if superv:
-        if modality != "video":
-            raise FinetuneError("--superv gives torchvision's Kinetics video weights: use --modality video")
-        if cfg.model.width != 64:
-            raise FinetuneError(f"--superv loads torchvision's full-width network: set model.width=64 "
-                                f"(the config has {cfg.model.width})")
-        load_strict(encoder, superv_state_dict(cfg.model.video_arch), source=f"superv {cfg.model.video_arch}")
-        return encoder, f"superv:{cfg.model.video_arch}/KINETICS400_V1"
-    return encoder, "scratch"
 
 
 # ------------------------------------------------------------------------------- training
@@ -237,10 +203,10 @@ def train_classifier(model: Classifier, dataset, labels: torch.Tensor, cfg: Fine
             skipped += len(batch.get("skipped", ()))
             if modality not in batch:
                 continue
-            x = encoder_input(batch, modality, device)
-            target = labels[torch.as_tensor(batch["index"], device=device)]
-            with autocast(device, cfg.amp):
-                logits = model(x)
+            clips = batch[modality]
+            logits = model(clips, modality, device, cfg.amp).flatten(0, 1)
+            # Every clip of an item is a sample labelled with its video's class.
+            target = labels[torch.as_tensor(batch["index"], device=device)].repeat_interleave(clips.shape[1])
             loss = nn.functional.cross_entropy(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -279,7 +245,203 @@ def videos_per_batch(cfg: FinetuneConfig) -> int:
     return max(1, cfg.optim.batch_size // cfg.data.eval_clips)
 
 
+def _writer(path: Path):
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(path))
+
+
 # -------------------------------------------------------------------------------- the sweep
+
+def _lr_name(lr: float) -> str:
+    return f"lr_{lr:g}"
+
+
+def lr_sweep(lrs: list[float], out_dir: Path, fit: Callable[[float, Path], dict]) -> tuple[dict, float]:
+    """(validation scores by lr, the best lr). `fit(lr, folder)` trains one lr, saves its
+    `folder/model.pt` and returns its validation scores, which go to `folder/val.json`; a folder
+    with both is finished and read back instead (resuming). The best lr has the highest val
+    top1_video; of equals, the lowest."""
+    print(f"  lr sweep: {', '.join(f'{lr:g}' for lr in lrs)}")
+    val: dict[str, dict] = {}
+    for lr in tqdm(lrs, desc="lr sweep", unit="lr"):
+        folder, key = out_dir / _lr_name(lr), f"{lr:g}"
+        folder.mkdir(exist_ok=True)
+        done = folder / "val.json"
+        if done.is_file() and (folder / "model.pt").is_file():
+            val[key] = json.loads(done.read_text())
+            continue
+        val[key] = fit(lr, folder)
+        done.write_text(json.dumps(val[key], indent=2))
+        tqdm.write(f"  lr {key}: val top1_clip {val[key]['top1_clip']:.3f} top1_video {val[key]['top1_video']:.3f}")
+    best_lr = max(lrs, key=lambda lr: val[f"{lr:g}"][SELECTION_METRIC])  # max keeps the first of equals
+    writer = _writer(out_dir / "tb" / "summary")
+    for lr, lr_scores in val.items():
+        writer.add_scalar(f"val/{SELECTION_METRIC}_by_lr", lr_scores[SELECTION_METRIC],
+                          int(round(float(lr) * 1e4)))
+    writer.close()
+    print(f"  best lr {best_lr:g} (val {SELECTION_METRIC} {val[f'{best_lr:g}'][SELECTION_METRIC]:.3f})")
+    return val, best_lr
+
+
+def _swept(lrs: list[float], val: dict, best_lr: float, test: dict) -> dict:
+    """results.json's entries of a mode with an lr sweep."""
+    return {"selection_metric": SELECTION_METRIC, "lrs": lrs, "val": val, "best_lr": best_lr,
+            "top1_clip": test["top1_clip"], "top1_video": test["top1_video"],
+            "top5_video": test["top5_video"], "test_videos": test["videos"]}
+
+
+# ---------------------------------------------------------------- linear: on cached features
+
+def finetune_linear(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
+                    out_dir: Path, device: torch.device) -> dict:
+    """Linear classifiers on the frozen encoder's cached, standardised clip features, one per lr
+    of `cfg.fc_lrs`; the best on val is tested. Returns results.json's mode entries."""
+    cached = cached_features(encoder, data.rows, cfg, modality, device, out_dir)
+    # Features standardised with the training clips' mean and std (MAE's linear probe does the
+    # same with an affine-free BatchNorm): encoders differ widely in feature scale, and one lr
+    # set has to suit them all.
+    mean = cached["train"].flatten(0, 1).mean(0)
+    std = cached["train"].flatten(0, 1).std(0).clamp_min(1e-6)
+    features = {name: (cached[name] - mean) / std for name in data.rows}
+    # Every clip of every training video is one sample, labelled with its video's class.
+    clips_per_video = features["train"].shape[1]
+    train_features = features["train"].flatten(0, 1)
+    train_labels = data.labels["train"][cached["train_index"]].repeat_interleave(clips_per_video)
+
+    def fit(lr: float, folder: Path) -> dict:
+        writer = _writer(out_dir / "tb" / folder.name)
+        head = train_linear(train_features, train_labels, len(data.classes), lr, cfg.optim, device,
+                            cfg.seed, writer, desc=f"linear lr {lr:g}")
+        save_checkpoint({"fc": head.state_dict(), "feature_mean": mean, "feature_std": std},
+                        folder / "model.pt")
+        result = _linear_scores(head, features, cached, data, "val")
+        writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
+        writer.close()
+        return result
+
+    val, best_lr = lr_sweep(list(cfg.fc_lrs), out_dir, fit)
+    head = ClassificationHead(train_features.shape[-1], len(data.classes))
+    head.load_state_dict(load_checkpoint(out_dir / _lr_name(best_lr) / "model.pt")["fc"])
+    test = _linear_scores(head, features, cached, data, "test")
+    return {**_swept(list(cfg.fc_lrs), val, best_lr, test), "skipped": cached["skipped"]}
+
+
+def cached_features(encoder: nn.Module, subsets: dict[str, list[dict]], cfg: FinetuneConfig, modality: str,
+                    device: torch.device, out_dir: Path) -> dict:
+    """Frozen-encoder features of every subset (`<name>`: V×N×D, `<name>_index`: the dataset
+    index of each of the V videos decoded, `skipped`), computed once and kept in `features.pt`."""
+    path = out_dir / "features.pt"
+    if path.is_file():
+        state = load_checkpoint(path)
+        state["skipped"] = json.loads(state["skipped"])
+        return state
+    state, skipped = {}, {}
+    for name, rows in subsets.items():
+        dataset = make_dataset(rows, cfg, modality, "eval")  # N clips per video, centre crop
+        feats, index, skipped[name] = clip_features(encoder, dataset, modality, device, cfg.amp,
+                                                    videos_per_batch(cfg), cfg.data.num_workers,
+                                                    f"{name} features")
+        state[name], state[f"{name}_index"] = feats, index
+    save_checkpoint({**state, "skipped": json.dumps(skipped)}, path)
+    state["skipped"] = skipped
+    return state
+
+
+def _linear_scores(head: nn.Module, features: dict, cached: dict, data: Labelled, name: str) -> dict:
+    with torch.no_grad():
+        logits = head.cpu()(features[name])
+    index = cached[f"{name}_index"]
+    return {**accuracy(logits, data.labels[name][index]), "videos": len(index)}
+
+
+# ------------------------------------------------------------------- fc and full: on clips
+
+def finetune_clips(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
+                   out_dir: Path, device: torch.device) -> dict:
+    """Encoder + new classifier trained on augmented clips, one model per lr (`fc`: encoder
+    frozen, lrs `cfg.fc_lrs`; `full`: all of it, lrs `cfg.lrs`), each starting from the same
+    encoder weights; the best on val is tested. Returns results.json's mode entries."""
+    frozen = cfg.mode == "fc"
+    lrs = list(cfg.fc_lrs if frozen else cfg.lrs)
+    train_set = make_dataset(data.rows["train"], cfg, modality, "train")
+    eval_sets = {name: make_dataset(data.rows[name], cfg, modality, "eval") for name in ("val", "test")}
+    initial = copy.deepcopy(encoder.state_dict())
+    skipped: dict[str, list] = {}
+
+    def fit(lr: float, folder: Path) -> dict:
+        encoder.load_state_dict(initial)
+        torch.manual_seed(cfg.seed)
+        model = Classifier(encoder, len(data.classes), frozen).to(device)
+        writer = _writer(out_dir / "tb" / folder.name)
+        train_classifier(model, train_set, data.labels["train"], cfg, modality, lr, folder, device, writer)
+        save_checkpoint({"model": model.trained_state()}, folder / "model.pt")
+        (folder / "last.pt").unlink(missing_ok=True)
+        result, skipped["val"] = scores(model.encoder, model.fc, eval_sets["val"], data.labels["val"], cfg,
+                                        modality, device, f"val lr {lr:g}")
+        writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
+        writer.close()
+        return result
+
+    val, best_lr = lr_sweep(lrs, out_dir, fit)
+    encoder.load_state_dict(initial)
+    model = Classifier(encoder, len(data.classes), frozen)
+    model.load_trained_state(load_checkpoint(out_dir / _lr_name(best_lr) / "model.pt")["model"])
+    model.to(device)
+    test, skipped["test"] = scores(model.encoder, model.fc, eval_sets["test"], data.labels["test"], cfg,
+                                   modality, device, "test")
+    return {**_swept(lrs, val, best_lr, test), "skipped": skipped}
+
+
+# ------------------------------------------------------------ knn and retrieval: no training
+
+def _video_features(encoder: nn.Module, cfg: FinetuneConfig, modality: str, data: Labelled,
+                    out_dir: Path, device: torch.device) -> tuple[dict, dict, dict]:
+    """(unit video features per subset, their labels, the cached features' skips)."""
+    cached = cached_features(encoder, data.rows, cfg, modality, device, out_dir)
+    features = {name: video_features(cached[name]) for name in data.rows}
+    labels = {name: data.labels[name][cached[f"{name}_index"]] for name in data.rows}
+    return features, labels, cached["skipped"]
+
+
+def finetune_knn(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
+                 out_dir: Path, device: torch.device) -> dict:
+    """Weighted kNN of the test (and val) videos against the training videos, video-level.
+    Returns results.json's mode entries."""
+    features, labels, skipped = _video_features(encoder, cfg, modality, data, out_dir, device)
+
+    def score(name: str) -> dict:
+        votes = knn_votes(features["train"], labels["train"], features[name], len(data.classes),
+                          cfg.knn_k, cfg.knn_temperature)
+        return {**knn_accuracy(votes, labels[name]), "videos": len(labels[name])}
+
+    test = score("test")
+    return {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
+            **({"val": score("val")} if "val" in features else {}),
+            "top1_video": test["top1_video"], "top5_video": test["top5_video"], "test_videos": test["videos"],
+            "skipped": skipped}
+
+
+def finetune_retrieval(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
+                       out_dir: Path, device: torch.device) -> dict:
+    """recall@1/5/10 of the test (and val) videos against the training videos. Returns
+    results.json's mode entries."""
+    features, labels, skipped = _video_features(encoder, cfg, modality, data, out_dir, device)
+
+    def score(name: str) -> dict:
+        return {**recall(features["train"], labels["train"], features[name], labels[name]),
+                "videos": len(labels[name])}
+
+    test = score("test")
+    return {**({"val": score("val")} if "val" in features else {}),
+            **{f"recall@{k}": test[f"recall@{k}"] for k in RECALL_AT}, "test_videos": test["videos"],
+            "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------- the run
+
+PATHS = {"full": finetune_clips, "fc": finetune_clips, "linear": finetune_linear,
+         "knn": finetune_knn, "retrieval": finetune_retrieval}
+
 
 def _fingerprint(cfg: FinetuneConfig, modality: str, source: str, subsets: dict[str, list[dict]]) -> str:
     digest = hashlib.sha1()
@@ -301,34 +463,21 @@ def _check_out_dir(out_dir: Path, fingerprint: str) -> None:
     marker.write_text(fingerprint + "\n")
 
 
-def _lr_name(lr: float) -> str:
-    return f"lr_{lr:g}"
-
-
-def _writer(path: Path):
-    from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(path))
-
-
 def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows: list[dict],
              val_rows: list[dict] | None, test_rows: list[dict], out_dir: str | Path,
              source: str = "") -> dict:
-    """Cross-validate the base lr on `val_rows` (or held-out train videos), test the best; writes
-    and returns results.json's content. Rows are manifest rows with a `label`."""
+    """Evaluate `encoder` in `cfg.mode` (see the module docstring); writes and returns
+    results.json's content. Rows are manifest rows with a `label`."""
     if modality not in MODALITIES:
         raise FinetuneError(f"modality must be video or audio, got {modality!r}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
     device = init_distributed(cfg.device)
-    lrs = list(cfg.lrs if cfg.mode == "full" else cfg.fc_lrs)
-    subsets, dropped, val_source = labelled_subsets(train_rows, val_rows, test_rows, modality, cfg)
-    classes = sorted({row["label"] for row in subsets["train"]})
-    lookup = {name: i for i, name in enumerate(classes)}
-    labels = {name: torch.tensor([lookup[r["label"]] for r in rows]) for name, rows in subsets.items()}
-    _check_out_dir(out_dir, _fingerprint(cfg, modality, source, subsets))
+    data, dropped, val_source = labelled_subsets(train_rows, val_rows, test_rows, modality, cfg)
+    _check_out_dir(out_dir, _fingerprint(cfg, modality, source, data.rows))
     print(f"finetune {cfg.mode} {modality} ({source or 'given encoder'}) on {device}: "
-          f"{len(classes)} classes, train/val/test {len(subsets['train'])}/{len(subsets['val'])}/"
-          f"{len(subsets['test'])} videos; lrs {', '.join(f'{lr:g}' for lr in lrs)}")
+          f"{len(data.classes)} classes, train/val/test {len(data.rows['train'])}/"
+          f"{len(data.rows.get('val', ()))}/{len(data.rows['test'])} videos")
     for name, counts in dropped.items():
         if counts:
             print(f"  {name}: {describe_dropped(counts)}")
@@ -337,134 +486,26 @@ def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
     encoder = encoder.to(device)
     if modality == "video" and device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last_3d)
-    skipped: dict[str, list] = {}
-
-    if cfg.mode == "linear":
-        cached = _cached_features(encoder, subsets, cfg, modality, device, out_dir)
-        skipped.update(cached["skipped"])
-
-        # Features standardised with the training clips' mean and std (MAE's linear probe does the
-        # same with an affine-free BatchNorm): encoders differ widely in feature scale, and one
-        # lr set has to suit them all.
-        mean = cached["train"].flatten(0, 1).mean(0)
-        std = cached["train"].flatten(0, 1).std(0).clamp_min(1e-6)
-        for name in subsets:
-            cached[name] = (cached[name] - mean) / std
-        # Every clip of every training video is one sample, labelled with its video's class.
-        clips_per_video = cached["train"].shape[1]
-        train_features = cached["train"].flatten(0, 1)
-        train_labels = labels["train"][cached["train_index"]].repeat_interleave(clips_per_video)
-
-        def train_and_score(lr: float, folder: Path) -> dict:
-            writer = _writer(out_dir / "tb" / folder.name)
-            head = train_linear(train_features, train_labels, len(classes), lr, cfg.optim, device,
-                                cfg.seed, writer, desc=f"linear lr {lr:g}")
-            save_checkpoint({"fc": head.state_dict(), "feature_mean": mean, "feature_std": std},
-                            folder / "model.pt")
-            result = _linear_scores(head, cached, labels, "val")
-            writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
-            writer.close()
-            return result
-    else:
-        train_set = make_dataset(subsets["train"], cfg, modality, "train")
-        eval_sets = {name: make_dataset(subsets[name], cfg, modality, "eval") for name in ("val", "test")}
-        initial = copy.deepcopy(encoder.state_dict())
-
-        def train_and_score(lr: float, folder: Path) -> dict:
-            encoder.load_state_dict(initial)
-            torch.manual_seed(cfg.seed)
-            model = Classifier(encoder, len(classes), frozen=cfg.mode == "fc").to(device)
-            writer = _writer(out_dir / "tb" / folder.name)
-            train_classifier(model, train_set, labels["train"], cfg, modality, lr, folder, device, writer)
-            save_checkpoint({"model": model.trained_state()}, folder / "model.pt")
-            (folder / "last.pt").unlink(missing_ok=True)
-            result, skipped["val"] = scores(model.encoder, model.fc, eval_sets["val"], labels["val"], cfg,
-                                            modality, device, f"val lr {lr:g}")
-            writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
-            writer.close()
-            return result
-
-    val: dict[str, dict] = {}
-    for lr in tqdm(lrs, desc=f"lr sweep ({cfg.mode})", unit="lr"):
-        folder = out_dir / _lr_name(lr)
-        folder.mkdir(exist_ok=True)
-        done = folder / "val.json"
-        if done.is_file() and (folder / "model.pt").is_file():  # resumed: this lr is finished
-            val[f"{lr:g}"] = json.loads(done.read_text())
-            continue
-        val[f"{lr:g}"] = train_and_score(lr, folder)
-        done.write_text(json.dumps(val[f"{lr:g}"], indent=2))
-        tqdm.write(f"  lr {lr:g}: val top1_clip {val[f'{lr:g}']['top1_clip']:.3f} "
-                   f"top1_video {val[f'{lr:g}']['top1_video']:.3f}")
-    best_lr = max(lrs, key=lambda lr: val[f"{lr:g}"][SELECTION_METRIC])  # first of equals: the lowest lr
-
-    # Test the best lr's model once.
-    best = load_checkpoint(out_dir / _lr_name(best_lr) / "model.pt")
-    if cfg.mode == "linear":
-        head = ClassificationHead(cached["train"].shape[-1], len(classes))
-        head.load_state_dict(best["fc"])
-        test = _linear_scores(head, cached, labels, "test")
-    else:
-        encoder.load_state_dict(initial)
-        model = Classifier(encoder, len(classes), frozen=cfg.mode == "fc")
-        model.load_trained_state(best["model"])
-        model.to(device)
-        test, skipped["test"] = scores(model.encoder, model.fc, eval_sets["test"], labels["test"], cfg,
-                                       modality, device, "test")
-
     results = {
         "mode": cfg.mode, "modality": modality, "checkpoint": source,
         "arch": cfg.model.video_arch if modality == "video" else "resnet18", "width": cfg.model.width,
-        "classes": classes, "videos": {name: len(rows) for name, rows in subsets.items()},
+        "classes": data.classes, "videos": {name: len(rows) for name, rows in data.rows.items()},
         "dropped": dropped, "val_source": val_source, "eval_clips": cfg.data.eval_clips,
-        "selection_metric": SELECTION_METRIC, "lrs": lrs, "val": val, "best_lr": best_lr,
-        "top1_clip": test["top1_clip"], "top1_video": test["top1_video"], "top5_video": test["top5_video"],
-        "test_videos": test["videos"],
-        "skipped": {name: [reason for _, reason in items] for name, items in skipped.items() if items},
+        **PATHS[cfg.mode](cfg, encoder, modality, data, out_dir, device),
         "device": str(device), "seconds": round(time.perf_counter() - started, 1),
     }
+    results["skipped"] = {name: [reason for _, reason in items]
+                          for name, items in results["skipped"].items() if items}
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    _write_summary_tb(out_dir, results)
-    print(f"finetune {cfg.mode} {modality} done in {results['seconds']:.0f} s: best lr {best_lr:g} "
-          f"(val {SELECTION_METRIC} {val[f'{best_lr:g}'][SELECTION_METRIC]:.3f}); test top1_clip "
-          f"{results['top1_clip']:.3f} top1_video {results['top1_video']:.3f} top5_video "
-          f"{results['top5_video']:.3f} on {test['videos']} videos -> {out_dir / 'results.json'}")
-    return results
-
-
-def _cached_features(encoder, subsets, cfg, modality, device, out_dir: Path) -> dict:
-    """Frozen-encoder features of every subset, computed once and kept in `features.pt`."""
-    path = out_dir / "features.pt"
-    if path.is_file():
-        state = load_checkpoint(path)
-        state["skipped"] = json.loads(state["skipped"])
-        return state
-    state, skipped = {}, {}
-    for name, rows in subsets.items():
-        dataset = make_dataset(rows, cfg, modality, "eval")  # N clips per video, centre crop
-        feats, index, skipped[name] = clip_features(encoder, dataset, modality, device, cfg.amp,
-                                                    videos_per_batch(cfg), cfg.data.num_workers,
-                                                    f"{name} features")
-        state[name], state[f"{name}_index"] = feats, index
-    save_checkpoint({**state, "skipped": json.dumps(skipped)}, path)
-    state["skipped"] = skipped
-    return state
-
-
-def _linear_scores(head: nn.Module, cached: dict, labels: dict, name: str) -> dict:
-    with torch.no_grad():
-        logits = head.cpu()(cached[name])
-    index = cached[f"{name}_index"]
-    return {**accuracy(logits, labels[name][index]), "videos": len(index)}
-
-
-def _write_summary_tb(out_dir: Path, results: dict) -> None:
+    test = {key: results[key] for key in TEST_METRICS if key in results}
     writer = _writer(out_dir / "tb" / "summary")
-    for lr, scores_ in results["val"].items():
-        writer.add_scalar(f"val/{SELECTION_METRIC}_by_lr", scores_[SELECTION_METRIC], int(round(float(lr) * 1e4)))
-    for key in ("top1_clip", "top1_video", "top5_video"):
-        writer.add_scalar(f"test/{key}", results[key], 0)
+    for key, value in test.items():
+        writer.add_scalar(f"test/{key}", value, 0)
     writer.close()
+    print(f"finetune {cfg.mode} {modality} done in {results['seconds']:.0f} s: test "
+          f"{' '.join(f'{key} {value:.3f}' for key, value in test.items())} on {results['test_videos']} "
+          f"videos -> {out_dir / 'results.json'}")
+    return results
 
 
 # ----------------------------------------------------------------------------------- the CLI
@@ -478,9 +519,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torchvision's supervised Kinetics-400 weights, from torch's hub cache")
     source.add_argument("--scratch", action="store_true", help="random initialisation")
     parser.add_argument("--modality", choices=MODALITIES, default="video")
-    parser.add_argument("--mode", choices=("full", "fc", "linear"), help="overrides the config's mode")
+    parser.add_argument("--mode", choices=FINETUNE_MODES, help="overrides the config's mode")
     parser.add_argument("--train", help="labelled manifest of training videos")
-    parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train videos)")
+    parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train "
+                        "videos); knn and retrieval score it beside the test videos")
     parser.add_argument("--test", help="labelled manifest of test videos")
     parser.add_argument("--split", choices=("ucf101", "hmdb51", "esc50"), help="a standard split instead of manifests")
     parser.add_argument("--root", help="with --split: the dataset's video (or ESC-50) folder")
@@ -511,8 +553,9 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_config(args.config, overrides, schema=FinetuneConfig)
         train_rows, val_rows, test_rows = _rows_from_args(args)
         torch.manual_seed(cfg.seed)  # scratch: the same random encoder every run
-        encoder, source = load_encoder(args.modality, cfg, args.checkpoint, args.weights, args.superv)
-        finetune(cfg, encoder, args.modality, train_rows, val_rows, test_rows, args.out, source)
+        loaded = load_encoder(args.modality, cfg.model, args.checkpoint, args.weights, args.superv, cfg.data)
+        finetune(replace(cfg, model=loaded.model), loaded.encoder, args.modality, train_rows, val_rows,
+                 test_rows, args.out, loaded.source)
     except (ConfigError, FinetuneError, WeightsError, ManifestError, SplitError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -14,17 +14,8 @@ from tqdm import tqdm
 
 from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
-from xdc.models import CLIP_NDIM, ClassificationHead, autocast, to_device
+from xdc.models import ClassificationHead, encode
 from xdc.training.schedule import make_scheduler, steps_per_epoch
-
-
-def encoder_input(batch: dict, modality: str, device: torch.device) -> torch.Tensor:
-    """The batch's video clips (channels_last_3d on CUDA) or log-mels on `device`, copied without
-    blocking; an eval batch's V videos × N clips become one batch of V·N clips."""
-    x = batch[modality]
-    if x.dim() == CLIP_NDIM[modality] + 2:  # V×N×clip
-        x = x.flatten(0, 1)
-    return to_device(x, device)
 
 
 @torch.no_grad()
@@ -40,15 +31,19 @@ def clip_features(encoder: nn.Module, dataset, modality: str, device: torch.devi
         skipped.extend(batch.get("skipped", ()))
         if modality not in batch:  # every video of the batch failed to decode
             continue
-        videos, clips = batch[modality].shape[:2]
-        with autocast(device, amp):
-            out = encoder(encoder_input(batch, modality, device))
-        features.append(out.float().reshape(videos, clips, -1).cpu())
+        features.append(encode(encoder, batch[modality], modality, device, amp).cpu())
         indices.append(torch.as_tensor(batch["index"]))
     if not features:
         raise RuntimeError(f"{desc}: no video could be decoded ({len(skipped)} skipped, e.g. "
                            f"{skipped[0][1] if skipped else 'none'})")
     return torch.cat(features), torch.cat(indices), skipped
+
+
+def top_k(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Share of rows of `scores` (V×C) whose label is among their k highest classes (all of
+    them when there are fewer than k)."""
+    top = scores.topk(min(k, scores.shape[-1]), -1).indices
+    return float((top == labels.to(top.device)[:, None]).any(-1).float().mean())
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -57,10 +52,9 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     probs = logits.float().softmax(-1)
     labels = labels.to(probs.device)
     video = probs.mean(1)
-    k = min(5, video.shape[-1])
     return {"top1_clip": float((probs.argmax(-1) == labels[:, None]).float().mean()),
             "top1_video": float((video.argmax(-1) == labels).float().mean()),
-            "top5_video": float((video.topk(k, -1).indices == labels[:, None]).any(-1).float().mean())}
+            "top5_video": top_k(video, labels, 5)}
 
 
 def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int, lr: float,

@@ -4,7 +4,8 @@ Each reader parses the dataset's own split files into `(path, label)` pairs per 
 pairs are then probed into manifest rows (`xdc.data.scan.probe_file`) with `label` set to the
 class name. A file that a split lists but that is missing on disk becomes a `skip` row that says
 so, rather than a crash later in a DataLoader worker. The benchmarks have no validation subset:
-`finetune` holds out part of the train subset for choosing the learning rate.
+`finetune` holds out part of the train subset for choosing the learning rate
+(`stratified_split`, also the demo's train / val / test split).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from pathlib import Path
 
 import av
+import numpy as np
 from tqdm import tqdm
 
 from xdc.data.manifest import empty_row, write_manifest
@@ -190,3 +192,32 @@ def split_manifests(name: str, root: str | Path, split_dir: str | Path | None, f
         for subset, path in paths.items():
             write_manifest(rows[subset], path, relative=False)
     return paths
+
+
+def stratified_split(labels: list[str], fractions: dict[str, float], seed: int,
+                     strict: bool = False) -> dict[str, list[int]]:
+    """Row indices of a seeded per-class split: {"train": the rest, **one list per `fractions` key}.
+
+    Class by class (in sorted order), the class's rows are permuted with one numpy generator
+    seeded `seed`; each part in turn takes the next max(1, round(fraction · n)) of them, and
+    "train" keeps what is left, which is at least one row: parts of a class too small for that
+    get fewer (none for a class of one), or with `strict` the split raises SplitError. Indices
+    come in that drawn order, class after class (sort them for the rows' own order).
+    """
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    parts: dict[str, list[int]] = {"train": [], **{name: [] for name in fractions}}
+    for label in sorted(by_class):
+        members = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        for name, fraction in fractions.items():
+            wanted = max(1, round(fraction * len(by_class[label])))
+            if strict and wanted > len(members) - 1:
+                raise SplitError(f"class {label!r} has {len(by_class[label])} videos: too few for a "
+                                 f"{' / '.join(parts)} split")
+            count = max(0, min(wanted, len(members) - 1))
+            parts[name] += members[:count]
+            members = members[count:]
+        parts["train"] += members
+    return parts

@@ -1,4 +1,6 @@
-"""Weights in and out: strict loading of torchvision-keyed state dicts, and `xdc export`.
+"""Weights in and out: strict loading of torchvision-keyed state dicts, the encoder to evaluate
+(`load_encoder`: a pretrain checkpoint, a weights file, torchvision's supervised weights, or
+random init), and `xdc export`.
 
 Files we accept (`read_state_dict`): our pretrain checkpoints (`video_encoder` / `audio_encoder`
 entries), state dicts we exported, torchvision's own files, and the official XDC release files
@@ -11,10 +13,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
+
+from xdc.config import DataConfig, ModelConfig, PretrainConfig, validate
+from xdc.models import MODALITIES, audio_encoder, video_encoder
+from xdc.training.checkpoint import load_checkpoint, save_checkpoint
 
 # Only the classification layer may differ between a checkpoint and the encoder it goes into.
 ALLOWED_PREFIXES = ("fc.",)
@@ -115,6 +123,78 @@ def superv_state_dict(arch: str, path: str | Path | None = None) -> dict[str, to
     return read_state_dict(location)
 
 
+# Input settings an encoder is tied to: fine-tuning with other values feeds it inputs unlike those
+# it learned from (a warning, not an error: it can be what one wants to study).
+INPUT_SETTINGS = ("n_mels", "audio_norm", "sample_rate", "win_ms", "hop_ms", "video_mean", "video_std")
+
+
+@dataclass(frozen=True)
+class LoadedEncoder:
+    """What `load_encoder` read: the encoder, where its weights came from (results.json's
+    `checkpoint`), the model settings it was built with, and a checkpoint's pretraining config."""
+
+    encoder: nn.Module
+    source: str
+    model: ModelConfig
+    pretrain: PretrainConfig | None = None
+
+
+def build_encoder(modality: str, model: ModelConfig) -> nn.Module:
+    """A randomly initialised encoder of `model`'s architecture and width."""
+    if modality == "video":
+        return video_encoder(model.video_arch, model.width)
+    return audio_encoder(model.width)
+
+
+def checkpoint_config(path: str | Path) -> PretrainConfig | None:
+    """The validated config a pretrain checkpoint was trained with (None for files without one)."""
+    state = load_checkpoint(path)
+    if "config" not in state:
+        return None
+    try:  # the same merge onto the defaults and the same checks as `xdc.config.load_config`
+        merged = OmegaConf.merge(OmegaConf.structured(PretrainConfig), OmegaConf.create(state["config"]))
+        cfg = OmegaConf.to_object(merged)
+        validate(cfg)
+    except Exception as err:
+        raise WeightsError(f"{path}: the pretraining config it holds is not valid: {err}") from err
+    return cfg
+
+
+def load_encoder(modality: str, model: ModelConfig, checkpoint: str | Path | None = None,
+                 weights: str | Path | None = None, superv: bool = False,
+                 data: DataConfig | None = None) -> LoadedEncoder:
+    """The encoder to evaluate: a pretrain checkpoint's (built with the checkpoint's own model
+    settings), a weights file's or torchvision's supervised Kinetics weights (built with `model`),
+    or random init ("scratch": seed torch first for a repeatable one). With a checkpoint and
+    `data`, each input setting that differs from the pretraining's is printed as a warning.
+    Nothing passed in is changed: the model settings used come back in `LoadedEncoder.model`."""
+    if checkpoint is not None:
+        pretrain = checkpoint_config(checkpoint)
+        if pretrain is not None:  # rebuild the encoder the checkpoint was trained with
+            model = replace(model, video_arch=pretrain.model.video_arch, width=pretrain.model.width)
+            if data is not None:
+                for key in INPUT_SETTINGS:
+                    ours, theirs = getattr(data, key), getattr(pretrain.data, key)
+                    if ours != theirs:
+                        print(f"warning: data.{key}={ours} differs from the pretraining's {theirs}")
+        encoder = build_encoder(modality, model)
+        load_strict(encoder, read_state_dict(checkpoint, modality), source=str(checkpoint))
+        return LoadedEncoder(encoder, str(checkpoint), model, pretrain)
+    encoder = build_encoder(modality, model)
+    if weights is not None:
+        load_strict(encoder, read_state_dict(weights, modality), source=str(weights))
+        return LoadedEncoder(encoder, str(weights), model)
+    if superv:
+        if modality != "video":
+            raise WeightsError("--superv gives torchvision's Kinetics video weights: use --modality video")
+        if model.width != 64:
+            raise WeightsError(f"--superv loads torchvision's full-width network: set model.width=64 "
+                               f"(the config has {model.width})")
+        load_strict(encoder, superv_state_dict(model.video_arch), source=f"superv {model.video_arch}")
+        return LoadedEncoder(encoder, f"superv:{model.video_arch}/KINETICS400_V1", model)
+    return LoadedEncoder(encoder, "scratch", model)
+
+
 def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "video") -> Path:
     """Write the `modality` encoder of a pretrain checkpoint as a plain state dict.
 
@@ -122,8 +202,6 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
     `m = torchvision.models.video.r2plus1d_18(); m.fc = nn.Identity(); m.load_state_dict(sd)`
     (for width-64 encoders; the audio encoder's conv1 takes 1 channel).
     """
-    from xdc.training.checkpoint import save_checkpoint
-
     state = read_state_dict(checkpoint, modality)
     state = {k: v for k, v in state.items() if not k.startswith(ALLOWED_PREFIXES)}
     out = Path(out)
@@ -135,7 +213,7 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a pretrain checkpoint (checkpoints/*.pt)")
     parser.add_argument("-o", "--out", required=True, help="output .pth file (a plain state dict)")
-    parser.add_argument("--modality", choices=("video", "audio"), default="video")
+    parser.add_argument("--modality", choices=MODALITIES, default="video")
 
 
 def run(args: argparse.Namespace) -> int:
