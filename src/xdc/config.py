@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from xdc.errors import XdcError
+
 METHODS = ("xdc", "sdc", "mdc", "cdc", "rand", "superv")
 VIDEO_ARCHS = ("r2plus1d_18", "r3d_18")
 
@@ -129,7 +131,7 @@ class FinetuneConfig:
     amp: bool = True
 
 
-class ConfigError(ValueError):
+class ConfigError(XdcError, ValueError):
     """A config value is missing, mistyped or out of range."""
 
 

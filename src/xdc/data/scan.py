@@ -26,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xdc.data.manifest import empty_row, write_manifest
+from xdc.errors import XdcError
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".3g2", ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".asf",
@@ -41,7 +42,7 @@ TRUNCATION_TOLERANCE = 0.1  # fraction of the declared duration
 TRUNCATION_MIN_SECONDS = 0.5
 
 
-class ScanError(ValueError):
+class ScanError(XdcError, ValueError):
     """A path given to `xdc scan` does not exist or a list file is unreadable."""
 
 

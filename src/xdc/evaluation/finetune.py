@@ -40,6 +40,7 @@ from tqdm import tqdm
 from xdc.config import ConfigError, FinetuneConfig, PretrainConfig, config_to_yaml, load_config
 from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
 from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows
+from xdc.errors import XdcError
 from xdc.evaluation.linear import accuracy, clip_features, encoder_input, train_linear
 from xdc.evaluation.splits import SplitError, split_manifests
 from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict, superv_state_dict
@@ -52,7 +53,7 @@ MODALITIES = ("video", "audio")
 SELECTION_METRIC = "top1_video"
 
 
-class FinetuneError(ValueError):
+class FinetuneError(XdcError, ValueError):
     """The inputs cannot make a fine-tuning run (labels, manifests, output folder)."""
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xdc.errors import XdcError
+
 # Only the classification layer may differ between a checkpoint and the encoder it goes into.
 ALLOWED_PREFIXES = ("fc.",)
 # BatchNorm's step counter: absent from old (caffe2-converted) files, and unused by our BN layers
@@ -26,7 +28,7 @@ MAX_LISTED = 20
 SUPERV_ARCHS = ("r2plus1d_18", "r3d_18")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(XdcError, RuntimeError):
     """A weights file is absent, unreadable, or does not match the model."""
 
 

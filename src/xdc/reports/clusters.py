@@ -28,6 +28,7 @@ from tqdm import tqdm
 from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import read_manifest
+from xdc.errors import XdcError
 from xdc.reports import html
 
 MODALITIES = ("video", "audio")
@@ -37,7 +38,7 @@ THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
 THUMB_SHORT_SIDE = 72
 
 
-class ReportError(ValueError):
+class ReportError(XdcError, ValueError):
     """The run folder or the labels cannot make a report."""
 
 
