@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+from xdc.config import resolve_config
+
+TINY = resolve_config("tiny_cpu", "pretrain")  # the packaged file
 
 
 def free_port() -> int:

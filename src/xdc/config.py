@@ -317,8 +317,9 @@ def load_config(path: str | Path | Traversable | list | None = None,
                                             tree.get("finetune", {}))
         merged = OmegaConf.merge(OmegaConf.structured(schema), tree)
     except Exception as err:  # OmegaConf names the bad key and the expected type
-        names = ", ".join(map(str, sources)) or "defaults"
-        raise ConfigError(f"bad config ({names}): {err}") from err
+        names = ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
+        where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"bad config ({names}): {str(err).splitlines()[0]}{where}") from err
     cfg = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -305,11 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows, ignored = scan_with_counts(args.paths, args.workers, args.labels_from_dirs)
-    except ScanError as err:
-        print(f"xdc scan: {err}", file=sys.stderr)
-        return 2
+    rows, ignored = scan_with_counts(args.paths, args.workers, args.labels_from_dirs)
     write_manifest(rows, args.output)
     print(summarize(rows, ignored))
     print(f"wrote {args.output}")

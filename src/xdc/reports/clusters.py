@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -258,12 +257,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
-                                 args.max_clusters, media=not args.no_media)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
+                             args.max_clusters, media=not args.no_media)
     for modality, m in metrics.items():
         if m["purity"] is None:
             print(f"{modality}: {m['num_clusters']} clusters ({m['empty_clusters']} empty), no labels")
