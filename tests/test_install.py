@@ -9,15 +9,15 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
+import xdc
+
 REPO = Path(__file__).resolve().parents[1]
-VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def outside(tmp_path) -> Path:
 
 
 def test_installed_package_is_the_wheel(venv, outside):
-    assert run([venv / "bin" / "xdc", "--version"], outside).stdout == f"xdc {VERSION}\n"
+    assert run([venv / "bin" / "xdc", "--version"], outside).stdout == f"xdc {xdc.__version__}\n"
     code = "import xdc.config; print(xdc.config.__file__); print(xdc.config.resolve_config('demo'))"
     module, demo_yaml = run([venv / "bin" / "python", "-c", code], outside).stdout.split()
     assert Path(module).is_relative_to(venv) and Path(demo_yaml).is_relative_to(venv)
