@@ -10,6 +10,9 @@
    against the nuisances (xdc.reports.clusters), and conv1 filters (xdc.reports.filters).
 5. Write DIR/results.json and DIR/report.html, print the table.
 
+Settings: xdc.config.DemoConfig, from the packaged demo.yaml (`--quick`: demo_quick.yaml merged on
+top) or `--config FILE`, then `key=value` overrides.
+
 Runs are resumable: an interrupted demo started again with the same --out reuses the data, the
 cache and every finished run.
 """
