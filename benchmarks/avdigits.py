@@ -41,7 +41,7 @@ from typing import TextIO
 import numpy as np
 from omegaconf import OmegaConf
 
-from xdc.demo import dotlist
+from xdc.config import dotlist
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"

@@ -33,7 +33,7 @@ step "xdc demo --quick on $device"
 tail -15 "$out/demo.log"
 
 step "torchrun, 1 process (NCCL on cuda, gloo on cpu)"
-"$python" -m torch.distributed.run --standalone --nproc_per_node 1 -m xdc.pretrain --config configs/pretrain/tiny_cpu.yaml \
+"$python" -m torch.distributed.run --standalone --nproc_per_node 1 -m xdc.pretrain --config tiny_cpu \
     --data "$out/demo/data/manifest.csv" --out "$out/ddp" device=$device cluster.k_video=4 \
     cluster.k_audio=4 cluster.k_joint=4 > "$out/ddp.log" 2>&1 || { tail -40 "$out/ddp.log"; exit 1; }
 tail -8 "$out/ddp.log"
@@ -42,7 +42,7 @@ cp "$out/ddp/checkpoints/iteration_01.pt" "$out/cuda_checkpoint.pt"  # CPU loadi
 step "xdc finetune --mode full on $device"
 labeled="$out/demo/data/labeled.csv"
 "$python" -m xdc.cli finetune --checkpoint "$out/ddp/checkpoints/iteration_01.pt" --modality video \
-    --mode full --config configs/finetune/tiny.yaml --train "$labeled" --val "$labeled" \
+    --mode full --config tiny --train "$labeled" --val "$labeled" \
     --test "$labeled" --out "$out/finetune" device=$device > "$out/finetune.log" 2>&1 \
     || { tail -40 "$out/finetune.log"; exit 1; }
 tail -5 "$out/finetune.log"

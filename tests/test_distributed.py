@@ -7,13 +7,13 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+from xdc.config import resolve_config
+
+TINY = resolve_config("tiny_cpu", "pretrain")  # the packaged file
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from xdc.evaluation.weights import WeightsError, load_encoder
 from xdc.models import audio_encoder, encode, video_encoder
 from xdc.reports.html import write_wav
 
-TINY = "configs/finetune/tiny.yaml"
+TINY = "tiny"
 CLASSES = {"red_low": ((200, 30, 30), 300.0), "green_mid": ((30, 200, 30), 900.0),
            "blue_high": ((30, 30, 200), 2400.0)}
 
@@ -128,7 +128,7 @@ def test_fc_and_full_modes_sweep_and_resume(manifests, tmp_path, mode):
     assert (out / "lr_0.01" / "model.pt").stat().st_mtime_ns == stamp
     assert _results(out)["top1_video"] == results["top1_video"]
     # Other settings into the same folder would mix runs: refused.
-    assert main(args[:-1] + ["optim.epoch_size=16"]) == 1
+    assert main(args[:-1] + ["optim.epoch_size=16"]) == 2
 
 
 def test_audio_modality_on_sound_files_without_video(tmp_path):
@@ -178,7 +178,7 @@ def test_bad_inputs_fail_clearly(manifests, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     code = main(["finetune", "--superv", "--config", TINY, "--train", str(manifests / "train.csv"),
                  "--test", str(manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
-    assert code == 1 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
+    assert code == 2 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
 
 
 def test_hold_out_is_stratified_and_seeded():

@@ -10,21 +10,19 @@ import pytest
 import torch
 
 from xdc.cli import main as xdc_main
-from xdc.config import load_config
+from xdc.config import load_config, packaged_configs, resolve_config
 from xdc.methods import get_method
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+TINY = resolve_config("tiny_cpu", "pretrain")
 # Smaller than tiny_cpu.yaml so five runs stay short: 1 iteration would not test re-clustering.
 FAST = ["optim.epoch_size=16", "optim.total_epochs=2", "iterations=2"]
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs" / "pretrain").glob("*.yaml")),
-                         ids=lambda p: p.stem)
-def test_every_shipped_config_validates(path):
-    cfg = load_config(path)
+@pytest.mark.parametrize("name", packaged_configs("pretrain"))
+def test_every_shipped_config_validates(name):
+    cfg = load_config(name)
     assert cfg.optim.gamma == 0.01
-    if path.stem not in ("tiny_cpu", "cpu"):  # CPU-scale configs use fewer clusters
+    if name not in ("tiny_cpu", "cpu"):  # CPU-scale configs use fewer clusters
         assert (cfg.cluster.k_video, cfg.cluster.k_audio) == (64, 128)
     if cfg.data.frames == 32:  # the seed's 32-frame rule
         assert (cfg.optim.batch_size, cfg.optim.lr) == (8, 0.0025)
@@ -32,7 +30,7 @@ def test_every_shipped_config_validates(path):
 
 def test_table_2_rows():
     def row(name):
-        o = load_config(REPO / "configs" / "pretrain" / f"{name}.yaml").optim
+        o = load_config(f"pretrain/{name}").optim
         return (o.epoch_size, o.lr, o.warmup_epochs, o.step_epochs, o.total_epochs, o.weight_decay,
                 o.early_stop)
     assert row("dc_kinetics") == (1_000_000, 0.01, 10, 10, 30, 1e-4, True)

@@ -93,8 +93,9 @@ def test_clusters_command_line(run_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     assert main(["clusters", str(run_dir), "--labels", str(tmp_path / "labels.csv"), "-o", str(out),
                  "--no-media"]) == 0
-    assert "video: purity 1.000" in capsys.readouterr().out and (out / "index.html").is_file()
-    assert main(["clusters", str(tmp_path), "-o", str(out)]) == 1  # not a run folder
+    assert json.loads((out / "metrics.json").read_text())["video"]["purity"] == 1.0
+    assert (out / "index.html").is_file()
+    assert main(["clusters", str(tmp_path), "-o", str(out)]) == 2  # not a run folder
     assert "no iterations/NN/labels_*.npy" in capsys.readouterr().err
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "pretrain" / "tiny_cpu.yaml"
+from xdc.config import resolve_config
+
+TINY = resolve_config("tiny_cpu", "pretrain")  # the packaged file
 # Epochs of 8 steps (batch 4), so there is time to land the kill inside one.
 SETTINGS = ["iterations=2", "optim.epoch_size=32", "optim.batch_size=4", "optim.total_epochs=2",
             "optim.early_stop=false"]

@@ -104,4 +104,4 @@ def test_export_command(tmp_path):
                             "audio_encoder": audio_encoder(8).state_dict()}, tmp_path / "last.pt")
     assert main(["export", str(ckpt), "-o", str(tmp_path / "a.pth"), "--modality", "audio"]) == 0
     assert load_strict(audio_encoder(8), read_state_dict(tmp_path / "a.pth"))
-    assert main(["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "b.pth")]) == 1
+    assert main(["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "b.pth")]) == 2

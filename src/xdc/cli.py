@@ -1,6 +1,8 @@
 """The `xdc` command: a table of subcommands, each one a module with `add_arguments` and `run`.
 
-Modules are imported only when their subcommand is used, so `xdc --help` stays fast.
+Modules are imported only when their subcommand is used, so `xdc --help` stays fast. A user error
+(`xdc.errors.XdcError`) from any command ends as one line `xdc COMMAND: message` on stderr and
+exit code 2; see docs/DESIGN.md.
 """
 
 from __future__ import annotations
@@ -8,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from xdc.errors import XdcError
 
 COMMANDS = {
     "scan": ("xdc.data.scan", "probe media files into a manifest CSV"),
@@ -19,24 +23,43 @@ COMMANDS = {
     "export": ("xdc.evaluation.weights", "write a checkpoint's encoder as a plain torchvision state dict"),
     "demo": ("xdc.demo", "generate built-in data and compare all methods on it"),
 }
+USER_ERROR = 2  # the exit code of every user error, as argparse's for a bad command line
+
+
+def version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("xdc")
+    except PackageNotFoundError:
+        from xdc import __version__
+
+        return __version__
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="xdc", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"xdc {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     # Parse the command name first, then let its module define the rest of the arguments.
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        parser.parse_args(argv)
-        return 2
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # --help, --version, or an error: exits
+        return USER_ERROR
     name = argv[0]
     module = importlib.import_module(COMMANDS[name][0])
     command_parser = argparse.ArgumentParser(prog=f"xdc {name}", description=COMMANDS[name][1])
     module.add_arguments(command_parser)
     args = command_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except XdcError as err:
+        print(f"xdc {name}: {err}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -1,20 +1,31 @@
 """Typed configuration: dataclasses, loaded from YAML and `key=value` overrides, then validated.
 
-One config object travels through the whole flow. YAML files under `configs/` only list what
-differs from these defaults; `load_config` merges them (with OmegaConf, which type-checks every
-key) and `validate` rejects values out of range with a message naming the key.
+One config object travels through the whole flow. `load_config` merges the schema's defaults, one
+or more YAML files and the overrides (with OmegaConf, which type-checks every key) and `validate`
+rejects values out of range with a message naming the key. The YAML files shipped with the package
+(xdc/configs: pretrain/, finetune/, demo.yaml, demo_quick.yaml) are found by name with
+`resolve_config`; docs/DESIGN.md says how a config argument is resolved.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
-METHODS = ("xdc", "sdc", "mdc", "cdc", "rand", "superv")
-VIDEO_ARCHS = ("r2plus1d_18", "r3d_18")
+from xdc.errors import XdcError
+
+PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
+# The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
+# (superv needs labels, which the demo keeps from pretraining).
+DEMO_METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc")
 
 
 @dataclass
@@ -137,7 +148,42 @@ class FinetuneConfig:
     knn_temperature: float = 0.07  # mode knn: a neighbour's vote is exp(cosine / knn_temperature)
 
 
-class ConfigError(ValueError):
+@dataclass
+class SyntheticConfig:
+    """The parameters of xdc.data.synthetic.generate (a test keeps the two in step)."""
+
+    num_classes: int = 6
+    videos_per_class: int = 30
+    seed: int = 0
+    seconds: float = 2.0
+    fps: float = 8.0
+    size: int = 32
+    sample_rate: int = 16000
+
+
+@dataclass
+class ProbeConfig:
+    """The demo's stratified train / val / test split of the labelled videos."""
+
+    val_fraction: float = 0.2  # of each class's videos, for the lr choice
+    test_fraction: float = 0.6  # of each class's videos, for the reported accuracy
+
+
+@dataclass
+class DemoConfig:
+    """`xdc demo`: data, methods and budgets. In YAML the finetune section's `data` and `model`
+    start from the pretrain section's (the probe reads the same clips with the pretrained
+    encoders); only the keys it lists differ."""
+
+    methods: list[str] = field(default_factory=lambda: list(DEMO_METHODS))
+    threads: int = 1  # torch threads
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+class ConfigError(XdcError, ValueError):
     """A config value is missing, mistyped or out of range."""
 
 
@@ -163,6 +209,8 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
+    from xdc.models.video import VIDEO_ARCHS  # the models own the list; imported late (torch)
+
     _check(cfg.video_arch in VIDEO_ARCHS, f"{prefix}.video_arch", cfg.video_arch, " | ".join(VIDEO_ARCHS))
     _check(cfg.width >= 1, f"{prefix}.width", cfg.width, ">= 1")
 
@@ -182,45 +230,122 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
            "sum | mean")
 
 
-def validate(cfg: PretrainConfig | FinetuneConfig) -> None:
-    validate_data(cfg.data)
-    validate_model(cfg.model)
-    validate_optim(cfg.optim)
-    _check(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto | cpu | cuda")
+def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = "") -> None:
+    """Raise ConfigError naming the first value out of range; `prefix` names a config's section."""
+    if isinstance(cfg, DemoConfig):
+        return validate_demo(cfg)
+    validate_data(cfg.data, f"{prefix}data")
+    validate_model(cfg.model, f"{prefix}model")
+    validate_optim(cfg.optim, f"{prefix}optim")
+    _check(cfg.device in ("auto", "cpu", "cuda"), f"{prefix}device", cfg.device, "auto | cpu | cuda")
     if isinstance(cfg, PretrainConfig):
-        _check(cfg.method in METHODS, "method", cfg.method, " | ".join(METHODS))
-        _check(cfg.iterations >= 1, "iterations", cfg.iterations, ">= 1")
+        # Imported here: the methods import this module (ClusterConfig).
+        from xdc.methods import METHODS
+
+        _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
+        _check(cfg.iterations >= 1, f"{prefix}iterations", cfg.iterations, ">= 1")
         c = cfg.cluster
         for key in ("k_video", "k_audio", "k_joint"):
-            _check(getattr(c, key) >= 2, f"cluster.{key}", getattr(c, key), ">= 2")
+            _check(getattr(c, key) >= 2, f"{prefix}cluster.{key}", getattr(c, key), ">= 2")
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
-            _check(getattr(c, key) >= 1, f"cluster.{key}", getattr(c, key), ">= 1")
-        _check(c.pca_dim >= 0, "cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
-        _check(c.first_features in ("random", "handcrafted"), "cluster.first_features",
+            _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
+        _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
+        _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
                c.first_features, "random | handcrafted")
     else:
-        _check(cfg.mode in FINETUNE_MODES, "mode", cfg.mode, " | ".join(FINETUNE_MODES))
-        _check(cfg.knn_k >= 1, "knn_k", cfg.knn_k, ">= 1")
-        _check(cfg.knn_temperature > 0, "knn_temperature", cfg.knn_temperature, "> 0")
-        _check(len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs), "lrs", cfg.lrs, "positive values")
-        _check(len(cfg.fc_lrs) > 0 and all(lr > 0 for lr in cfg.fc_lrs), "fc_lrs", cfg.fc_lrs,
+        _check(cfg.mode in FINETUNE_MODES, f"{prefix}mode", cfg.mode, " | ".join(FINETUNE_MODES))
+        _check(cfg.knn_k >= 1, f"{prefix}knn_k", cfg.knn_k, ">= 1")
+        _check(cfg.knn_temperature > 0, f"{prefix}knn_temperature", cfg.knn_temperature, "> 0")
+        _check(len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs), f"{prefix}lrs", cfg.lrs,
+               "positive values")
+        _check(len(cfg.fc_lrs) > 0 and all(lr > 0 for lr in cfg.fc_lrs), f"{prefix}fc_lrs", cfg.fc_lrs,
                "positive values")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                schema: type = PretrainConfig):
-    """Defaults of `schema`, then the YAML file, then `key=value` overrides; validated."""
-    merged = OmegaConf.structured(schema)
+def validate_demo(cfg: DemoConfig) -> None:
+    # The synthetic section is checked by synthetic.generate itself, before it writes anything.
+    _check(len(cfg.methods) > 0 and set(cfg.methods) <= set(DEMO_METHODS), "methods", cfg.methods,
+           f"a list of {' | '.join(DEMO_METHODS)}")
+    _check(cfg.threads >= 1, "threads", cfg.threads, ">= 1")
+    for key in ("val_fraction", "test_fraction"):
+        _check(0 < getattr(cfg.probe, key) < 1, f"probe.{key}", getattr(cfg.probe, key), "in (0, 1)")
+    validate(cfg.pretrain, "pretrain.")
+    validate(cfg.finetune, "finetune.")
+
+
+# ------------------------------------------------------------------------------------ loading
+
+# Packaged configs of a schema live in this subfolder of xdc/configs (the demo's at the top).
+KINDS = {PretrainConfig: "pretrain", FinetuneConfig: "finetune", DemoConfig: None}
+
+
+def packaged_configs(kind: str | None = None) -> list[str]:
+    """Names of the YAML files shipped in xdc/configs/KIND (or at its top), without `.yaml`."""
+    folder = PACKAGED / kind if kind else PACKAGED
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config(arg: str | Path | Traversable, kind: str | None = None) -> Path | Traversable:
+    """A config argument: a YAML file on disk if one is there, else a packaged config named
+    `NAME` or `NAME.yaml` in xdc/configs/KIND, or `KIND/NAME[.yaml]` (e.g. `tiny_cpu`,
+    `pretrain/tiny_cpu.yaml`). Raises ConfigError naming the packaged choices."""
+    if not isinstance(arg, (str, PathLike)):
+        return arg  # already a packaged file (from `files`, maybe inside a zip)
+    if Path(arg).is_file():
+        return Path(arg)
+    name = str(arg) if str(arg).endswith(".yaml") else f"{arg}.yaml"
+    for candidate in ([PACKAGED / kind / name] if kind else []) + [PACKAGED / name]:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"config {str(arg)!r} is neither a file nor a packaged config; packaged "
+                      f"{kind or 'top-level'} configs: {', '.join(packaged_configs(kind))}")
+
+
+def default_pretrain_config() -> Traversable:
+    """`xdc pretrain` without --config: the paper's Kinetics schedule on a GPU, a CPU-scale one
+    otherwise; says which on stderr."""
+    import torch
+
+    path = resolve_config("dc_kinetics" if torch.cuda.is_available() else "cpu", "pretrain")
+    print(f"no --config given: using {path}", file=sys.stderr, flush=True)
+    return path
+
+
+def load_config(path: str | Path | Traversable | list | None = None,
+                overrides: list[str] | None = None, schema: type = PretrainConfig):
+    """Defaults of `schema`, then the YAML file(s) `path` (one or a list, merged in order; each a
+    file or a packaged name, see `resolve_config`), then `key=value` overrides; validated."""
+    paths = [] if path is None else list(path) if isinstance(path, (list, tuple)) else [path]
+    sources = [resolve_config(p, KINDS.get(schema)) for p in paths]
     try:
-        if path is not None:
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        tree = OmegaConf.create()
+        for source in sources:
+            with source.open() as f:
+                tree = OmegaConf.merge(tree, OmegaConf.load(f))
+        tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides or [])))
+        if schema is DemoConfig:  # the probe's data and model start from the pretraining's
+            tree.finetune = OmegaConf.merge({"data": tree.get("pretrain", {}).get("data", {}),
+                                             "model": tree.get("pretrain", {}).get("model", {})},
+                                            tree.get("finetune", {}))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), tree)
     except Exception as err:  # OmegaConf names the bad key and the expected type
-        raise ConfigError(f"bad config ({path or 'defaults'}): {err}") from err
+        names = ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
+        where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
+        raise ConfigError(f"bad config ({names}): {str(err).splitlines()[0]}{where}") from err
     cfg = OmegaConf.to_object(merged)
     validate(cfg)
     return cfg
+
+
+def dotlist(tree: dict, prefix: str = "") -> list[str]:
+    """{'a': {'b': 1}} -> ['a.b=1'] (lists as YAML flow text): a nested dict as `load_config` overrides."""
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            items += dotlist(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
 
 
 def config_to_yaml(cfg) -> str:
@@ -229,3 +354,4 @@ def config_to_yaml(cfg) -> str:
 
 def save_config(cfg, path: str | Path) -> None:
     Path(path).write_text(config_to_yaml(cfg))
+

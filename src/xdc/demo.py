@@ -10,6 +10,9 @@
    against the nuisances (xdc.reports.clusters), and conv1 filters (xdc.reports.filters).
 5. Write DIR/results.json and DIR/report.html, print the table.
 
+Settings: xdc.config.DemoConfig, from the packaged demo.yaml (`--quick`: demo_quick.yaml merged on
+top) or `--config FILE`, then `key=value` overrides.
+
 Runs are resumable: an interrupted demo started again with the same --out reuses the data, the
 cache and every finished run.
 """
@@ -17,33 +20,35 @@ cache and every finished run.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import platform
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
-from xdc.config import ConfigError, FinetuneConfig, PretrainConfig, config_to_yaml, load_config
+from xdc.config import (DEMO_METHODS, ConfigError, DemoConfig, FinetuneConfig, PretrainConfig,
+                        config_to_yaml, load_config)
+from xdc.errors import XdcError
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
-PRETRAINED = ("rand", "sdc", "mdc", "cdc", "xdc")
-ALL_METHODS = ("scratch",) + PRETRAINED
 MODALITIES = ("video", "audio")
+
+
+class DemoError(XdcError):
+    """The output folder holds a demo run with other settings."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole path in about a minute")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="demo settings (default: configs/demo.yaml)")
+    parser.add_argument("--config", default="demo",
+                        help="demo settings: a YAML file or a packaged name (default: demo, i.e. "
+                             "xdc/configs/demo.yaml; --quick merges demo_quick.yaml on top)")
     parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
-                        help=f"comma-separated subset of: {','.join(ALL_METHODS)}")
+                        help=f"comma-separated subset of: {','.join(DEMO_METHODS)}")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="overrides of the demo config, e.g. pretrain.iterations=2 synthetic.seed=1")
 
@@ -52,55 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _method_list(text: str) -> list[str]:
     methods = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in ALL_METHODS]
+    unknown = [m for m in methods if m not in DEMO_METHODS]
     if unknown or not methods:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(ALL_METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(DEMO_METHODS)}")
     return methods
 
 
-def dotlist(tree: dict, prefix: str = "") -> list[str]:
-    """{'a': {'b': 1}} -> ['a.b=1'] (lists as YAML flow text), for load_config's overrides."""
-    items = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            items += dotlist(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
-
-
-def load_settings(path: Path, quick: bool, overrides: list[str]) -> dict:
-    """The demo YAML, with `quick:` applied when asked and then the command-line overrides; the
-    pretrain and finetune sections come back as validated config objects."""
-    if not Path(path).is_file():
-        raise ConfigError(f"demo config not found: {path} (pass --config FILE)")
-    tree = OmegaConf.load(path)
-    if quick:
-        tree = OmegaConf.merge(tree, tree.get("quick") or {})
-    tree = OmegaConf.merge(tree, OmegaConf.from_dotlist(list(overrides)))
-    raw = OmegaConf.to_container(tree, resolve=True)
-    pretrain_cfg = load_config(None, dotlist(raw.get("pretrain") or {}), schema=PretrainConfig)
-    # The probe uses the pretraining encoders and clips; only its own keys differ.
-    finetune_tree = {"data": _asdict(pretrain_cfg.data), "model": _asdict(pretrain_cfg.model)}
-    finetune_tree = OmegaConf.to_container(OmegaConf.merge(finetune_tree, raw.get("finetune") or {}))
-    finetune_cfg = load_config(None, dotlist(finetune_tree), schema=FinetuneConfig)
-    from xdc.data.synthetic import generate
-
-    known = set(inspect.signature(generate).parameters) - {"out_dir", "progress"}
-    unknown_keys = sorted(set(raw.get("synthetic") or {}) - known)
-    if unknown_keys:
-        raise ConfigError(f"demo config: unknown synthetic key(s) {unknown_keys}; known: {sorted(known)}")
-    methods = list(raw.get("methods") or ALL_METHODS)
-    unknown = sorted(set(methods) - set(ALL_METHODS))
-    if unknown:
-        raise ConfigError(f"demo config: unknown method(s) {unknown}; known: {', '.join(ALL_METHODS)}")
-    return {"synthetic": raw["synthetic"], "probe": raw["probe"], "methods": methods,
-            "threads": int(raw.get("threads") or 1),
-            "pretrain": pretrain_cfg, "finetune": finetune_cfg}
-
-
-def _asdict(cfg) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
+def load_demo_config(config: str | Path = "demo", quick: bool = False,
+                     overrides: list[str] | None = None) -> DemoConfig:
+    """The demo's settings: `config` (a file or packaged name), demo_quick.yaml on top when
+    `quick`, then the `key=value` overrides; validated."""
+    return load_config([config, "demo_quick"] if quick else config, overrides, schema=DemoConfig)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -118,33 +85,29 @@ def make_data(out: Path, synthetic_settings: dict) -> tuple[Path, Path]:
         try:
             manifest = synthetic.generate(folder, **synthetic_settings)
         except ValueError as err:  # out-of-range settings, said before anything is written
-            raise SystemExit(f"xdc demo: synthetic: {err}") from None
+            raise ConfigError(f"synthetic: {err}") from None
     labeled = synthetic.labeled_manifest(manifest, folder / "labels.csv", folder / "labeled.csv")
     return manifest, labeled
 
 
-def check_out_dir(out: Path, settings: dict) -> None:
+def check_out_dir(out: Path, cfg: DemoConfig) -> None:
     """Reuse an output folder only for the same settings (any subset of methods): otherwise old
     data, runs or probes would mix with new ones."""
-    stamp = {"synthetic": settings["synthetic"], "probe": settings["probe"],
-             "pretrain": config_to_yaml(settings["pretrain"]), "finetune": config_to_yaml(settings["finetune"])}
+    stamp = {"synthetic": asdict(cfg.synthetic), "probe": asdict(cfg.probe),
+             "pretrain": config_to_yaml(cfg.pretrain), "finetune": config_to_yaml(cfg.finetune)}
     path = out / "settings.json"
     if path.is_file() and json.loads(path.read_text()) != stamp:
-        raise SystemExit(f"xdc demo: {out} holds a demo run with other settings: choose another --out "
-                         f"(or delete it)")
+        raise DemoError(f"{out} holds a demo run with other settings: choose another --out (or delete it)")
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(stamp, indent=1))
 
 
 def probe_split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[dict]]:
     """Stratified split of labelled rows into train / val / test (each class in each part)."""
-    from xdc.evaluation.splits import SplitError, stratified_split
+    from xdc.evaluation.splits import stratified_split
 
-    try:
-        parts = stratified_split([row["label"] for row in rows], {"val": val_fraction, "test": test_fraction},
-                                 seed, strict=True)
-    except SplitError as err:
-        raise SystemExit(str(err)) from err
+    parts = stratified_split([row["label"] for row in rows], {"val": val_fraction, "test": test_fraction},
+                             seed, strict=True)
     return {name: [rows[i] for i in part] for name, part in parts.items()}
 
 
@@ -316,16 +279,16 @@ def machine() -> str:
     return f"{platform.node() or 'host'}, {device}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def demo(out: Path, settings: dict) -> dict:
+def demo(out: Path, cfg: DemoConfig) -> dict:
     """Everything above, in order; returns the results (also written to out/results.json)."""
     from xdc.data.cache import build_cache
     from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
     from xdc.reports.filters import draw_filters
 
     started = time.perf_counter()
-    check_out_dir(out, settings)
-    pretrain_cfg, finetune_cfg = settings["pretrain"], settings["finetune"]
-    methods = settings["methods"]
+    check_out_dir(out, cfg)
+    pretrain_cfg, finetune_cfg = cfg.pretrain, cfg.finetune
+    methods = cfg.methods
     steps = 2 + len(methods)
     step = iter(range(1, steps + 1))
 
@@ -333,7 +296,7 @@ def demo(out: Path, settings: dict) -> dict:
         print(f"\n[demo {next(step)}/{steps}, {time.perf_counter() - started:.0f} s] {text}", flush=True)
 
     say("generating the synthetic videos")
-    manifest, labeled = make_data(out, settings["synthetic"])
+    manifest, labeled = make_data(out, asdict(cfg.synthetic))
     rows, dropped = usable_rows(read_manifest(manifest), require_audio=True)
     if dropped:
         print(f"{manifest}: {describe_dropped(dropped)}")
@@ -344,13 +307,12 @@ def demo(out: Path, settings: dict) -> dict:
     build_cache(rows, pretrain_cfg.data, out / "cache")
     pretrain_cfg = replace(pretrain_cfg, data=replace(pretrain_cfg.data, cache_dir=str(out / "cache")))
     finetune_cfg = replace(finetune_cfg, data=replace(finetune_cfg.data, cache_dir=str(out / "cache")))
-    split = probe_split(labeled_rows, settings["probe"]["val_fraction"], settings["probe"]["test_fraction"],
-                        seed=settings["synthetic"]["seed"])
+    split = probe_split(labeled_rows, cfg.probe.val_fraction, cfg.probe.test_fraction, seed=cfg.synthetic.seed)
     for name, part in split.items():  # for the record (and `xdc finetune` by hand)
         write_manifest(part, out / "data" / f"probe_{name}.csv")
     nuisance = nuisance_labels(out / "data" / "labels.csv", rows)
 
-    results = {"data": {**settings["synthetic"], "videos": len(rows),
+    results = {"data": {**asdict(cfg.synthetic), "videos": len(rows),
                         "probe": {k: len(v) for k, v in split.items()}},
                "pretrain_config": config_to_yaml(pretrain_cfg), "finetune_config": config_to_yaml(finetune_cfg),
                "methods": {}, "cluster_pages": {}}
@@ -405,15 +367,11 @@ def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndar
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config, args.quick, args.overrides)
-    except ConfigError as err:
-        print(f"xdc demo: {err}", file=sys.stderr)
-        return 2
-    torch.set_num_threads(settings["threads"])
+    cfg = load_demo_config(args.config, args.quick, args.overrides)
     if args.methods:
-        settings["methods"] = [m for m in ALL_METHODS if m in args.methods]
-    results = demo(args.out, settings)
+        cfg = replace(cfg, methods=[m for m in DEMO_METHODS if m in args.methods])
+    torch.set_num_threads(cfg.threads)
+    results = demo(args.out, cfg)
     print(f"\nxdc demo: {results['data']['videos']} synthetic videos, {len(results['methods'])} methods, "
           f"{results['wall_seconds']:.0f} s on {results['machine']}")
     print_table(results)

@@ -28,9 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
-from xdc.config import ConfigError, PretrainConfig, config_to_yaml, load_config, save_config
+from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config,
+                        save_config)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
-from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows, write_manifest
+from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
+from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
@@ -41,17 +43,17 @@ from xdc.training.report import log_clusters, log_epoch, print_closing_summary, 
 from xdc.training.run_folder import RunFolder
 from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 
 
-class RunError(ValueError):
+class RunError(XdcError):
     """The run folder cannot start or resume the run asked for."""
 
 
 # ----------------------------------------------------------------------------------- the command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="YAML config (e.g. configs/pretrain/tiny_cpu.yaml)")
+    parser.add_argument("--config", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
+                        "default: dc_kinetics on a GPU, cpu otherwise)")
     parser.add_argument("--data", type=Path, help="manifest CSV written by `xdc scan`")
     parser.add_argument("--out", type=Path, help="run folder to create")
     parser.add_argument("--method", choices=tuple(METHODS), help="overrides the config's `method`")
@@ -73,7 +75,7 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     if args.data is None or args.out is None:
         raise RunError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
-    cfg = load_config(args.config or default_config(), overrides)
+    cfg = load_config(args.config or default_pretrain_config(), overrides)
     if RunFolder(args.out).last.exists():
         raise RunError(f"{args.out} already holds a run: pass --resume {args.out} to continue it, "
                        f"or choose another --out")
@@ -98,20 +100,8 @@ def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
                           "(e.g. `xdc scan --labels-from-dirs`)")
 
 
-def default_config() -> Path:
-    """Without --config: the paper's Kinetics schedule on a GPU, a CPU-scale one otherwise."""
-    name = "dc_kinetics.yaml" if torch.cuda.is_available() else "cpu.yaml"
-    path = CONFIGS / name
-    print(f"no --config given: using {path}", file=sys.stderr, flush=True)
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg, rows, run_dir = setup(args)
-    except (ConfigError, ManifestError, RunError) as err:
-        print(f"xdc pretrain: {err}", file=sys.stderr)
-        return 2
+    cfg, rows, run_dir = setup(args)
     # SIGTERM (cluster schedulers, `kill`) ends the run like Ctrl-C: cleanly, between two writes;
     # the last checkpoint stays whole (atomic), and --resume goes on from it.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -383,11 +373,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xdc.pretrain", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
+if __name__ == "__main__":  # torchrun -m xdc.pretrain: the same command, errors said the same way
+    from xdc.cli import main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

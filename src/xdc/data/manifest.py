@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from xdc.errors import XdcError
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width", "height",
@@ -30,7 +32,7 @@ BOOL_COLUMNS = ("has_audio", "audio_silent")
 MAX_LISTED = 10  # missing paths named in an error before "... and N more"
 
 
-class ManifestError(ValueError):
+class ManifestError(XdcError, ValueError):
     """A manifest is malformed or points at files that are gone."""
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from xdc.data.manifest import ManifestError, read_manifest, write_manifest
 from xdc.data.scan import clockwise_rotation, probe_file
+from xdc.errors import XdcError
 
 TIME_BASE = Fraction(1, 90000)  # output video timestamps (the MPEG clock: exact for common rates)
 
@@ -320,29 +320,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--short-side", type=int, default=128)
     parser.add_argument("--keyframe-seconds", type=float, default=0.5)
     parser.add_argument("--sample-rate", type=int, default=16000)
-    parser.add_argument("--fps", default="none", help="'none' keeps source timestamps, or a frame rate")
+    parser.add_argument("--fps", type=_parse_fps, default="none",
+                        help="'none' keeps source timestamps, or a frame rate")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
 
 
 def _parse_fps(text: str) -> float | None:
     if text.lower() in ("none", "", "source"):
         return None
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
     if value <= 0:
-        raise ValueError(f"--fps must be > 0 or 'none', got {text}")
+        raise argparse.ArgumentTypeError(f"must be > 0 or 'none', got {text}")
     return value
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        options = PrepareOptions(short_side=args.short_side, keyframe_seconds=args.keyframe_seconds,
-                                 sample_rate=args.sample_rate, fps=_parse_fps(args.fps))
-        if options.short_side < 2 or options.keyframe_seconds <= 0 or options.sample_rate < 1000:
-            raise ValueError("--short-side must be >= 2, --keyframe-seconds > 0, --sample-rate >= 1000")
-        summary = prepare_manifest(args.manifest, args.out, args.output, options, args.workers)
-    except (ManifestError, ValueError) as err:
-        print(f"xdc prepare: {err}", file=sys.stderr)
-        return 2
+    options = PrepareOptions(short_side=args.short_side, keyframe_seconds=args.keyframe_seconds,
+                             sample_rate=args.sample_rate, fps=args.fps)
+    if options.short_side < 2 or options.keyframe_seconds <= 0 or options.sample_rate < 1000:
+        raise XdcError("--short-side must be >= 2, --keyframe-seconds > 0, --sample-rate >= 1000")
+    summary = prepare_manifest(args.manifest, args.out, args.output, options, args.workers)
     print(f"prepared {summary['files']} file(s) in {summary['seconds']:.1f} s "
           f"({summary['files_per_s']:.2f} files/s): {summary['done']} encoded, "
           f"{summary['reused']} reused, {summary['failed']} failed; "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xdc.data.manifest import empty_row, write_manifest
+from xdc.errors import XdcError
 
 VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".flv",
                     ".wmv", ".3gp", ".3g2", ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".asf",
@@ -41,7 +41,7 @@ TRUNCATION_TOLERANCE = 0.1  # fraction of the declared duration
 TRUNCATION_MIN_SECONDS = 0.5
 
 
-class ScanError(ValueError):
+class ScanError(XdcError, ValueError):
     """A path given to `xdc scan` does not exist or a list file is unreadable."""
 
 
@@ -304,11 +304,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        rows, ignored = scan_with_counts(args.paths, args.workers, args.labels_from_dirs)
-    except ScanError as err:
-        print(f"xdc scan: {err}", file=sys.stderr)
-        return 2
+    rows, ignored = scan_with_counts(args.paths, args.workers, args.labels_from_dirs)
     write_manifest(rows, args.output)
     print(summarize(rows, ignored))
     print(f"wrote {args.output}")

@@ -33,7 +33,6 @@ import argparse
 import copy
 import hashlib
 import json
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,13 +42,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xdc.config import FINETUNE_MODES, ConfigError, FinetuneConfig, config_to_yaml, load_config
+from xdc.config import FINETUNE_MODES, FinetuneConfig, config_to_yaml, load_config
 from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
-from xdc.data.manifest import ManifestError, class_indices, describe_dropped, read_manifest, usable_rows
+from xdc.data.manifest import class_indices, describe_dropped, read_manifest, usable_rows
+from xdc.errors import XdcError
 from xdc.evaluation.knn import RECALL_AT, knn_accuracy, knn_votes, recall, video_features
 from xdc.evaluation.linear import accuracy, clip_features, train_linear
-from xdc.evaluation.splits import SplitError, split_manifests, stratified_split
-from xdc.evaluation.weights import WeightsError, load_encoder
+from xdc.evaluation.splits import split_manifests, stratified_split
+from xdc.evaluation.weights import load_encoder
 from xdc.models import MODALITIES, ClassificationHead, autocast, encode
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
@@ -62,7 +62,7 @@ SWEPT_MODES = ("full", "fc", "linear")  # the modes that train, one model per lr
 TEST_METRICS = ("top1_clip", "top1_video", "top5_video", *(f"recall@{k}" for k in RECALL_AT))
 
 
-class FinetuneError(ValueError):
+class FinetuneError(XdcError, ValueError):
     """The inputs cannot make a fine-tuning run (labels, manifests, output folder)."""
 
 
@@ -549,14 +549,10 @@ def _rows_from_args(args) -> tuple[list[dict], list[dict] | None, list[dict]]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"mode={args.mode}"] if args.mode else [])
-    try:
-        cfg = load_config(args.config, overrides, schema=FinetuneConfig)
-        train_rows, val_rows, test_rows = _rows_from_args(args)
-        torch.manual_seed(cfg.seed)  # scratch: the same random encoder every run
-        loaded = load_encoder(args.modality, cfg.model, args.checkpoint, args.weights, args.superv, cfg.data)
-        finetune(replace(cfg, model=loaded.model), loaded.encoder, args.modality, train_rows, val_rows,
-                 test_rows, args.out, loaded.source)
-    except (ConfigError, FinetuneError, WeightsError, ManifestError, SplitError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    cfg = load_config(args.config, overrides, schema=FinetuneConfig)
+    train_rows, val_rows, test_rows = _rows_from_args(args)
+    torch.manual_seed(cfg.seed)  # scratch: the same random encoder every run
+    loaded = load_encoder(args.modality, cfg.model, args.checkpoint, args.weights, args.superv, cfg.data)
+    finetune(replace(cfg, model=loaded.model), loaded.encoder, args.modality, train_rows, val_rows,
+             test_rows, args.out, loaded.source)
     return 0

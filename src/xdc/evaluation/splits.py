@@ -20,13 +20,14 @@ from tqdm import tqdm
 
 from xdc.data.manifest import empty_row, write_manifest
 from xdc.data.scan import probe_file
+from xdc.errors import XdcError
 
 SPLITS = ("ucf101", "hmdb51", "esc50")
 
 Pairs = list[tuple[Path, str]]
 
 
-class SplitError(ValueError):
+class SplitError(XdcError, ValueError):
     """Split files are missing or malformed."""
 
 

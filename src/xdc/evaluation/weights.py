@@ -12,7 +12,6 @@ any key that does not match; `load_strict` only lets the classifier `fc.*` diffe
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from torch import nn
 from xdc.config import DataConfig, ModelConfig, PretrainConfig, validate
 from xdc.models import MODALITIES, audio_encoder, video_encoder
 from xdc.training.checkpoint import load_checkpoint, save_checkpoint
+from xdc.errors import XdcError
 
 # Only the classification layer may differ between a checkpoint and the encoder it goes into.
 ALLOWED_PREFIXES = ("fc.",)
@@ -34,7 +34,7 @@ MAX_LISTED = 20
 SUPERV_ARCHS = ("r2plus1d_18", "r3d_18")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(XdcError, RuntimeError):
     """A weights file is absent, unreadable, or does not match the model."""
 
 
@@ -217,10 +217,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        out = export_encoder(args.checkpoint, args.out, args.modality)
-    except WeightsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = export_encoder(args.checkpoint, args.out, args.modality)
     print(f"wrote the {args.modality} encoder of {args.checkpoint} to {out}")
     return 0

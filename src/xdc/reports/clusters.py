@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from tqdm import tqdm
 from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import read_manifest
+from xdc.errors import XdcError
 from xdc.models.device import MODALITIES
 from xdc.reports import html
 from xdc.training.run_folder import RunFolder
@@ -37,7 +37,7 @@ THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
 THUMB_SHORT_SIDE = 72
 
 
-class ReportError(ValueError):
+class ReportError(XdcError, ValueError):
     """The run folder or the labels cannot make a report."""
 
 
@@ -258,12 +258,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
-                                 args.max_clusters, media=not args.no_media)
-    except ReportError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    metrics = cluster_report(args.run_dir, args.out, args.labels, args.iteration, args.clips,
+                             args.max_clusters, media=not args.no_media)
     for modality, m in metrics.items():
         if m["purity"] is None:
             print(f"{modality}: {m['num_clusters']} clusters ({m['empty_clusters']} empty), no labels")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from xdc.errors import XdcError
 from xdc.evaluation.weights import WeightsError, read_state_dict
 
 
@@ -110,12 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if len(args.checkpoints) > 2:
-        print("error: give one or two checkpoints", file=sys.stderr)
-        return 2
-    try:
-        out = draw_filters(args.checkpoints, args.out, args.titles)
-    except WeightsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise XdcError("give one or two checkpoints")
+    out = draw_filters(args.checkpoints, args.out, args.titles)
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,7 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -18,7 +19,13 @@ from typing import Any, BinaryIO, Iterator
 import numpy as np
 import torch
 
+from xdc.errors import XdcError
 from xdc.training import distributed as dist_utils
+
+
+class CheckpointError(XdcError, FileNotFoundError):
+    """A checkpoint that is missing, or that cannot be read (truncated, not a checkpoint, or
+    holding objects that weights_only loading refuses)."""
 
 
 @contextmanager
@@ -58,8 +65,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     device, and RNG states must stay CPU tensors (numpy's cannot come from CUDA)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
+        # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
+                              f"holds objects that safe loading refuses ({first[:200]})") from err
 
 
 def rng_state() -> dict[str, Any]:
