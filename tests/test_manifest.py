@@ -8,8 +8,12 @@ import shutil
 
 import pytest
 
-from xdc.data.manifest import (COLUMNS, ManifestError, describe_dropped, empty_row, read_manifest,
+import numpy as np
+
+from xdc.data import manifest as manifest_module
+from xdc.data.manifest import (COLUMNS, Manifest, ManifestError, describe_dropped, empty_row, read_manifest,
                                usable_rows, write_manifest)
+from xdc.data.shards import ShardMember
 
 
 def _row(path, **values):
@@ -72,8 +76,13 @@ def test_drop_missing_warns_with_count(tmp_path, caplog):
                               tmp_path / "m.csv")
     with caplog.at_level(logging.WARNING):
         rows = read_manifest(manifest, drop_missing=True)
-    assert [r["path"] for r in rows] == [str(tmp_path / "here.mp4")]
+    # The row stays, as a skip row saying why, so that usable_rows reports it.
+    assert [(r["path"], r["status"], r["reason"]) for r in rows] == [
+        (str(tmp_path / "gone.mp4"), "skip", "file not found"), (str(tmp_path / "here.mp4"), "ok", None)]
     assert "dropped 1 of 2" in caplog.text
+    kept, dropped = usable_rows(rows, require_audio=False)
+    assert [r["path"] for r in kept] == [str(tmp_path / "here.mp4")]
+    assert dropped == {"skip: file not found": 1}
 
 
 def test_write_is_atomic(tmp_path):
@@ -115,3 +124,122 @@ def test_usable_rows_counts_reasons():
     kept, dropped = usable_rows(rows, require_audio=False)
     assert [r["path"] for r in kept] == ["a", "b", "c"] and dropped == {"skip: zero bytes": 2}
     assert describe_dropped({}) == "none dropped"
+
+
+def _csv(path, lines, encoding="utf-8"):
+    path.write_text(",".join(COLUMNS) + "\n" + "".join(line + "\n" for line in lines), encoding=encoding)
+    return path
+
+
+def _line(path, status="ok", reason="", duration="1.0", label=""):
+    return f"{path},{status},{reason},{duration},,,,,,,true,,,false,{label}"
+
+
+def test_skip_rows_are_not_checked_and_links_keep_their_path(tmp_path):
+    """Issue 10: a scan manifest with a dangling symlink (a skip row) is accepted, and a row
+    reached through a symlink keeps the link's path, not its target's."""
+    (tmp_path / "real.mp4").write_bytes(b"x")
+    (tmp_path / "link.mp4").symlink_to(tmp_path / "real.mp4")
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    rows = [_row(tmp_path / "link.mp4"), _row(tmp_path / "dangling.mp4", status="skip", reason="not found")]
+    back = read_manifest(write_manifest(rows, tmp_path / "m.csv"))
+    assert [r["path"] for r in back] == [str(tmp_path / "link.mp4"), str(tmp_path / "dangling.mp4")]
+    assert (tmp_path / "m.csv").read_text().splitlines()[1].startswith("link.mp4,")
+
+
+def test_bom_and_latin1(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    bom = _csv(tmp_path / "bom.csv", [_line("a.mp4")], encoding="utf-8-sig")
+    assert bom.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [r["path"] for r in read_manifest(bom)] == [str(tmp_path / "a.mp4")]
+    (tmp_path / "caf\u00e9.mp4").write_bytes(b"x")
+    latin = _csv(tmp_path / "latin.csv", [_line("caf\u00e9.mp4")], encoding="latin-1")
+    with pytest.raises(ManifestError, match="not UTF-8") as info:
+        read_manifest(latin)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_durations_become_skip_rows(tmp_path, caplog):
+    names = ["nan", "neg", "inf", "huge", "zero", "fine", "unknown", "skipped"]
+    for name in names:
+        (tmp_path / f"{name}.mp4").write_bytes(b"x")
+    lines = [_line("nan.mp4", duration="nan"), _line("neg.mp4", duration="-3"), _line("inf.mp4", duration="inf"),
+             _line("huge.mp4", duration="1e12"), _line("zero.mp4", duration="0"), _line("fine.mp4", duration="2.5"),
+             _line("unknown.mp4", duration=""), _line("skipped.mp4", status="skip", reason="zero bytes", duration="nan")]
+    with caplog.at_level(logging.WARNING):
+        rows = read_manifest(_csv(tmp_path / "m.csv", lines))
+    by_name = {r["path"].rsplit("/", 1)[1][:-4]: r for r in rows}
+    for name in ("nan", "neg", "inf", "huge", "zero"):
+        assert by_name[name]["status"] == "skip" and by_name[name]["reason"].startswith("bad duration")
+        assert by_name[name]["duration"] is None
+    assert by_name["fine"]["status"] == "ok" and by_name["fine"]["duration"] == 2.5
+    assert by_name["unknown"]["status"] == "ok" and by_name["unknown"]["duration"] is None
+    assert by_name["skipped"]["reason"] == "zero bytes"  # a skip row keeps its own reason
+    assert "5 row(s) with a bad duration" in caplog.text
+    kept, dropped = usable_rows(rows, require_audio=True)
+    assert len(kept) == 2 and sum(dropped.values()) == 6
+
+
+def test_duplicate_paths_are_removed_with_a_warning(tmp_path, caplog):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"x")
+    lines = [_line("a.mp4", label="x"), _line("b.mp4"), _line("./a.mp4", label="y"), _line(str(tmp_path / "b.mp4"))]
+    with caplog.at_level(logging.WARNING):
+        rows = read_manifest(_csv(tmp_path / "m.csv", lines))
+    assert [(r["path"], r["label"]) for r in rows] == [(str(tmp_path / "a.mp4"), "x"), (str(tmp_path / "b.mp4"), None)]
+    assert "2 duplicate row(s) removed" in caplog.text
+
+
+def test_check_files_modes(tmp_path, monkeypatch):
+    (tmp_path / "here.mp4").write_bytes(b"x")
+    lines = [_line("here.mp4")] + [_line(f"gone_{i}.mp4") for i in range(30)]
+    manifest = _csv(tmp_path / "m.csv", lines)
+    assert len(read_manifest(manifest, check_files="none")) == 31  # found later: a skipped sample
+    with pytest.raises(ManifestError, match="check_files must be"):
+        read_manifest(manifest, check_files="some")
+    monkeypatch.setattr(manifest_module, "SAMPLE_ABOVE", 10)  # auto samples above 10 ok rows...
+    monkeypatch.setattr(manifest_module, "SAMPLE_SIZE", 5)  # ... 5 of them
+    with pytest.raises(ManifestError, match=r"5 of 5 file\(s\) checked \(a sample of 5 of the 31 ok rows\)") as info:
+        read_manifest(manifest)
+    assert "gone_" in str(info.value) and "--drop-missing" in str(info.value)
+    with pytest.raises(ManifestError, match="30 of 31 file"):
+        read_manifest(manifest, check_files="all")
+    rows = read_manifest(manifest, check_files="sample", drop_missing=True)  # dropping checks them all
+    assert int((rows.columns["status"] == rows.code("status", "ok")).sum()) == 1
+
+
+def test_manifest_columns_behave_like_rows(tmp_path):
+    """The columnar form gives back the same row dicts as the rows it was made of."""
+    rows = [_row(f"/v/{i}.mp4", duration=1.5 + i, fps=25.0, num_frames=10 * i, width=320, height=240,
+                 rotation=0, video_codec="h264", has_audio=bool(i % 2), audio_rate=16000, audio_channels=1,
+                 audio_silent=False, label=["dog", "cat"][i % 2]) for i in range(5)]
+    rows.append(_row("/v/skip.mp4", status="skip", reason="no video stream"))
+    manifest = Manifest.from_rows(rows)
+    assert len(manifest) == 6 and list(manifest) == rows and manifest[-1] == rows[-1]
+    assert list(manifest[np.array([4, 1])]) == [rows[4], rows[1]] and list(manifest[1:3]) == rows[1:3]
+    classes, codes = manifest[:5].class_labels()
+    assert classes == ["cat", "dog"] and codes.tolist() == [1, 0, 1, 0, 1]
+    assert manifest.text("label").tolist() == ["dog", "cat", "dog", "cat", "dog", None]
+    kept, dropped = usable_rows(manifest, require_audio=True)
+    assert isinstance(kept, Manifest) and list(kept) == usable_rows(rows, require_audio=True)[0]
+    assert dropped == usable_rows(rows, require_audio=True)[1]
+    back = read_manifest(write_manifest(manifest, tmp_path / "m.csv"), check_files="none")
+    assert list(back) == rows
+
+
+def test_shard_columns_round_trip(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "shard-000000.tar").write_bytes(b"x")
+    rows = [dict(_row("/src/a.mp4", duration=1.0), shard=str(shards / "shard-000000.tar"), offset=512, size=1000),
+            dict(_row("/src/b.mp4", status="skip", reason="re-encode failed"), shard=None, offset=None, size=None)]
+    path = write_manifest(rows, tmp_path / "m.csv")
+    header, first = path.read_text().splitlines()[:2]
+    assert header.endswith(",shard,offset,size") and first.endswith(",shards/shard-000000.tar,512,1000")
+    back = read_manifest(path)
+    assert back.has_shards and list(back) == rows
+    assert back.source(0) == ShardMember(str(shards / "shard-000000.tar"), 512, 1000)
+    assert back.source(1) == "/src/b.mp4"
+    (shards / "shard-000000.tar").unlink()
+    with pytest.raises(ManifestError, match="shard-000000.tar"):
+        read_manifest(path)

@@ -1,22 +1,33 @@
 """The manifest: one CSV row per media file, the input of every command after `xdc scan`.
 
-Rows are plain dicts keyed by `COLUMNS`. On disk, `None` is an empty cell and booleans are
-`true`/`false`; `read_manifest` turns cells back into floats/ints/bools and resolves relative
-paths against the manifest's folder, so a manifest can travel with its videos.
+On disk it is a CSV (`COLUMNS`, plus `SHARD_COLUMNS` for a sharded manifest): `None` is an empty
+cell and booleans are `true`/`false`. In the program it is a `Manifest`: one numpy array per
+column (paths as numpy variable-width strings, numbers as float64/int32/int8, repeated texts such
+as `status`, `reason`, `label` as int32 codes into a list of their values), about 100 bytes per
+video plus the path, read in chunks without building a dict per row. A `Manifest` still behaves
+as the list of row dicts the callers knew (`len`, `m[i]` -> dict built on demand, iteration);
+the hot paths (reading, usable rows, writing, the dataset's per-item lookups) use the columns.
+
+`read_manifest` resolves relative paths against the manifest's folder (so a manifest can travel
+with its videos) without resolving symlinks (a row keeps the path the user gave), validates the
+cells, removes duplicate paths and checks that the files of `ok` rows exist (`check_files`).
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
+import math
 import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from xdc.data.shards import ShardMember
 from xdc.errors import XdcError
 
 log = logging.getLogger(__name__)
@@ -24,13 +35,21 @@ log = logging.getLogger(__name__)
 COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width", "height",
            "rotation", "video_codec", "has_audio", "audio_rate", "audio_channels", "audio_silent",
            "label")
+SHARD_COLUMNS = ("shard", "offset", "size")  # a sharded manifest's rows point into tar shards
 
 FLOAT_COLUMNS = ("duration", "fps")
-INT_COLUMNS = ("num_frames", "width", "height", "rotation", "audio_rate", "audio_channels")
+INT_COLUMNS = ("num_frames", "width", "height", "rotation", "audio_rate", "audio_channels", "offset", "size")
 BOOL_COLUMNS = ("has_audio", "audio_silent")
+CODED_COLUMNS = ("status", "reason", "video_codec", "label", "shard")  # few distinct values: int32 codes
+INT_DTYPES = {"offset": np.int64, "size": np.int64}  # the others fit int32
+STRINGS = np.dtypes.StringDType()
 
 MAX_LISTED = 10  # missing paths named in an error before "... and N more"
-
+MAX_DURATION = 7 * 24 * 3600.0  # seconds; a longer "video" is a broken header
+CHUNK_ROWS = 100_000  # rows parsed at a time: bounds the memory of the Python strings
+CHECK_FILES = ("auto", "all", "sample", "none")
+SAMPLE_ABOVE = 100_000  # check_files=auto: every file up to this many ok rows, a sample above
+SAMPLE_SIZE = 1_000
 
 class ManifestError(XdcError, ValueError):
     """A manifest is malformed or points at files that are gone."""
@@ -43,101 +62,419 @@ def empty_row(path: str | Path, status: str = "ok", reason: str | None = None) -
     return row
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
+def _none_int(name: str) -> int:
+    return int(np.iinfo(INT_DTYPES.get(name, np.int32)).min)
 
 
-def _parse_cell(column: str, text: str) -> Any:
-    if text == "":
-        return None
-    if column in FLOAT_COLUMNS:
-        return float(text)
-    if column in INT_COLUMNS:
-        return int(float(text))  # tolerate "1920.0" written by other tools
-    if column in BOOL_COLUMNS:
-        return _parse_bool(text)
-    return text
+class Manifest:
+    """Manifest rows as columns (see the module docstring); `m[i]` is row i as a dict,
+    `m[indices]` (a slice, index array or boolean mask) a new Manifest of those rows."""
+
+    def __init__(self, columns: dict[str, np.ndarray], categories: dict[str, list[str]]):
+        self.columns, self.categories = columns, categories
+
+    @property
+    def has_shards(self) -> bool:
+        return "shard" in self.columns
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return COLUMNS + (SHARD_COLUMNS if self.has_shards else ())
+
+    def __len__(self) -> int:
+        return len(self.columns["path"])
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.row(int(key))
+        return self.take(key)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self.row(i) for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"Manifest({len(self)} rows{', sharded' if self.has_shards else ''})"
+
+    def take(self, index) -> "Manifest":
+        return Manifest({name: values[index] for name, values in self.columns.items()}, self.categories)
+
+    def row(self, i: int) -> dict[str, Any]:
+        if i < 0:
+            i += len(self)
+        return {name: self.value(name, i) for name in self.column_names}
+
+    def value(self, name: str, i: int) -> Any:
+        """Row i's cell of column `name`, typed as in a row dict (None when empty)."""
+        cell = self.columns[name][i]
+        if name == "path":
+            return str(cell)
+        if name in CODED_COLUMNS:
+            return self.categories[name][cell] if cell >= 0 else None
+        if name in FLOAT_COLUMNS:
+            return None if math.isnan(cell) else float(cell)
+        if name in BOOL_COLUMNS:
+            return None if cell < 0 else bool(cell)
+        return None if cell == _none_int(name) else int(cell)
+
+    def path(self, i: int) -> str:
+        return str(self.columns["path"][i])
+
+    def source(self, i: int) -> str | ShardMember:
+        """What a decoder opens for row i: its file, or its member of a shard."""
+        if self.has_shards and self.columns["shard"][i] >= 0:
+            return ShardMember(self.categories["shard"][self.columns["shard"][i]],
+                               int(self.columns["offset"][i]), int(self.columns["size"][i]))
+        return self.path(i)
+
+    def code(self, name: str, value: str) -> int:
+        """The code of `value` in a coded column (-2 when no row has it)."""
+        try:
+            return self.categories[name].index(value)
+        except ValueError:
+            return -2
+
+    def text(self, name: str) -> np.ndarray:
+        """A coded column's values, one per row (object array, None for empty cells)."""
+        lookup = np.array(list(self.categories[name]) + [None], dtype=object)
+        return lookup[self.columns[name]]  # code -1 picks the trailing None
+
+    def class_labels(self) -> tuple[list[str], np.ndarray | None]:
+        """(sorted class names, each row's index among them), or ([], None) without labels;
+        raises ManifestError when only some rows have a label."""
+        codes = self.columns["label"]
+        if len(codes) == 0 or (codes < 0).all():
+            return [], None
+        if (codes < 0).any():
+            raise ManifestError(f"{int((codes < 0).sum())} of {len(codes)} rows have no label: label every "
+                                "row (e.g. `xdc scan --labels-from-dirs`) or none")
+        used = np.unique(codes)
+        names = [self.categories["label"][c] for c in used]
+        order = np.argsort(np.array(names, dtype=STRINGS), kind="stable")
+        remap = np.empty(len(self.categories["label"]), dtype=np.int64)
+        remap[used[order]] = np.arange(len(used))
+        return [names[j] for j in order], remap[codes]
+
+    def set_skip(self, rows: np.ndarray, reason: str) -> None:
+        """Mark `rows` (indices or mask) as `skip` rows with `reason`."""
+        self.columns["status"][rows] = _category(self.categories["status"], "skip")
+        self.columns["reason"][rows] = _category(self.categories["reason"], reason)
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[dict[str, Any]]) -> "Manifest":
+        """Columns of row dicts (paths kept as given); a row without a path is an error."""
+        rows = list(rows)
+        sharded = any(row.get("shard") for row in rows)
+        names = COLUMNS + (SHARD_COLUMNS if sharded else ())
+        builder = _Builder(names, "rows", base=None)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            part = rows[start:start + CHUNK_ROWS]
+            for row in part:
+                if row.get("path") in (None, ""):
+                    raise ManifestError(f"a manifest row has no path: {row}")
+            builder.add({name: np.array([_cell(row.get(name)) for row in part], dtype=STRINGS)
+                         for name in names})
+        return builder.finish()
+
+    def cells(self, name: str, base: str | None) -> list[str]:
+        """Column `name` as CSV cells; paths under `base` (a folder ending in a separator) are
+        written relative to it, others absolute."""
+        values = self.columns[name]
+        if name in ("path", "shard"):
+            if name == "shard":  # few distinct shards: make their names relative, then index
+                names = np.array([_relative(c, base) for c in self.categories["shard"]] + [""], dtype=STRINGS)
+                return names[values].tolist()
+            relative = ~np.strings.startswith(values, "/")
+            if relative.any():  # paths given relative to the working directory
+                values = values.copy()
+                values[relative] = np.strings.add(os.getcwd() + os.sep, values[relative])
+            if base is not None:
+                under = np.strings.startswith(values, base)
+                if under.any():
+                    values = values.copy()
+                    values[under] = np.strings.slice(values[under], len(base), None)
+            return values.tolist()
+        if name in CODED_COLUMNS:
+            return np.array(list(self.categories[name]) + [""], dtype=STRINGS)[values].tolist()
+        if name in BOOL_COLUMNS:
+            return np.where(values == 1, "true", np.where(values == 0, "false", "")).tolist()
+        if name in FLOAT_COLUMNS:
+            text = np.round(values, 6).astype(STRINGS)
+            text[np.isnan(values)] = ""
+            return text.tolist()
+        text = values.astype(STRINGS)
+        text[values == _none_int(name)] = ""
+        return text.tolist()
 
 
-def _format_cell(value: Any) -> str:
+def _relative(path: str, base: str | None) -> str:
+    path = os.path.abspath(path)
+    return path[len(base):] if base is not None and path.startswith(base) else path
+
+
+def _category(categories: list[str], value: str) -> int:
+    try:
+        return categories.index(value)
+    except ValueError:
+        categories.append(value)
+        return len(categories) - 1
+
+
+def _cell(value: Any) -> str:
+    """A typed value as the text cell `_Builder` parses (floats exactly)."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(round(value, 6))
     return str(value)
 
 
-def read_manifest(path: str | Path, drop_missing: bool = False) -> list[dict[str, Any]]:
-    """Typed rows of a manifest CSV; `path`s come back absolute.
+class _Builder:
+    """Typed columns parsed from chunks of stripped text cells (numpy strings, "" = empty)."""
 
-    Rows whose file no longer exists raise `ManifestError` naming them, or with
-    `drop_missing=True` are dropped with a warning saying how many.
+    def __init__(self, names: tuple[str, ...], source: str, base: Path | None):
+        self.names, self.source, self.base = names, source, base
+        self.parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        self.categories: dict[str, list[str]] = {name: [] for name in CODED_COLUMNS if name in names}
+        self._codes: dict[str, dict[str, int]] = {name: {} for name in self.categories}
+        self.rows = 0
+        self.bad_durations = 0
+
+    def add(self, cells: dict[str, np.ndarray]) -> None:
+        first_line = self.rows + 2  # the header is line 1
+        for name in self.names:
+            self.parts[name].append(self._parse(name, cells[name], first_line))
+        self.rows += len(cells["path"])
+
+    def _error(self, line: int, name: str, message: str) -> ManifestError:
+        return ManifestError(f"{self.source}:{line}: column {name!r}: {message}")
+
+    def _parse(self, name: str, text: np.ndarray, first_line: int) -> np.ndarray:
+        empty = text == ""
+        if name == "path":
+            if empty.any():
+                raise ManifestError(f"{self.source}:{first_line + int(np.argmax(empty))}: empty path")
+            if self.base is not None:
+                text = _resolve(text, self.base)
+            return text
+        if name in CODED_COLUMNS:
+            codes = np.full(len(text), -1, dtype=np.int32)
+            if not empty.all():
+                values, inverse = np.unique(text[~empty], return_inverse=True)
+                lookup = self._codes[name]
+                known = np.array([lookup.setdefault(v, len(lookup)) for v in values.tolist()], dtype=np.int32)
+                codes[~empty] = known[inverse.reshape(-1)]
+                self.categories[name][:] = list(lookup)
+            return codes
+        if name in BOOL_COLUMNS:
+            lowered = np.strings.lower(text)
+            true = (lowered == "true") | (lowered == "1") | (lowered == "yes")
+            false = (lowered == "false") | (lowered == "0") | (lowered == "no")
+            bad = ~(true | false | empty)
+            if bad.any():
+                at = int(np.argmax(bad))
+                raise self._error(first_line + at, name, f"not a boolean: {str(text[at])!r}")
+            return np.where(true, 1, np.where(false, 0, -1)).astype(np.int8)
+        numbers = self._floats(name, text, empty, first_line)
+        if name == "duration":
+            self._check_durations(numbers, text, empty)
+        if name in FLOAT_COLUMNS:
+            return numbers
+        dtype = INT_DTYPES.get(name, np.int32)
+        info = np.iinfo(dtype)
+        out = np.clip(np.nan_to_num(numbers, nan=info.min), info.min, info.max).astype(dtype)
+        out[np.isnan(numbers)] = info.min
+        return out
+
+    def _floats(self, name: str, text: np.ndarray, empty: np.ndarray, first_line: int) -> np.ndarray:
+        text = text.copy()
+        text[empty] = "nan"
+        try:
+            return text.astype(np.float64)
+        except ValueError:
+            for at, cell in enumerate(text.tolist()):  # find the culprit (rare: the cast failed)
+                try:
+                    float(cell)
+                except ValueError:
+                    raise self._error(first_line + at, name, f"not a number: {cell!r}") from None
+            raise
+
+    def _check_durations(self, numbers: np.ndarray, text: np.ndarray, empty: np.ndarray) -> None:
+        """A duration given but not finite and positive (or over MAX_DURATION) turns an ok row
+        into a skip row with the reason; the cell becomes empty (unknown)."""
+        bad = ~empty & ~((numbers > 0) & (numbers <= MAX_DURATION))  # NaN compares False
+        if not bad.any():
+            return
+        status = self.parts["status"][-1]
+        ok = status == self._codes["status"].get("ok", -2)
+        reasons = self.parts["reason"][-1]
+        for value in np.unique(text[bad & ok]).tolist():
+            rows = bad & ok & (text == value)
+            reasons[rows] = self._code("reason", f"bad duration {value!r} (needs finite, > 0, <= 7 days)")
+            status[rows] = self._code("status", "skip")
+        self.bad_durations += int((bad & ok).sum())
+        numbers[bad] = np.nan
+
+    def _code(self, name: str, value: str) -> int:
+        lookup = self._codes[name]
+        code = lookup.setdefault(value, len(lookup))
+        self.categories[name][:] = list(lookup)
+        return code
+
+    def finish(self) -> Manifest:
+        columns = {}
+        for name in self.names:
+            parts = self.parts.pop(name)
+            columns[name] = np.concatenate(parts) if parts else _empty_column(name)
+        if self.base is not None and "shard" in self.categories:
+            self.categories["shard"] = [c if os.path.isabs(c) else os.path.join(self.base, c)
+                                        for c in self.categories["shard"]]
+        if self.bad_durations:
+            log.warning("%s: %d row(s) with a bad duration (NaN, inf, <= 0 or over 7 days) skipped",
+                        self.source, self.bad_durations)
+        return Manifest(columns, self.categories)
+
+
+def _empty_column(name: str) -> np.ndarray:
+    if name == "path":
+        return np.array([], dtype=STRINGS)
+    if name in CODED_COLUMNS:
+        return np.array([], dtype=np.int32)
+    if name in BOOL_COLUMNS:
+        return np.array([], dtype=np.int8)
+    if name in FLOAT_COLUMNS:
+        return np.array([], dtype=np.float64)
+    return np.array([], dtype=INT_DTYPES.get(name, np.int32))
+
+
+def _resolve(paths: np.ndarray, base: Path) -> np.ndarray:
+    """Relative paths joined to `base` (a leading "./" dropped); absolute ones as given."""
+    relative = ~np.strings.startswith(paths, "/")
+    if not relative.any():
+        return paths
+    paths = paths.copy()
+    rel = paths[relative]
+    dotted = np.strings.startswith(rel, "./")
+    rel[dotted] = np.strings.slice(rel[dotted], 2, None)
+    paths[relative] = np.strings.add(str(base) + os.sep, rel)
+    return paths
+
+
+def read_manifest(path: str | Path, drop_missing: bool = False, check_files: str = "auto") -> Manifest:
+    """The manifest CSV at `path` as a `Manifest`; `path`s come back absolute.
+
+    Cells are validated: a bad duration (NaN, inf, <= 0, over 7 days) makes its row a skip row
+    with the reason; duplicate paths are removed (first kept) with a warning. Files of `ok` rows
+    (their shard, for a sharded manifest) are checked per `check_files`: `all`, `sample` (a
+    random `SAMPLE_SIZE` of them), `none`, or `auto` (all up to `SAMPLE_ABOVE` ok rows, a sample
+    above). Missing files raise `ManifestError` naming them, or with `drop_missing=True` (which
+    checks all) become skip rows with reason `file not found`, with a warning saying how many.
+    A missing file not checked here is a skipped sample when training reaches it.
     """
+    if check_files not in CHECK_FILES:
+        raise ManifestError(f"check_files must be one of {' | '.join(CHECK_FILES)}, got {check_files!r}")
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    base = path.resolve().parent
-    rows: list[dict[str, Any]] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        absent = [c for c in ("path", "status") if c not in header]
-        if absent:
-            raise ManifestError(f"{path}: missing column(s) {', '.join(absent)}; "
-                                f"expected columns {','.join(COLUMNS)}")
-        for line_no, raw in enumerate(reader, start=2):
-            row: dict[str, Any] = {}
-            for column in COLUMNS:
-                text = (raw.get(column) or "").strip()
-                try:
-                    row[column] = _parse_cell(column, text)
-                except ValueError as err:
-                    raise ManifestError(f"{path}:{line_no}: column {column!r}: {err}") from None
-            if not row["path"]:
-                raise ManifestError(f"{path}:{line_no}: empty path")
-            file_path = Path(row["path"])
-            row["path"] = str(file_path if file_path.is_absolute() else base / file_path)
-            rows.append(row)
-    missing = [row["path"] for row in rows if not os.path.exists(row["path"])]
-    if missing:
-        if not drop_missing:
-            listed = "\n  ".join(missing[:MAX_LISTED])
-            more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
-            raise ManifestError(f"{path}: {len(missing)} of {len(rows)} file(s) no longer exist:\n  "
-                                f"{listed}{more}\n(re-run `xdc scan`, or drop them with drop_missing)")
-        log.warning("%s: dropped %d of %d row(s) whose file no longer exists",
-                    path, len(missing), len(rows))
-        gone = set(missing)
-        rows = [row for row in rows if row["path"] not in gone]
-    return rows
+    base = Path(os.path.abspath(path)).parent  # not resolve(): keep the user's symlinked folders
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: with or without a BOM
+            manifest = _read_csv(csv.reader(handle), str(path), base)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text ({err.reason}: byte 0x{err.object[err.start]:02x}); "
+                            f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv`") from None
+    manifest = _drop_duplicates(manifest, path)
+    return _check_files(manifest, path, check_files, drop_missing)
 
 
-def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path, relative: bool = True) -> Path:
-    """Write rows atomically (temp file + rename). Paths under the manifest's folder are written
-    relative to it when `relative`, so the folder can be moved as a whole."""
+def _read_csv(reader, source: str, base: Path) -> Manifest:
+    header = [name.strip() for name in next(reader, [])]
+    absent = [c for c in ("path", "status") if c not in header]
+    if absent:
+        raise ManifestError(f"{source}: missing column(s) {', '.join(absent)}; "
+                            f"expected columns {','.join(COLUMNS)}")
+    names = COLUMNS + (SHARD_COLUMNS if "shard" in header else ())
+    where = {name: header.index(name) for name in names if name in header}
+    width = len(header)
+    builder = _Builder(names, source, base)
+    while chunk := list(itertools.islice(reader, CHUNK_ROWS)):
+        if set(map(len, chunk)) != {width}:  # blank lines (skipped) or ragged rows (padded)
+            chunk = [row + [""] * (width - len(row)) for row in chunk if row]
+            if not chunk:
+                continue
+        columns = list(zip(*chunk))
+        blank = np.zeros(len(chunk), dtype=STRINGS)
+        builder.add({name: np.strings.strip(np.array(columns[where[name]], dtype=STRINGS))
+                     if name in where else blank for name in names})
+    return builder.finish()
+
+
+def _drop_duplicates(manifest: Manifest, source: Path) -> Manifest:
+    """First row of each path: a video listed twice would land in both training and validation."""
+    paths = manifest.columns["path"]
+    _, first = np.unique(paths, return_index=True)
+    if len(first) == len(manifest):
+        return manifest
+    keep = np.zeros(len(manifest), dtype=bool)
+    keep[first] = True
+    repeated = np.unique(paths[~keep]).tolist()
+    log.warning("%s: %d duplicate row(s) removed (a path listed twice would be in both training and "
+                "validation; the first row of each is kept): %s%s", source, int((~keep).sum()),
+                ", ".join(repeated[:3]), " ..." if len(repeated) > 3 else "")
+    return manifest.take(keep)
+
+
+def _check_files(manifest: Manifest, source: Path, check_files: str, drop_missing: bool) -> Manifest:
+    ok = np.flatnonzero(manifest.columns["status"] == manifest.code("status", "ok"))
+    mode = "all" if drop_missing else check_files
+    if mode == "auto":
+        mode = "all" if len(ok) <= SAMPLE_ABOVE else "sample"
+    if mode == "none" or not len(ok):
+        return manifest
+    checked = ok
+    if mode == "sample" and len(ok) > SAMPLE_SIZE:
+        checked = np.sort(np.random.default_rng(0).choice(ok, SAMPLE_SIZE, replace=False))
+    if manifest.has_shards:  # one stat per shard, not per row
+        codes = manifest.columns["shard"]
+        gone = [c for c in np.unique(codes[checked]).tolist()
+                if c >= 0 and not os.path.exists(manifest.categories["shard"][c])]
+        missing = checked[np.isin(codes[checked], gone)]
+        names = [manifest.categories["shard"][c] for c in gone]
+    else:
+        exists = np.fromiter(map(os.path.exists, manifest.columns["path"][checked].tolist()), dtype=bool,
+                             count=len(checked))
+        missing = checked[~exists]
+        names = manifest.columns["path"][missing].tolist()
+    if not len(missing):
+        return manifest
+    if drop_missing:
+        manifest.set_skip(missing, "file not found")
+        log.warning("%s: dropped %d of %d row(s) whose file no longer exists (now skip rows)",
+                    source, len(missing), len(manifest))
+        return manifest
+    listed = "\n  ".join(names[:MAX_LISTED])
+    more = f"\n  ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    sampled = f" (a sample of {len(checked)} of the {len(ok)} ok rows)" if len(checked) < len(ok) else ""
+    raise ManifestError(f"{source}: {len(missing)} of {len(checked)} file(s) checked{sampled} no longer exist:\n  "
+                        f"{listed}{more}\n(pass --drop-missing to skip such rows, or re-run `xdc scan`)")
+
+
+def write_manifest(rows: Manifest | Iterable[dict[str, Any]], path: str | Path, relative: bool = True) -> Path:
+    """Write rows atomically (temp file + rename), column by column (no Python loop over rows).
+    Paths under the manifest's folder are written relative to it when `relative`, so the folder
+    can be moved as a whole; symlinks are kept as given."""
+    manifest = rows if isinstance(rows, Manifest) else Manifest.from_rows(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = path.resolve().parent
+    base = os.path.abspath(path.parent) + os.sep if relative else None
     handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent,
                                          prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
             writer = csv.writer(handle)
-            writer.writerow(COLUMNS)
-            for row in rows:
-                cells = dict(row)
-                if not cells.get("path"):
-                    raise ManifestError(f"a manifest row has no path: {row}")
-                if relative:
-                    cells["path"] = _relative_path(cells["path"], base)
-                writer.writerow([_format_cell(cells.get(column)) for column in COLUMNS])
+            writer.writerow(manifest.column_names)
+            for start in range(0, len(manifest), CHUNK_ROWS):
+                part = manifest.take(slice(start, start + CHUNK_ROWS))
+                writer.writerows(zip(*(part.cells(name, base) for name in manifest.column_names)))
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
@@ -145,33 +482,34 @@ def write_manifest(rows: Iterable[dict[str, Any]], path: str | Path, relative: b
     return path
 
 
-def _relative_path(file_path: Any, base: Path) -> str:
-    resolved = Path(file_path).resolve()
-    try:
-        return str(resolved.relative_to(base))
-    except ValueError:
-        return str(resolved)  # outside the manifest's folder: keep it absolute
-
-
-def usable_rows(rows: Iterable[dict[str, Any]], require_audio: bool) -> tuple[list[dict], dict[str, int]]:
+def usable_rows(rows: Manifest | Iterable[dict[str, Any]], require_audio: bool):
     """Rows a dataset can train on, and how many were dropped for each reason.
 
     Skipped rows are counted under `skip: <reason>`; with `require_audio` (pretraining), rows
-    without audio or with silent audio are dropped too.
+    without audio or with silent audio are dropped too. A Manifest gives a Manifest, a list of
+    dicts a list of the same dicts.
     """
-    kept: list[dict[str, Any]] = []
+    if not isinstance(rows, Manifest):
+        rows = list(rows)
+    manifest = rows if isinstance(rows, Manifest) else Manifest.from_rows(rows)
+    ok = manifest.columns["status"] == manifest.code("status", "ok")
     dropped: Counter[str] = Counter()
-    for row in rows:
-        if row.get("status") != "ok":
-            dropped[f"skip: {row.get('reason') or 'unknown'}"] += 1
-        elif require_audio and not row.get("has_audio"):
-            dropped["no audio"] += 1
-        elif require_audio and row.get("audio_silent"):
-            dropped["silent audio"] += 1
-        else:
-            kept.append(row)
-    return kept, dict(dropped)
-
+    codes, counts = np.unique(manifest.columns["reason"][~ok], return_counts=True)
+    for code, count in zip(codes.tolist(), counts.tolist()):
+        reason = manifest.categories["reason"][code] if code >= 0 else None
+        dropped[f"skip: {reason or 'unknown'}"] += count
+    keep = ok
+    if require_audio:
+        no_audio = ok & (manifest.columns["has_audio"] != 1)
+        silent = ok & ~no_audio & (manifest.columns["audio_silent"] == 1)
+        dropped["no audio"] += int(no_audio.sum())
+        dropped["silent audio"] += int(silent.sum())
+        keep = ok & ~no_audio & ~silent
+    dropped = Counter({reason: n for reason, n in dropped.items() if n})
+    kept = np.flatnonzero(keep)
+    if isinstance(rows, Manifest):
+        return rows.take(kept), dict(dropped)
+    return [rows[i] for i in kept], dict(dropped)
 
 def describe_dropped(dropped: dict[str, int]) -> str:
     """`3 dropped (2 no audio, 1 silent audio)` or `none dropped`."""
