@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import pickle
 import shutil
 
 import pytest
@@ -225,6 +226,9 @@ def test_manifest_columns_behave_like_rows(tmp_path):
     assert dropped == usable_rows(rows, require_audio=True)[1]
     back = read_manifest(write_manifest(manifest, tmp_path / "m.csv"), check_files="none")
     assert list(back) == rows
+    with pytest.raises(TypeError, match="read-only"):  # a change to a copy would be lost silently
+        back[0]["label"] = "bird"
+    assert dict(back[0], label="bird")["label"] == "bird" and pickle.loads(pickle.dumps(back[0])) == rows[0]
 
 
 def test_shard_columns_round_trip(tmp_path):

@@ -121,9 +121,9 @@ def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path
 def test_superv_multi_label_manifest(av_manifest, tmp_path):
     from xdc.data.manifest import read_manifest, write_manifest
 
-    rows = read_manifest(av_manifest)
-    for i, row in enumerate(rows):  # AudioSet-style: some rows name two classes
-        row["label"] = f"{row['label']}|loud" if i % 2 else row["label"]
+    # AudioSet-style: some rows name two classes
+    rows = [dict(row, label=f"{row['label']}|loud" if i % 2 else row["label"])
+            for i, row in enumerate(read_manifest(av_manifest))]
     manifest = write_manifest(rows, tmp_path / "multi.csv")
     out = tmp_path / "run"
     assert pretrain("--config", TINY, "--data", manifest, "--out", out, "--method", "superv",
@@ -165,13 +165,13 @@ def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:
 
     from xdc.data.manifest import read_manifest, write_manifest
 
-    rows = read_manifest(av_manifest)
-    for i, row in enumerate(rows):
+    rows = []
+    for i, row in enumerate(read_manifest(av_manifest)):
         copy = folder / f"clip_{i}.mp4"
         shutil.copy(row["path"], copy)
         if i < broken:
             copy.write_bytes(b"not a video" * 100)
-        row["path"] = str(copy)
+        rows.append(dict(row, path=str(copy)))
     return write_manifest(rows, folder / "manifest.csv")
 
 

@@ -16,7 +16,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from omegaconf import OmegaConf
 
@@ -48,7 +48,11 @@ class DataConfig:
     audio_stream: int = 0  # index among the file's audio streams
     max_retries: int = 3  # other windows tried after a decode error before the sample is skipped
     cache_dir: str | None = None  # decoded-clip cache (xdc.data.cache.build_cache); None = decode files
-    num_workers: int = 2  # DataLoader workers
+    # DataLoader workers: an int, or "auto" = CPU cores per local rank minus one (datasets.resolve_num_workers)
+    num_workers: Union[int, str] = "auto"
+    # Existence of the files of ok rows at start: all | sample | none | auto (all up to 100k rows,
+    # a sample above); a missing file not checked is a skipped sample when training reaches it.
+    check_files: str = "auto"
     flip: bool = True  # random horizontal flip in train mode
     video_mean: tuple[float, float, float] = (0.43216, 0.394666, 0.37645)  # Kinetics, as torchvision
     video_std: tuple[float, float, float] = (0.22803, 0.22145, 0.216989)
@@ -100,6 +104,7 @@ class OptimConfig:
     early_stop: bool = True
     patience: int = 3  # stop after this many consecutive rises of the validation loss
     val_fraction: float = 0.1  # share of videos held out for the validation loss
+    val_max_videos: int = 10_000  # at most this many of them (the loss needs no more at scale)
     # How the heads' cross-entropies combine into the loss (pretraining): "sum" gives every head
     # the full gradient that Table 2's lr was set for; "mean" divides it by the number of heads.
     head_reduction: str = "mean"
@@ -204,8 +209,12 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
     _check(cfg.audio_norm in ("per_spectrogram", "none"), f"{prefix}.audio_norm", cfg.audio_norm,
            "per_spectrogram | none")
-    for key in ("video_stream", "audio_stream", "max_retries", "num_workers"):
+    for key in ("video_stream", "audio_stream", "max_retries"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
+    _check(cfg.num_workers == "auto" or (isinstance(cfg.num_workers, int) and cfg.num_workers >= 0),
+           f"{prefix}.num_workers", cfg.num_workers, "auto or >= 0")
+    _check(cfg.check_files in ("auto", "all", "sample", "none"), f"{prefix}.check_files", cfg.check_files,
+           "auto | all | sample | none")
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
@@ -216,7 +225,7 @@ def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
-    for key in ("epoch_size", "batch_size", "total_epochs", "patience"):
+    for key in ("epoch_size", "batch_size", "total_epochs", "patience", "val_max_videos"):
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
     _check(cfg.lr > 0, f"{prefix}.lr", cfg.lr, "> 0")
     _check(0 < cfg.gamma <= 1, f"{prefix}.gamma", cfg.gamma, "in (0, 1]")

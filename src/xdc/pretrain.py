@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Subset
 from xdc import clustering
 from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config,
                         save_config)
-from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
-from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
+from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
+from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows, write_manifest
 from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=tuple(METHODS), help="overrides the config's `method`")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--drop-missing", action="store_true",
+                        help="rows whose file is gone become skip rows instead of stopping the start")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. optim.lr=0.005 cluster.k_video=32")
 
@@ -71,7 +73,8 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         run = RunFolder(args.resume)
         if not run.last.is_file():
             raise RunError(f"nothing to resume: {run.last} not found")
-        return load_config(run.config), read_manifest(run.rows), run.root
+        cfg = load_config(run.config)
+        return cfg, read_manifest(run.rows, check_files=cfg.data.check_files), run.root
     if args.data is None or args.out is None:
         raise RunError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
@@ -79,7 +82,12 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     if RunFolder(args.out).last.exists():
         raise RunError(f"{args.out} already holds a run: pass --resume {args.out} to continue it, "
                        f"or choose another --out")
-    rows, dropped = usable_rows(read_manifest(args.data), require_audio=True)
+    manifest = read_manifest(args.data, drop_missing=getattr(args, "drop_missing", False),
+                             check_files=cfg.data.check_files)
+    rows, dropped = usable_rows(manifest, require_audio=True)
+    if len(rows) < 2:  # say why the rows went, before any count of clusters does
+        raise ManifestError(f"{args.data}: {len(rows)} usable video(s) of {len(manifest)}, pretraining needs "
+                            f"at least 2: {describe_dropped(dropped)}")
     check_inputs(cfg, rows)
     dist_utils.init_distributed(cfg.device)  # so that only rank 0 prints
     if dist_utils.is_main():
@@ -171,7 +179,7 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
     if method.clusterings:
         mine = shard(np.arange(len(rows)))
         dataset = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video)
-        loader = make_loader(Subset(dataset, mine.tolist()), cfg, device)
+        loader = make_loader(Subset(dataset, mine), cfg, device)
         if iteration == 0 and cfg.cluster.first_features == "handcrafted":
             features = clustering.handcrafted_features(loader, len(rows), run.features, indices=mine)
         else:
@@ -205,17 +213,14 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
     return labels, record
 
 
-def train_loader(dataset, videos: np.ndarray, labels: dict[str, np.ndarray], specs: list[HeadSpec],
-                 method: Method, cfg: PretrainConfig, epoch_seed: int, device: torch.device) -> DataLoader:
-    """`epoch_size` clips of `videos`: shuffled passes, or uniform over clusters (DeepCluster)."""
-    weights = None
-    if method.use_uniform_sampling(cfg.cluster):
-        # Each label set the heads predict gets its clusters equal weight; average over sets.
-        targets = sorted({s.target for s in specs})
-        weights = np.mean([clustering.uniform_over_clusters_weights(labels[t][videos]) for t in targets], axis=0)
-    sampler = EpochSampler(len(videos), cfg.optim.epoch_size, weights=weights, seed=cfg.seed)
-    sampler.set_epoch(epoch_seed)  # a distinct draw per epoch, the same after a resume
-    return make_loader(Subset(dataset, videos.tolist()), cfg, device, sampler)
+def sampling_weights(videos: np.ndarray, labels: dict[str, np.ndarray], specs: list[HeadSpec],
+                     method: Method, cfg: PretrainConfig) -> np.ndarray | None:
+    """None (shuffled passes over `videos`), or weights uniform over clusters (DeepCluster)."""
+    if not method.use_uniform_sampling(cfg.cluster):
+        return None
+    # Each label set the heads predict gets its clusters equal weight; average over sets.
+    targets = sorted({s.target for s in specs})
+    return np.mean([clustering.uniform_over_clusters_weights(labels[t][videos]) for t in targets], axis=0)
 
 
 def labelled(indices: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
@@ -253,6 +258,7 @@ def save_labels(run: RunFolder, iteration: int, method: Method, labels: dict[str
 def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool = False) -> dict:
     """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary."""
     # ============ set-up: device, run folder, data, method, model ============
+    rows = as_manifest(rows)
     device = dist_utils.init_distributed(cfg.device)
     run = RunFolder(run_dir)
     if dist_utils.is_main() and not resume:
@@ -263,8 +269,10 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     train_set = AudioVideoClips(rows, cfg.data, mode="train")
     val_set = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1)  # the centre clip
     truth = train_set.labels  # class index per row, or None without labels
-    method = get_method(cfg.method, [row.get("label") for row in rows] if truth is not None else None)
+    method = get_method(cfg.method, list(rows.text("label")) if truth is not None else None)
     train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
+    if len(val_idx) > cfg.optim.val_max_videos:  # a seeded subset: the loss needs no more at scale
+        val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.optim.val_max_videos, replace=False))
     model = build_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
     writer = tensorboard_writer(run.tensorboard)
@@ -328,6 +336,13 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
         state = {}
         labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
         train_videos, val_videos = labelled(train_idx, labels), shard(labelled(val_idx, labels))
+        # One loader per iteration, its workers kept across epochs; the sampler draws `epoch_size`
+        # of `train_videos` per epoch (a distinct draw per epoch, the same after a resume).
+        sampler = EpochSampler(len(train_videos), o.epoch_size, seed=cfg.seed, items=train_videos,
+                               weights=sampling_weights(train_videos, labels, specs, method, cfg))
+        loader = make_loader(train_set, cfg, device, sampler)
+        # Without early stopping the validation loss decides nothing: not computed (val_loss null).
+        val_loader = make_loader(Subset(val_set, val_videos), cfg, device) if o.early_stop else None
 
         # ============ train until the validation loss saturates ============
         for epoch in range(first_epoch, o.total_epochs):
@@ -338,19 +353,19 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
                     writer.add_scalar("train/loss", loss, global_step)
                     writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
 
-            loader = train_loader(train_set, train_videos, labels, specs, method, cfg,
-                                  iteration * o.total_epochs + epoch, device)
+            sampler.set_epoch(iteration * o.total_epochs + epoch)
             train = train_one_epoch(ddp, specs, loader, labels_t, optimizer, scheduler, device, cfg.amp,
                                     o.head_reduction, f"iter {iteration} epoch {epoch}", on_step)
             average_buffers(model)
-            val = validation_loss(model, specs, make_loader(Subset(val_set, val_videos.tolist()), cfg, device),
-                                  labels_t, device, cfg.amp, o.head_reduction)
-            rising = early_stop.step(val["loss"])  # recorded even when early stopping is off
-            stop = o.early_stop and rising
-            record.update(epochs=epoch + 1, train_loss=train["loss"], val_loss=val["loss"], train_clips=train["clips"],
-                          stopped_early=bool(stop),
-                          skipped=record.get("skipped", 0) + train["skipped"] + val["skipped"],
-                          heads={s.name: {"train_loss": train["heads"][s.name], "val_loss": val["heads"][s.name],
+            val = None
+            if val_loader is not None:
+                val = validation_loss(model, specs, val_loader, labels_t, device, cfg.amp, o.head_reduction)
+            stop = val is not None and early_stop.step(val["loss"])
+            record.update(epochs=epoch + 1, train_loss=train["loss"], val_loss=val and val["loss"],
+                          train_clips=train["clips"], stopped_early=bool(stop),
+                          skipped=record.get("skipped", 0) + train["skipped"] + (val["skipped"] if val else 0),
+                          heads={s.name: {"train_loss": train["heads"][s.name],
+                                          "val_loss": val and val["heads"][s.name],
                                           "chance": s.chance_loss} for s in specs})
             log_epoch(writer, record, train, val, specs, epoch, o.total_epochs, global_step, stop)
             if train["skipped"] and train["skip_summary"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 from collections import Counter
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from xdc.config import DataConfig
 from xdc.data.audio import LogMel, window_samples
 from xdc.data.cache import cached_clips
 from xdc.data.decode import DecodeError, decode_audio_windows, decode_clips, media_duration
-from xdc.data.manifest import describe_dropped, read_manifest, usable_rows
+from xdc.data.manifest import Manifest, describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
 from xdc.training import distributed
 
@@ -67,13 +68,14 @@ class AudioVideoClips(Dataset):
             raise ValueError("require_audio=True needs with_audio=True")
         if clips_per_video is not None and clips_per_video < 1:
             raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
-        self.rows = list(rows)
-        if not self.rows:
+        self.rows = as_manifest(rows)
+        if not len(self.rows):
             raise ValueError("AudioVideoClips needs at least one row (the manifest has no usable video)")
         self.cfg, self.mode, self.require_audio, self.with_audio = cfg, mode, require_audio, with_audio
         self.clips_per_video = clips_per_video or cfg.eval_clips
-        self.classes, self.labels = _labels_of(self.rows)
-        self._durations = [row.get("duration") for row in self.rows]
+        self.classes, self.labels = self.rows.class_labels()
+        durations = self.rows.columns["duration"]  # NaN: unknown, read from the file once (a copy to fill)
+        self._durations = durations.copy() if np.isnan(durations).any() else durations
         self.dropped: dict[str, int] = {}  # rows from_manifest left out, counted by reason
         self.log_mel = LogMel.from_config(cfg)
         self._silence = self.log_mel(torch.zeros(window_samples(cfg)))
@@ -99,12 +101,12 @@ class AudioVideoClips(Dataset):
 
     def duration(self, index: int) -> float:
         """Seconds of video `index`: the manifest's value, else read from the file once."""
-        if self._durations[index] is None:
-            self._durations[index] = media_duration(self.rows[index]["path"], self.cfg)
-        return self._durations[index]
+        if math.isnan(self._durations[index]):
+            self._durations[index] = media_duration(self.rows.source(index), self.cfg)
+        return float(self._durations[index])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        path = self.rows[index]["path"]
+        path = self.rows.source(index)
         tries = 1 + self.cfg.max_retries if self.mode == "train" else 1
         for _ in range(tries):
             try:
@@ -118,14 +120,14 @@ class AudioVideoClips(Dataset):
         return {"index": index, "skipped": f"{path}: {reason} (after {tries} tries)"}
 
     def _decode(self, index: int):
-        path, cfg = self.rows[index]["path"], self.cfg
+        path, cfg = self.rows.source(index), self.cfg
         duration = self.duration(index)
         if self.mode == "train":
             starts = [float(torch.rand(())) * max(0.0, duration - cfg.clip_seconds)]
         else:
             starts = eval_starts(duration, cfg.clip_seconds, self.clips_per_video)
         clips = None
-        if cfg.cache_dir:  # None when the cache cannot answer (file or settings not in it)
+        if cfg.cache_dir and isinstance(path, str):  # None when the cache cannot answer (file or settings not in it)
             clips = cached_clips(cfg.cache_dir, path, starts, cfg, with_audio=self.with_audio)
         return clips if clips is not None else decode_clips(path, starts, cfg, with_audio=self.with_audio)
 
@@ -155,8 +157,8 @@ class AudioClips(Dataset):
     def __init__(self, rows: Sequence[dict], cfg: DataConfig, mode: str = "train"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.rows, self.cfg, self.mode = list(rows), cfg, mode
-        self.classes, self.labels = _labels_of(self.rows)
+        self.rows, self.cfg, self.mode = as_manifest(rows), cfg, mode
+        self.classes, self.labels = self.rows.class_labels()
         self.log_mel = LogMel.from_config(cfg)
 
     def __len__(self) -> int:
@@ -171,7 +173,7 @@ class AudioClips(Dataset):
         else:
             starts = eval_starts(duration, window, cfg.eval_clips)
         try:
-            samples = decode_audio_windows(row["path"], starts, cfg)
+            samples = decode_audio_windows(self.rows.source(index), starts, cfg)
         except DecodeError as err:
             return {"index": index, "skipped": f"{row['path']}: {err.what}"}
         item = {"audio": self.log_mel(torch.from_numpy(np.stack(samples))), "index": index,
@@ -181,17 +183,9 @@ class AudioClips(Dataset):
         return item
 
 
-def _labels_of(rows: Sequence[dict]) -> tuple[list[str], np.ndarray | None]:
-    names = [row.get("label") for row in rows]
-    given = [name for name in names if name not in (None, "")]
-    if not given:
-        return [], None
-    if len(given) != len(names):
-        raise ValueError(f"{len(names) - len(given)} of {len(names)} rows have no label: label every "
-                         "row (e.g. `xdc scan --labels-from-dirs`) or none")
-    classes = sorted(set(given))
-    lookup = {name: i for i, name in enumerate(classes)}
-    return classes, np.array([lookup[name] for name in names], dtype=np.int64)
+def as_manifest(rows: Manifest | Sequence[dict]) -> Manifest:
+    """Datasets keep their rows as columns (a list of dicts is converted once)."""
+    return rows if isinstance(rows, Manifest) else Manifest.from_rows(rows)
 
 
 def collate_clips(items: list[dict]) -> dict[str, Any]:
@@ -236,7 +230,8 @@ class SkipCounter:
 
 
 class EpochSampler(Sampler[int]):
-    """`epoch_size` video indices per epoch, independent of the number of videos.
+    """`epoch_size` video indices per epoch, independent of the number of videos (drawn from
+    `items` when given: no dataset Subset, no per-epoch list of all videos).
 
     Unweighted: shuffled passes over all videos (a fresh permutation per pass, cut at
     epoch_size), so no video is drawn twice before every video is drawn once. Weighted (e.g.
@@ -246,11 +241,25 @@ class EpochSampler(Sampler[int]):
     """
 
     def __init__(self, num_items: int, epoch_size: int, weights=None, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
-        self.num_items = int(num_items)
-        if self.num_items < 1 or epoch_size < 1:
-            raise ValueError(f"need num_items >= 1 and epoch_size >= 1, got {self.num_items}, {epoch_size}")
+                 rank: int | None = None, world_size: int | None = None, items: np.ndarray | None = None):
+        if epoch_size < 1:
+            raise ValueError(f"need epoch_size >= 1, got {epoch_size}")
         self.epoch_size, self.seed, self.epoch = int(epoch_size), int(seed), 0
+        self.world_size = distributed.world_size() if world_size is None else int(world_size)
+        self.rank = distributed.rank() if rank is None else int(rank)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        self.set_items(num_items, weights, items)
+
+    def set_items(self, num_items: int, weights=None, items: np.ndarray | None = None) -> None:
+        """Draw from `items` (dataset indices; default 0..num_items-1) with `weights`: a loader
+        with persistent workers keeps its sampler, so a new iteration's videos are set here."""
+        self.num_items = int(num_items)
+        if self.num_items < 1:
+            raise ValueError(f"need num_items >= 1, got {self.num_items}")
+        if items is not None and len(items) != self.num_items:
+            raise ValueError(f"items has {len(items)} entries, expected {self.num_items}")
+        self.items = None if items is None else np.asarray(items, dtype=np.int64)
         self.weights = None
         if weights is not None:
             weights = np.asarray(weights, dtype=np.float64)
@@ -259,10 +268,6 @@ class EpochSampler(Sampler[int]):
             if not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
                 raise ValueError("weights must be finite, >= 0, and not all zero")
             self.weights = weights / weights.sum()
-        self.world_size = distributed.world_size() if world_size is None else int(world_size)
-        self.rank = distributed.rank() if rank is None else int(rank)
-        if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -271,9 +276,11 @@ class EpochSampler(Sampler[int]):
         """This epoch's indices for all ranks together."""
         rng = np.random.default_rng([self.seed, self.epoch])
         if self.weights is not None:
-            return rng.choice(self.num_items, size=self.epoch_size, replace=True, p=self.weights)
-        passes = math.ceil(self.epoch_size / self.num_items)
-        return np.concatenate([rng.permutation(self.num_items) for _ in range(passes)])[:self.epoch_size]
+            drawn = rng.choice(self.num_items, size=self.epoch_size, replace=True, p=self.weights)
+        else:
+            passes = math.ceil(self.epoch_size / self.num_items)
+            drawn = np.concatenate([rng.permutation(self.num_items) for _ in range(passes)])[:self.epoch_size]
+        return drawn if self.items is None else self.items[drawn]
 
     def __len__(self) -> int:
         return math.ceil(self.epoch_size / self.world_size)
@@ -291,9 +298,20 @@ def worker_init_fn(worker_id: int) -> None:
     random.seed(seed)
 
 
-def clip_loader(dataset, batch_size: int, sampler=None, num_workers: int = 0, shuffle: bool = False,
+def resolve_num_workers(num_workers: int | str) -> int:
+    """`data.num_workers`: an int as is; "auto" = the CPU cores this process may use, shared by
+    the local ranks (torchrun's LOCAL_WORLD_SIZE), minus one for the rank itself."""
+    if num_workers != "auto":
+        return int(num_workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1)
+
+
+def clip_loader(dataset, batch_size: int, sampler=None, num_workers: int | str = 0, shuffle: bool = False,
                 pin_memory: bool | None = None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader wired for clips: collate_clips, per-worker seeding, persistent workers."""
+    """A DataLoader wired for clips: collate_clips, per-worker seeding, persistent workers (kept
+    across epochs as long as the loader is), prefetching."""
+    num_workers = resolve_num_workers(num_workers)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=shuffle and sampler is None,
                       num_workers=num_workers, collate_fn=collate_clips, worker_init_fn=worker_init_fn,
                       persistent_workers=num_workers > 0, drop_last=drop_last,

@@ -11,6 +11,8 @@ What makes it fast, in order of effect:
   decoded at all (`_decoded_frames`);
 - frame threading with a few threads (several DataLoader workers already share the cores).
 
+`path` is a file, or a `ShardMember` (a sample inside a tar shard, read by offset: xdc.data.shards).
+
 Time: a clip `start` is in seconds from the first frame of the chosen video stream. Frame k of a
 clip shows the last frame whose timestamp is <= start + k / cfg.fps (variable frame rate safe).
 Audio is the window of `cfg.audio_window_seconds` centred on the video clip, mixed down to mono
@@ -33,6 +35,7 @@ import numpy as np
 
 from xdc.config import DataConfig
 from xdc.data.audio import window_samples
+from xdc.data.shards import ShardMember, open_member
 
 SEEK_GAP_SECONDS = 3.0  # windows further apart than this are reached by a seek, not by decoding
 SKIP_MARGIN_SECONDS = 0.25  # non-reference frames further than this before a target are not decoded
@@ -50,6 +53,15 @@ class DecodeError(RuntimeError):
 
     def __reduce__(self):  # picklable across DataLoader workers
         return type(self), (self.path, self.what)
+
+
+def open_media(path):
+    """`av.open` of a file, or of a sample in a tar shard (`ShardMember`): PyAV reads and seeks
+    a bounded view of the tar's bytes, which the container's reference keeps open (CPython
+    closes it with the container)."""
+    if isinstance(path, ShardMember):
+        return av.open(open_member(path))
+    return av.open(str(path))
 
 
 @dataclass
@@ -72,7 +84,7 @@ def decode_clips(path, starts, cfg: DataConfig, with_audio: bool = True,
     if not starts:
         return []
     try:
-        container = av.open(str(path))
+        container = open_media(path)
     except Exception as err:  # zero bytes, not media, unreadable...
         raise DecodeError(path, f"cannot open: {err}") from err
     with container:
@@ -88,7 +100,7 @@ def decode_audio_windows(path, starts, cfg: DataConfig) -> list[np.ndarray]:
     """Mono float32 windows of `cfg.audio_window_seconds` at `starts` (seconds from the audio
     stream's start) of a file that may have no video stream (ESC-50's wav files, say)."""
     try:
-        container = av.open(str(path))
+        container = open_media(path)
     except Exception as err:
         raise DecodeError(path, f"cannot open: {err}") from err
     with container:
@@ -104,7 +116,7 @@ def media_duration(path, cfg: DataConfig | None = None) -> float:
     """Seconds of the video stream: from the header, else by reading packet timestamps (no decode)."""
     stream_index = cfg.video_stream if cfg is not None else 0
     try:
-        container = av.open(str(path))
+        container = open_media(path)
     except Exception as err:
         raise DecodeError(path, f"cannot open: {err}") from err
     with container:

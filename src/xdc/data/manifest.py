@@ -62,6 +62,19 @@ def empty_row(path: str | Path, status: str = "ok", reason: str | None = None) -
     return row
 
 
+class Row(dict):
+    """A manifest row built from the columns: a copy, so changing it would change nothing; it
+    refuses instead (build a new dict: `dict(row, label=...)`)."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("manifest rows are read-only copies: build a new dict, e.g. dict(row, label=...)")
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = setdefault = clear = _refuse
+
+    def __reduce__(self):  # pickled (to a worker process) or copied: a plain dict
+        return dict, (dict(self),)
+
+
 def _none_int(name: str) -> int:
     return int(np.iinfo(INT_DTYPES.get(name, np.int32)).min)
 
@@ -101,7 +114,7 @@ class Manifest:
     def row(self, i: int) -> dict[str, Any]:
         if i < 0:
             i += len(self)
-        return {name: self.value(name, i) for name in self.column_names}
+        return Row((name, self.value(name, i)) for name in self.column_names)
 
     def value(self, name: str, i: int) -> Any:
         """Row i's cell of column `name`, typed as in a row dict (None when empty)."""

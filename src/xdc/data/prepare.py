@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -32,6 +33,7 @@ from tqdm import tqdm
 
 from xdc.data.manifest import ManifestError, read_manifest, write_manifest
 from xdc.data.scan import clockwise_rotation, probe_file
+from xdc.data.shards import SHARD_PATTERN, ShardWriter, parse_size
 from xdc.errors import XdcError
 
 TIME_BASE = Fraction(1, 90000)  # output video timestamps (the MPEG clock: exact for common rates)
@@ -276,14 +278,14 @@ def prepare_row(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[s
 
 def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: str | Path | None = None,
                      options: PrepareOptions = PrepareOptions(), workers: int = 1,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, drop_missing: bool = False) -> dict[str, Any]:
     """Re-encode every `ok` row of `manifest` under `out_dir`; `skip` rows are carried over.
 
     Returns a summary: counts, seconds, files/s, and the new manifest's path.
     """
     out_dir = Path(out_dir)
     new_manifest = Path(new_manifest) if new_manifest else out_dir / "manifest.csv"
-    rows = read_manifest(manifest)
+    rows = read_manifest(manifest, drop_missing=drop_missing)
     ok_rows = [row for row in rows if row["status"] == "ok"]
     root = Path(os.path.commonpath([str(Path(r["path"]).parent) for r in ok_rows])) if ok_rows else out_dir
     jobs = [(row, str(output_path(Path(row["path"]), root, out_dir)), options) for row in ok_rows]
@@ -312,6 +314,109 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
             "failures": [(row["path"], row["reason"]) for row, outcome in results if outcome == "failed"]}
 
 
+# ------------------------------------------------------------------------- --shards
+
+def _encode_sample(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[str, Any], str]:
+    """prepare_row for a shard: the row keeps the source's path (the shard says where the bytes are)."""
+    row, target, options = job
+    new_row, outcome = prepare_row(job)
+    return {**new_row, "path": row["path"], "label": row.get("label")}, outcome
+
+
+def _finished_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
+    """Rows of the shards a previous run completed (tar and index both written), by source path;
+    what a killed run left half-written is removed."""
+    done: dict[str, dict[str, Any]] = {}
+    for stale in shard_dir.glob("*.partial"):
+        stale.unlink()
+    for tar in sorted(shard_dir.glob("shard-*.tar")):
+        index = tar.with_suffix(".csv")
+        if not index.is_file():  # killed between the tar's rename and its index: redo it
+            tar.unlink()
+            continue
+        for row in read_manifest(index, check_files="none"):
+            done[row["path"]] = row
+    return done
+
+
+def prepare_shards(manifest: str | Path, out_dir: str | Path, new_manifest: str | Path | None = None,
+                   options: PrepareOptions = PrepareOptions(), workers: int = 1, shard_size: int = 2**30,
+                   progress: bool = True, drop_missing: bool = False) -> dict[str, Any]:
+    """Re-encode every `ok` row (as `prepare_manifest`) into tar shards `OUT/shards/shard-NNNNNN.tar`
+    of about `shard_size` bytes (`<key>.mp4` + `<key>.json` per sample, key = the row's index in
+    the input manifest), and write a manifest whose rows point into them (docs/DESIGN.md).
+
+    Resumable: each finished shard has an index `shard-NNNNNN.csv` (its rows, skips included);
+    a rerun keeps the finished shards and encodes only the rows none of them holds.
+    """
+    out_dir = Path(out_dir)
+    new_manifest = Path(new_manifest) if new_manifest else out_dir / "manifest.csv"
+    shard_dir, work = out_dir / "shards", out_dir / ".work"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    work.mkdir(exist_ok=True)
+    rows = read_manifest(manifest, drop_missing=drop_missing)
+    done = _finished_shards(shard_dir)
+    previous = len(done)
+    numbers = [int(p.stem.split("-")[1]) for p in shard_dir.glob("shard-*.tar")]
+    jobs = [(row, str(work / f"{i:09d}.mp4"), options) for i, row in enumerate(rows)
+            if row["status"] == "ok" and row["path"] not in done]
+
+    started = time.perf_counter()
+    bar = dict(total=len(jobs), desc="prepare --shards", unit="file", disable=not progress)
+    outcomes: Counter[str] = Counter()
+    failures = []
+    shard, shard_rows, number = None, [], max(numbers, default=-1) + 1
+
+    def close_shard() -> None:
+        nonlocal shard, shard_rows, number
+        tar = shard.close()
+        write_manifest(shard_rows, tar.with_suffix(".csv"))  # after the tar: an index means a whole shard
+        done.update((row["path"], row) for row in shard_rows)
+        shard, shard_rows, number = None, [], number + 1
+
+    def results():
+        if workers <= 1 or len(jobs) <= 1:
+            yield from map(_encode_sample, jobs)
+            return
+        context = multiprocessing.get_context("spawn")  # the parent may hold threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            yield from pool.map(_encode_sample, jobs)
+
+    try:
+        for job, (row, outcome) in zip(jobs, tqdm(results(), **bar)):
+            outcomes[outcome] += 1
+            if shard is None:
+                shard = ShardWriter(shard_dir / SHARD_PATTERN.format(number))
+            if outcome == "failed":
+                failures.append((row["path"], row["reason"]))
+            else:
+                target = Path(job[1])
+                key = target.stem
+                offset, size = shard.add(key, target, {**row, "key": key})
+                row.update(shard=str(shard.path), offset=offset, size=size)
+                target.unlink()
+            shard_rows.append(row)
+            if shard.bytes_written >= shard_size:
+                close_shard()
+        if shard is not None:
+            close_shard()
+    except BaseException:
+        if shard is not None:
+            shard.abort()
+        raise
+    seconds = time.perf_counter() - started
+    shutil.rmtree(work, ignore_errors=True)
+
+    # Input order; skip rows of the input carried over as they are.
+    write_manifest([done[row["path"]] if row["status"] == "ok" else row for row in rows], new_manifest)
+    ok = sum(1 for row in done.values() if row["status"] == "ok")
+    return {"manifest": str(new_manifest), "files": len(jobs), "seconds": seconds,
+            "files_per_s": len(jobs) / seconds if seconds > 0 else 0.0,
+            "done": outcomes["done"] + outcomes["reused"], "reused": previous,
+            "failed": outcomes["failed"], "carried_skips": sum(1 for row in rows if row["status"] != "ok"),
+            "failures": failures, "shards": len(list(shard_dir.glob("shard-*.tar"))), "samples": ok}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="manifest CSV from `xdc scan`")
     parser.add_argument("--out", required=True, help="folder for the re-encoded copies")
@@ -323,6 +428,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fps", type=_parse_fps, default="none",
                         help="'none' keeps source timestamps, or a frame rate")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--shards", action="store_true",
+                        help="pack the copies into tar shards (WebDataset layout) under OUT/shards")
+    parser.add_argument("--shard-size", type=_parse_size, default="1GB", help="bytes per shard (default 1GB)")
+    parser.add_argument("--drop-missing", action="store_true",
+                        help="make rows whose file is gone skip rows instead of stopping")
+
+
+def _parse_size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _parse_fps(text: str) -> float | None:
@@ -342,12 +459,19 @@ def run(args: argparse.Namespace) -> int:
                              sample_rate=args.sample_rate, fps=args.fps)
     if options.short_side < 2 or options.keyframe_seconds <= 0 or options.sample_rate < 1000:
         raise XdcError("--short-side must be >= 2, --keyframe-seconds > 0, --sample-rate >= 1000")
-    summary = prepare_manifest(args.manifest, args.out, args.output, options, args.workers)
+    if args.shards:
+        summary = prepare_shards(args.manifest, args.out, args.output, options, args.workers,
+                                 shard_size=args.shard_size, drop_missing=args.drop_missing)
+    else:
+        summary = prepare_manifest(args.manifest, args.out, args.output, options, args.workers,
+                                   drop_missing=args.drop_missing)
     print(f"prepared {summary['files']} file(s) in {summary['seconds']:.1f} s "
           f"({summary['files_per_s']:.2f} files/s): {summary['done']} encoded, "
           f"{summary['reused']} reused, {summary['failed']} failed; "
           f"{summary['carried_skips']} skip row(s) carried over")
     for path, reason in summary["failures"][:10]:
         print(f"  failed: {path}: {reason}")
+    if args.shards:
+        print(f"{summary['samples']} sample(s) in {summary['shards']} shard(s) under {Path(args.out) / 'shards'}")
     print(f"wrote {summary['manifest']}")
     return 0

@@ -285,6 +285,5 @@ def labeled_manifest(manifest: str | Path, labels_csv: str | Path, out: str | Pa
     missing = [r["path"] for r in rows if str(Path(r["path"]).resolve()) not in labels]
     if missing:
         raise ValueError(f"{len(missing)} manifest rows have no label in {labels_csv}: {missing[:3]}")
-    for r in rows:
-        r["label"] = labels[str(Path(r["path"]).resolve())][column]
-    return write_manifest(rows, out)
+    # Rows of a Manifest are built on demand: new dicts carry the labels.
+    return write_manifest([dict(r, label=labels[str(Path(r["path"]).resolve())][column]) for r in rows], out)

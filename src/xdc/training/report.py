@@ -57,19 +57,26 @@ def log_epoch(writer, record: dict, train: dict, val: dict, specs: list[HeadSpec
     trains, and each head's loss beside its chance level ln k."""
     if writer is None:
         return
-    writer.add_scalar("val/loss", val["loss"], step)
+    if val is not None:  # None: no validation pass (early stopping off)
+        writer.add_scalar("val/loss", val["loss"], step)
     writer.add_scalar("train/epoch_loss", train["loss"], step)
     writer.add_scalar("train/data_wait", train["data_wait"], step)
     for s in specs:
         writer.add_scalar(f"heads/{s.name}/train_loss", train["heads"][s.name], step)
-        writer.add_scalar(f"heads/{s.name}/val_loss", val["heads"][s.name], step)
+        if val is not None:
+            writer.add_scalar(f"heads/{s.name}/val_loss", val["heads"][s.name], step)
         writer.add_scalar(f"heads/{s.name}/chance", s.chance_loss, step)
-    heads = ", ".join(f"{s.name} {train['heads'][s.name]:.3f}/{val['heads'][s.name]:.3f} "
+    heads = ", ".join(f"{s.name} {train['heads'][s.name]:.3f}/{_num(val and val['heads'][s.name])} "
                       f"(chance {s.chance_loss:.3f})" for s in specs)
     print(f"iteration {record['iteration']} epoch {epoch + 1}/{epochs}: train loss {train['loss']:.4f}, "
-          f"val loss {val['loss']:.4f}, {train['clips']} clips, skipped {train['skipped']} train / "
-          f"{val['skipped']} val, data wait {train['data_wait']:.0%}; heads train/val {heads}"
+          f"val loss {_num(val and val['loss'], 4)}, {train['clips']} clips, skipped {train['skipped']} train / "
+          f"{val['skipped'] if val else 0} val, data wait {train['data_wait']:.0%}; heads train/val {heads}"
           + (" -> early stop" if stop else ""), flush=True)
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    """A loss for the console; "n/a" when there was no validation pass."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def heads_at_chance(summary: dict) -> list[str]:
@@ -77,7 +84,8 @@ def heads_at_chance(summary: dict) -> list[str]:
     seen: dict[str, bool] = {}
     for record in summary["iterations"]:
         for name, head in record.get("heads", {}).items():
-            at_chance = head["val_loss"] >= (1 - CHANCE_MARGIN) * head["chance"]
+            loss = head["train_loss"] if head.get("val_loss") is None else head["val_loss"]  # no val pass
+            at_chance = loss >= (1 - CHANCE_MARGIN) * head["chance"]
             seen[name] = seen.get(name, True) and at_chance
     return [name for name, stayed in seen.items() if stayed]
 
@@ -87,7 +95,7 @@ def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: 
     for r in summary["iterations"]:
         parts = [f"iteration {r['iteration']}: {r.get('epochs', 0)} epochs",
                  f"train {r.get('train_loss', float('nan')):.3f}",
-                 f"val {r.get('val_loss', float('nan')):.3f}"]
+                 f"val {_num(r.get('val_loss'))}"]
         for m in MODALITIES:
             s = r[m]
             text = f"{m} empty {s['empty_clusters']}/{s['num_clusters']}"
@@ -99,7 +107,7 @@ def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: 
         parts.append(f"skipped {r.get('skipped', 0)}")
         print("  " + ", ".join(parts))
         for name, head in r.get("heads", {}).items():
-            print(f"    {name}: train {head['train_loss']:.3f}, val {head['val_loss']:.3f}, "
+            print(f"    {name}: train {head['train_loss']:.3f}, val {_num(head.get('val_loss'))}, "
                   f"chance {head['chance']:.3f}")
     stuck = heads_at_chance(summary)
     if stuck:
