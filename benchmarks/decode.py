@@ -11,6 +11,9 @@ Loaders timed in turns on the same random windows of clips >= 10 s (train mode: 
   window, convert only kept frames) on the originals / on `xdc prepare` copies;
 - dataset / prepared_dataset: `AudioVideoClips` train items (decode + log-mel + crop/flip), the
   project's loader as training uses it: `clips_per_s` and `prepared_clips_per_s`;
+- sharded_decode / sharded_dataset: the same prepared copies packed by `xdc prepare --shards`,
+  each item read by offset from its tar shard: `sharded_clips_per_s`, and `shards_vs_prepared`
+  (sharded / prepared train items per second; target >= 0.9);
 - eval_dataset: eval items, `eval_clips` uniformly spaced clips per video from one decode pass;
   eval_video_only: the same without the audio (`with_audio=False`, video-only fine-tuning).
 `prepare_seconds` is the one-time cost of `xdc prepare` on the clips. `rss_growth_mb` is the
@@ -37,7 +40,7 @@ from xdc.config import DataConfig
 from xdc.data.datasets import AudioVideoClips
 from xdc.data.decode import decode_clips
 from xdc.data.manifest import read_manifest, write_manifest
-from xdc.data.prepare import PrepareOptions, prepare_manifest
+from xdc.data.prepare import PrepareOptions, prepare_manifest, prepare_shards
 from xdc.data.scan import scan_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         evaluate = AudioVideoClips(rows, cfg, mode="eval", require_audio=False)
         evaluate_video = AudioVideoClips(rows, cfg, mode="eval", require_audio=False, with_audio=False)
         train_prepared = AudioVideoClips(prepared_rows, cfg, mode="train", require_audio=False)
+        sharded = prepare_shards(source, Path(scratch) / "sharded", None, options, workers=args.workers,
+                                 progress=False)
+        sharded_rows = read_manifest(sharded["manifest"])  # same order as `rows`
+        train_sharded = AudioVideoClips(sharded_rows, cfg, mode="train", require_audio=False)
         loaders = {
             "naive": lambda i, s: (naive_clip(rows[i]["path"], s, cfg), 1)[1],
             "naive_minimal": lambda i, s: (naive_clip(rows[i]["path"], s, cfg, convert_all=False), 1)[1],
@@ -163,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             # The dataset draws its own random start (same distribution as the windows).
             "dataset": lambda i, s: _item_clips(train[i]),
             "prepared_dataset": lambda i, s: _item_clips(train_prepared[i]),
+            "sharded_decode": lambda i, s: len(decode_clips(sharded_rows.source(i), [s], cfg)),
+            "sharded_dataset": lambda i, s: _item_clips(train_sharded[i]),
         }
         windows = sample_windows(rows, args.windows, cfg)
         rates = interleaved_rates(loaders, windows)
@@ -192,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         "prepared_clips_per_s": rates["prepared_dataset"],
         "speedup_prepared_vs_naive": rates["prepared_dataset"] / naive,
         "prepare_seconds": summary["seconds"],
+        "sharded_clips_per_s": rates["sharded_dataset"],
+        "shards_vs_prepared": rates["sharded_dataset"] / rates["prepared_dataset"],
+        "sharded_decode_clips_per_s": rates["sharded_decode"],
+        "prepare_shards_seconds": sharded["seconds"],
         "eval_clips_per_s": rates["eval_dataset"],
         "speedup_eval_vs_naive": rates["eval_dataset"] / naive,
         "eval_video_only_clips_per_s": rates["eval_video_only"],

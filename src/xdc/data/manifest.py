@@ -16,7 +16,7 @@ cells, removes duplicate paths and checks that the files of `ok` rows exist (`ch
 from __future__ import annotations
 
 import csv
-import itertools
+import io
 import logging
 import math
 import os
@@ -46,7 +46,8 @@ STRINGS = np.dtypes.StringDType()
 
 MAX_LISTED = 10  # missing paths named in an error before "... and N more"
 MAX_DURATION = 7 * 24 * 3600.0  # seconds; a longer "video" is a broken header
-CHUNK_ROWS = 100_000  # rows parsed at a time: bounds the memory of the Python strings
+CHUNK_ROWS = 100_000  # rows written at a time
+CHUNK_BYTES = 16 << 20  # bytes parsed at a time: bounds the memory of the cells being parsed
 CHECK_FILES = ("auto", "all", "sample", "none")
 SAMPLE_ABOVE = 100_000  # check_files=auto: every file up to this many ok rows, a sample above
 SAMPLE_SIZE = 1_000
@@ -184,8 +185,7 @@ class Manifest:
             for row in part:
                 if row.get("path") in (None, ""):
                     raise ManifestError(f"a manifest row has no path: {row}")
-            builder.add({name: np.array([_cell(row.get(name)) for row in part], dtype=STRINGS)
-                         for name in names})
+            builder.add({name: _encoded([_cell(row.get(name)) for row in part]) for name in names})
         return builder.finish()
 
     def cells(self, name: str, base: str | None) -> list[str]:
@@ -242,7 +242,10 @@ def _cell(value: Any) -> str:
 
 
 class _Builder:
-    """Typed columns parsed from chunks of stripped text cells (numpy strings, "" = empty)."""
+    """Typed columns parsed from chunks of cells, one bytes array (numpy `S`) per column.
+
+    numpy parses the numbers; texts (status, codec, sizes as written, labels) go through their
+    distinct values, so each distinct cell is decoded and checked once, not once per row."""
 
     def __init__(self, names: tuple[str, ...], source: str, base: Path | None):
         self.names, self.source, self.base = names, source, base
@@ -251,6 +254,7 @@ class _Builder:
         self._codes: dict[str, dict[str, int]] = {name: {} for name in self.categories}
         self.rows = 0
         self.bad_durations = 0
+        self.hashes: list[np.ndarray] = []
 
     def add(self, cells: dict[str, np.ndarray]) -> None:
         first_line = self.rows + 2  # the header is line 1
@@ -261,77 +265,68 @@ class _Builder:
     def _error(self, line: int, name: str, message: str) -> ManifestError:
         return ManifestError(f"{self.source}:{line}: column {name!r}: {message}")
 
-    def _parse(self, name: str, text: np.ndarray, first_line: int) -> np.ndarray:
-        empty = text == ""
+    def _map(self, name: str, cells: np.ndarray, parse, dtype, first_line: int) -> np.ndarray:
+        """`parse` each distinct cell (decoded, stripped; "" for empty) once, then map every row."""
+        distinct, inverse = _distinct(cells)
+        values = []
+        for at, raw in enumerate(distinct.tolist()):
+            try:
+                values.append(parse(raw.decode("utf-8").strip()))
+            except ValueError as err:
+                line = first_line + int(np.argmax(inverse == at))
+                raise self._error(line, name, str(err)) from None
+        return np.array(values, dtype=dtype)[inverse]
+
+    def _parse(self, name: str, cells: np.ndarray, first_line: int) -> np.ndarray:
         if name == "path":
+            text = np.strings.strip(cells.astype(STRINGS))
+            empty = text == ""
             if empty.any():
                 raise ManifestError(f"{self.source}:{first_line + int(np.argmax(empty))}: empty path")
-            if self.base is not None:
-                text = _resolve(text, self.base)
+            text = text if self.base is None else _resolve(text, self.base)
+            # Hashes find duplicate paths without sorting strings (_drop_duplicates).
+            self.hashes.append(np.fromiter(map(hash, text.tolist()), dtype=np.int64, count=len(text)))
             return text
         if name in CODED_COLUMNS:
-            codes = np.full(len(text), -1, dtype=np.int32)
-            if not empty.all():
-                values, inverse = np.unique(text[~empty], return_inverse=True)
-                lookup = self._codes[name]
-                known = np.array([lookup.setdefault(v, len(lookup)) for v in values.tolist()], dtype=np.int32)
-                codes[~empty] = known[inverse.reshape(-1)]
-                self.categories[name][:] = list(lookup)
-            return codes
+            return self._map(name, cells, lambda text: self._code(name, text) if text else -1, np.int32, first_line)
         if name in BOOL_COLUMNS:
-            lowered = np.strings.lower(text)
-            true = (lowered == "true") | (lowered == "1") | (lowered == "yes")
-            false = (lowered == "false") | (lowered == "0") | (lowered == "no")
-            bad = ~(true | false | empty)
-            if bad.any():
-                at = int(np.argmax(bad))
-                raise self._error(first_line + at, name, f"not a boolean: {str(text[at])!r}")
-            return np.where(true, 1, np.where(false, 0, -1)).astype(np.int8)
-        numbers = self._floats(name, text, empty, first_line)
+            return self._map(name, cells, _parse_bool, np.int8, first_line)
+        empty = np.strings.strip(cells) == b""
+        try:
+            numbers = np.where(empty, b"nan", cells).astype(np.float64)
+        except ValueError:  # the slow way names the culprit
+            numbers = self._map(name, cells, _parse_number, np.float64, first_line)
         if name == "duration":
-            self._check_durations(numbers, text, empty)
+            self._check_durations(numbers, cells, empty)
         if name in FLOAT_COLUMNS:
             return numbers
-        dtype = INT_DTYPES.get(name, np.int32)
-        info = np.iinfo(dtype)
-        out = np.clip(np.nan_to_num(numbers, nan=info.min), info.min, info.max).astype(dtype)
+        info = np.iinfo(INT_DTYPES.get(name, np.int32))
+        out = np.clip(np.nan_to_num(numbers, nan=info.min), info.min, info.max).astype(info.dtype)
         out[np.isnan(numbers)] = info.min
         return out
 
-    def _floats(self, name: str, text: np.ndarray, empty: np.ndarray, first_line: int) -> np.ndarray:
-        text = text.copy()
-        text[empty] = "nan"
-        try:
-            return text.astype(np.float64)
-        except ValueError:
-            for at, cell in enumerate(text.tolist()):  # find the culprit (rare: the cast failed)
-                try:
-                    float(cell)
-                except ValueError:
-                    raise self._error(first_line + at, name, f"not a number: {cell!r}") from None
-            raise
-
-    def _check_durations(self, numbers: np.ndarray, text: np.ndarray, empty: np.ndarray) -> None:
+    def _check_durations(self, numbers: np.ndarray, cells: np.ndarray, empty: np.ndarray) -> None:
         """A duration given but not finite and positive (or over MAX_DURATION) turns an ok row
         into a skip row with the reason; the cell becomes empty (unknown)."""
-        bad = ~empty & ~((numbers > 0) & (numbers <= MAX_DURATION))  # NaN compares False
+        with np.errstate(invalid="ignore"):
+            bad = ~empty & ~((numbers > 0) & (numbers <= MAX_DURATION))  # NaN compares False
         if not bad.any():
             return
-        status = self.parts["status"][-1]
+        status, reasons = self.parts["status"][-1], self.parts["reason"][-1]
         ok = status == self._codes["status"].get("ok", -2)
-        reasons = self.parts["reason"][-1]
-        for value in np.unique(text[bad & ok]).tolist():
-            rows = bad & ok & (text == value)
-            reasons[rows] = self._code("reason", f"bad duration {value!r} (needs finite, > 0, <= 7 days)")
-            status[rows] = self._code("status", "skip")
+        for at in np.flatnonzero(bad & ok).tolist():  # few rows: said one by one
+            text = cells[at].decode("utf-8", "replace").strip()
+            reasons[at] = self._code("reason", f"bad duration {text!r} (needs finite, > 0, <= 7 days)")
+            status[at] = self._code("status", "skip")
         self.bad_durations += int((bad & ok).sum())
         numbers[bad] = np.nan
 
     def _code(self, name: str, value: str) -> int:
         lookup = self._codes[name]
-        code = lookup.setdefault(value, len(lookup))
-        self.categories[name][:] = list(lookup)
-        return code
+        if value not in lookup:
+            lookup[value] = len(lookup)
+            self.categories[name].append(value)
+        return lookup[value]
 
     def finish(self) -> Manifest:
         columns = {}
@@ -345,6 +340,26 @@ class _Builder:
             log.warning("%s: %d row(s) with a bad duration (NaN, inf, <= 0 or over 7 days) skipped",
                         self.source, self.bad_durations)
         return Manifest(columns, self.categories)
+
+
+def _parse_bool(text: str) -> int:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return 1
+    if lowered in ("false", "0", "no"):
+        return 0
+    if not text:
+        return -1
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _parse_number(text: str) -> float:
+    if not text:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
 
 
 def _empty_column(name: str) -> np.ndarray:
@@ -390,45 +405,107 @@ def read_manifest(path: str | Path, drop_missing: bool = False, check_files: str
         raise ManifestError(f"manifest not found: {path}")
     base = Path(os.path.abspath(path)).parent  # not resolve(): keep the user's symlinked folders
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: with or without a BOM
-            manifest = _read_csv(csv.reader(handle), str(path), base)
+        with open(path, "rb") as handle:
+            manifest, hashes = _read_csv(handle, str(path), base)
     except UnicodeDecodeError as err:
         raise ManifestError(f"{path}: not UTF-8 text ({err.reason}: byte 0x{err.object[err.start]:02x}); "
                             f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv`") from None
-    manifest = _drop_duplicates(manifest, path)
+    manifest = _drop_duplicates(manifest, hashes, path)
     return _check_files(manifest, path, check_files, drop_missing)
 
 
-def _read_csv(reader, source: str, base: Path) -> Manifest:
-    header = [name.strip() for name in next(reader, [])]
+def _read_csv(handle, source: str, base: Path) -> tuple[Manifest, np.ndarray]:
+    """Parse a binary file handle in chunks of whole lines."""
+    first = handle.readline().removeprefix(b"\xef\xbb\xbf")  # UTF-8 with or without a BOM
+    header = [name.strip() for name in next(csv.reader([first.decode("utf-8")]), [])]
     absent = [c for c in ("path", "status") if c not in header]
     if absent:
         raise ManifestError(f"{source}: missing column(s) {', '.join(absent)}; "
                             f"expected columns {','.join(COLUMNS)}")
     names = COLUMNS + (SHARD_COLUMNS if "shard" in header else ())
     where = {name: header.index(name) for name in names if name in header}
-    width = len(header)
     builder = _Builder(names, source, base)
-    while chunk := list(itertools.islice(reader, CHUNK_ROWS)):
-        if set(map(len, chunk)) != {width}:  # blank lines (skipped) or ragged rows (padded)
-            chunk = [row + [""] * (width - len(row)) for row in chunk if row]
-            if not chunk:
-                continue
-        columns = list(zip(*chunk))
-        blank = np.zeros(len(chunk), dtype=STRINGS)
-        builder.add({name: np.strings.strip(np.array(columns[where[name]], dtype=STRINGS))
-                     if name in where else blank for name in names})
-    return builder.finish()
+    while chunk := handle.read(CHUNK_BYTES):
+        chunk += handle.readline()  # whole lines
+        while chunk.count(b'"') % 2 and (more := handle.readline()):
+            chunk += more  # a quoted cell goes on in the next line
+        if not chunk.endswith(b"\n"):
+            chunk += b"\n"
+        chunk.decode("utf-8")  # raises UnicodeDecodeError on a file in another encoding
+        columns = _split(chunk, len(header))
+        if columns is None:
+            continue
+        blank = np.zeros(len(columns[0]), dtype="S1")
+        builder.add({name: columns[where[name]] if name in where else blank for name in names})
+    hashes = np.concatenate(builder.hashes) if builder.hashes else np.array([], dtype=np.int64)
+    return builder.finish(), hashes
 
 
-def _drop_duplicates(manifest: Manifest, source: Path) -> Manifest:
-    """First row of each path: a video listed twice would land in both training and validation."""
-    paths = manifest.columns["path"]
-    _, first = np.unique(paths, return_index=True)
-    if len(first) == len(manifest):
+def _split(chunk: bytes, width: int) -> list[np.ndarray] | None:
+    """The cells of whole CSV lines, one bytes array per column. Fast path (no quote, no blank
+    line, `width` cells on every line): separator positions found by numpy, cells gathered as
+    fixed-width bytes. Otherwise the csv module."""
+    buf = np.frombuffer(chunk, dtype=np.uint8)
+    if not (buf == ord('"')).any():
+        seps = np.flatnonzero((buf == ord(",")) | (buf == ord("\n")))
+        if len(seps) % width == 0:
+            ends = seps.reshape(-1, width)
+            if (buf[ends[:, -1]] == ord("\n")).all() and not (buf[ends[:, :-1]] == ord("\n")).any():
+                starts = np.empty_like(ends)
+                starts.reshape(-1)[0] = 0
+                starts.reshape(-1)[1:] = seps[:-1] + 1
+                ends = ends.copy()
+                ends[:, -1] -= buf[np.maximum(ends[:, -1] - 1, 0)] == ord("\r")  # CRLF line ends
+                return [_cells(buf, starts[:, j], ends[:, j]) for j in range(width)]
+    rows = [row + [""] * (width - len(row)) for row in csv.reader(io.StringIO(chunk.decode("utf-8"), newline=""))
+            if row]
+    return [_encoded(column) for column in zip(*rows)] if rows else None
+
+
+def _cells(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Bytes [start, end) of each cell as a fixed-width `S` array (numpy drops the zero padding);
+    at least 8 wide, so that `_distinct` can compare short cells as integers."""
+    lengths = ends - starts
+    size = max(8, int(lengths.max(initial=0)))
+    if size > 32:  # wide cells (paths): slicing the bytes costs less than a size-wide gather
+        data = buf.tobytes()
+        return np.array([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())], dtype=f"S{size}")
+    index = np.minimum(starts[:, None].astype(np.int32) + np.arange(size, dtype=np.int32), len(buf) - 1)
+    cells = buf[index]
+    cells[np.arange(size) >= lengths[:, None]] = 0
+    return cells.view(f"S{size}").reshape(-1)
+
+
+def _distinct(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.unique(cells, return_inverse=True), as integers when the cells are 8 bytes wide."""
+    if cells.dtype.itemsize == 8:
+        values, inverse = np.unique(cells.view(np.uint64), return_inverse=True)
+        return values.view("S8"), inverse.reshape(-1)
+    values, inverse = np.unique(cells, return_inverse=True)
+    return values, inverse.reshape(-1)
+
+
+def _encoded(cells) -> np.ndarray:
+    """Text cells as the `S` array `_Builder` takes."""
+    return np.array([cell.encode("utf-8") for cell in cells], dtype=bytes) if cells else np.zeros(0, dtype="S1")
+
+
+def _drop_duplicates(manifest: Manifest, hashes: np.ndarray, source: Path) -> Manifest:
+    """First row of each path: a video listed twice would land in both training and validation.
+    Rows whose path hashes collide are compared as text (few)."""
+    order = np.argsort(hashes, kind="stable")
+    same = hashes[order[1:]] == hashes[order[:-1]]
+    if not same.any():
         return manifest
-    keep = np.zeros(len(manifest), dtype=bool)
-    keep[first] = True
+    paths = manifest.columns["path"]
+    keep = np.ones(len(manifest), dtype=bool)
+    seen: set[str] = set()
+    for i in np.unique(np.concatenate([order[1:][same], order[:-1][same]])).tolist():  # in row order
+        path = str(paths[i])
+        keep[i] = path not in seen
+        seen.add(path)
+    if keep.all():
+        return manifest
     repeated = np.unique(paths[~keep]).tolist()
     log.warning("%s: %d duplicate row(s) removed (a path listed twice would be in both training and "
                 "validation; the first row of each is kept): %s%s", source, int((~keep).sum()),
