@@ -247,3 +247,17 @@ def test_shard_columns_round_trip(tmp_path):
     (shards / "shard-000000.tar").unlink()
     with pytest.raises(ManifestError, match="shard-000000.tar"):
         read_manifest(path)
+
+
+def test_cells_that_need_quotes_round_trip(tmp_path):
+    """Commas, quotes and line breaks in paths and labels (scan lists such file names)."""
+    names = ['a,b.mp4', 'say "hi".mp4', 'two\nlines.mp4', 'plain.mp4']
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    rows = [_row(tmp_path / name, duration=1.0, label=f"class, {i}") for i, name in enumerate(names)]
+    path = write_manifest(rows, tmp_path / "m.csv")
+    with open(path, newline="") as handle:
+        assert [line[0] for line in list(csv.reader(handle))[1:]] == names  # what the csv module reads
+    back = read_manifest(path)
+    assert [r["path"] for r in back] == [str(tmp_path / name) for name in names]
+    assert [r["label"] for r in back] == [f"class, {i}" for i in range(4)]

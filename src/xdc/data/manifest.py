@@ -16,6 +16,7 @@ cells, removes duplicate paths and checks that the files of `ok` rows exist (`ch
 from __future__ import annotations
 
 import csv
+import ctypes
 import io
 import logging
 import math
@@ -41,7 +42,10 @@ FLOAT_COLUMNS = ("duration", "fps")
 INT_COLUMNS = ("num_frames", "width", "height", "rotation", "audio_rate", "audio_channels", "offset", "size")
 BOOL_COLUMNS = ("has_audio", "audio_silent")
 CODED_COLUMNS = ("status", "reason", "video_codec", "label", "shard")  # few distinct values: int32 codes
-INT_DTYPES = {"offset": np.int64, "size": np.int64}  # the others fit int32
+# Narrow where the values allow (bytes per video count at 65M videos); other ints are int32.
+INT_DTYPES = {"offset": np.int64, "size": np.int64, "width": np.int16, "height": np.int16,
+              "rotation": np.int16, "audio_channels": np.int16}
+CODE_DTYPES = {"status": np.int8, "video_codec": np.int16}  # other coded columns: int32
 STRINGS = np.dtypes.StringDType()
 
 MAX_LISTED = 10  # missing paths named in an error before "... and N more"
@@ -188,14 +192,14 @@ class Manifest:
             builder.add({name: _encoded([_cell(row.get(name)) for row in part]) for name in names})
         return builder.finish()
 
-    def cells(self, name: str, base: str | None) -> list[str]:
-        """Column `name` as CSV cells; paths under `base` (a folder ending in a separator) are
-        written relative to it, others absolute."""
+    def cells(self, name: str, base: str | None) -> np.ndarray:
+        """Column `name` as CSV cells (numpy strings, quoted where CSV needs it); paths under
+        `base` (a folder ending in a separator) are written relative to it, others absolute."""
         values = self.columns[name]
-        if name in ("path", "shard"):
-            if name == "shard":  # few distinct shards: make their names relative, then index
-                names = np.array([_relative(c, base) for c in self.categories["shard"]] + [""], dtype=STRINGS)
-                return names[values].tolist()
+        if name == "shard":  # few distinct shards: make their names relative, then index
+            names = [_relative(c, base) for c in self.categories["shard"]]
+            return _quoted(np.array(names + [""], dtype=STRINGS))[values]
+        if name == "path":
             relative = ~np.strings.startswith(values, "/")
             if relative.any():  # paths given relative to the working directory
                 values = values.copy()
@@ -205,18 +209,30 @@ class Manifest:
                 if under.any():
                     values = values.copy()
                     values[under] = np.strings.slice(values[under], len(base), None)
-            return values.tolist()
+            return _quoted(values)
         if name in CODED_COLUMNS:
-            return np.array(list(self.categories[name]) + [""], dtype=STRINGS)[values].tolist()
+            return _quoted(np.array(list(self.categories[name]) + [""], dtype=STRINGS))[values]
         if name in BOOL_COLUMNS:
-            return np.where(values == 1, "true", np.where(values == 0, "false", "")).tolist()
+            return np.array(["false", "true", ""], dtype=STRINGS)[np.where(values < 0, 2, values)]
+        # Numbers: each distinct value formatted once (as Python writes it: repr, floats to 6 decimals).
+        distinct, inverse = np.unique(values, return_inverse=True)
         if name in FLOAT_COLUMNS:
-            text = np.round(values, 6).astype(STRINGS)
-            text[np.isnan(values)] = ""
-            return text.tolist()
-        text = values.astype(STRINGS)
-        text[values == _none_int(name)] = ""
-        return text.tolist()
+            text = ["" if math.isnan(v) else repr(round(v, 6)) for v in distinct.tolist()]
+        else:
+            text = ["" if v == _none_int(name) else str(v) for v in distinct.tolist()]
+        return np.array(text, dtype=STRINGS)[inverse.reshape(-1)]
+
+
+def _quoted(cells: np.ndarray) -> np.ndarray:
+    """Cells with a comma, quote or line break quoted as the csv module does (rare: in Python)."""
+    special = np.zeros(cells.shape, dtype=bool)
+    for char in (",", '"', "\n", "\r"):
+        special |= np.strings.find(cells, char) >= 0
+    if not special.any():
+        return cells
+    cells = cells.copy()
+    cells[special] = ['"' + cell.replace('"', '""') + '"' for cell in cells[special].tolist()]
+    return cells
 
 
 def _relative(path: str, base: str | None) -> str:
@@ -288,7 +304,8 @@ class _Builder:
             self.hashes.append(np.fromiter(map(hash, text.tolist()), dtype=np.int64, count=len(text)))
             return text
         if name in CODED_COLUMNS:
-            return self._map(name, cells, lambda text: self._code(name, text) if text else -1, np.int32, first_line)
+            return self._map(name, cells, lambda text: self._code(name, text) if text else -1,
+                             CODE_DTYPES.get(name, np.int32), first_line)
         if name in BOOL_COLUMNS:
             return self._map(name, cells, _parse_bool, np.int8, first_line)
         empty = np.strings.strip(cells) == b""
@@ -366,7 +383,7 @@ def _empty_column(name: str) -> np.ndarray:
     if name == "path":
         return np.array([], dtype=STRINGS)
     if name in CODED_COLUMNS:
-        return np.array([], dtype=np.int32)
+        return np.array([], dtype=CODE_DTYPES.get(name, np.int32))
     if name in BOOL_COLUMNS:
         return np.array([], dtype=np.int8)
     if name in FLOAT_COLUMNS:
@@ -411,6 +428,8 @@ def read_manifest(path: str | Path, drop_missing: bool = False, check_files: str
         raise ManifestError(f"{path}: not UTF-8 text ({err.reason}: byte 0x{err.object[err.start]:02x}); "
                             f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv`") from None
     manifest = _drop_duplicates(manifest, hashes, path)
+    del hashes
+    _release_free_memory()
     return _check_files(manifest, path, check_files, drop_missing)
 
 
@@ -490,6 +509,15 @@ def _encoded(cells) -> np.ndarray:
     return np.array([cell.encode("utf-8") for cell in cells], dtype=bytes) if cells else np.zeros(0, dtype="S1")
 
 
+def _release_free_memory() -> None:
+    """Give the parse's freed scratch memory back to the OS (glibc keeps freed heap pages
+    resident otherwise: at millions of rows, several times the manifest's own size)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def _drop_duplicates(manifest: Manifest, hashes: np.ndarray, source: Path) -> Manifest:
     """First row of each path: a video listed twice would land in both training and validation.
     Rows whose path hashes collide are compared as text (few)."""
@@ -560,11 +588,15 @@ def write_manifest(rows: Manifest | Iterable[dict[str, Any]], path: str | Path, 
                                          prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            writer = csv.writer(handle)
-            writer.writerow(manifest.column_names)
+            handle.write(",".join(manifest.column_names) + "\n")
             for start in range(0, len(manifest), CHUNK_ROWS):
                 part = manifest.take(slice(start, start + CHUNK_ROWS))
-                writer.writerows(zip(*(part.cells(name, base) for name in manifest.column_names)))
+                lines = None
+                for name in manifest.column_names:  # lines built column by column, in numpy
+                    cells = part.cells(name, base)
+                    lines = cells if lines is None else np.strings.add(np.strings.add(lines, ","), cells)
+                if lines is not None and len(lines):
+                    handle.write("\n".join(lines.tolist()) + "\n")
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
