@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.data.manifest import STRINGS, Manifest, read_manifest, usable_rows, write_manifest
+from xdc.data.manifest import STRINGS, Manifest, read_manifest, release_free_memory, usable_rows, write_manifest
 
 SCALES = {"kinetics_240k": 240_000, "audioset_2m": 2_000_000, "ig_kinetics_65m": 65_000_000}
 
@@ -81,8 +81,9 @@ def load_child(path: str) -> None:
     manifest = read_manifest(path, check_files="none")
     rows, dropped = usable_rows(manifest, require_audio=True)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    del manifest
+    del manifest  # as pretraining keeps only the usable rows (and releases the rest)
     gc.collect()
+    release_free_memory()
     after = rss_bytes()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"rows": len(rows), "seconds": seconds, "cpu_seconds": cpu, "rss_growth": after - before,

@@ -31,7 +31,8 @@ from xdc import clustering
 from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config,
                         save_config)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
-from xdc.data.manifest import ManifestError, describe_dropped, read_manifest, usable_rows, write_manifest
+from xdc.data.manifest import (ManifestError, describe_dropped, read_manifest, release_free_memory, usable_rows,
+                              write_manifest)
 from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
@@ -259,6 +260,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary."""
     # ============ set-up: device, run folder, data, method, model ============
     rows = as_manifest(rows)
+    release_free_memory()  # what reading and filtering the manifest freed: back to the OS
     device = dist_utils.init_distributed(cfg.device)
     run = RunFolder(run_dir)
     if dist_utils.is_main() and not resume:

@@ -429,7 +429,7 @@ def read_manifest(path: str | Path, drop_missing: bool = False, check_files: str
                             f"save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8.csv`") from None
     manifest = _drop_duplicates(manifest, hashes, path)
     del hashes
-    _release_free_memory()
+    release_free_memory()
     return _check_files(manifest, path, check_files, drop_missing)
 
 
@@ -475,23 +475,27 @@ def _split(chunk: bytes, width: int) -> list[np.ndarray] | None:
                 starts.reshape(-1)[1:] = seps[:-1] + 1
                 ends = ends.copy()
                 ends[:, -1] -= buf[np.maximum(ends[:, -1] - 1, 0)] == ord("\r")  # CRLF line ends
-                return [_cells(buf, starts[:, j], ends[:, j]) for j in range(width)]
+                padded = np.concatenate([buf, np.zeros(NARROW, dtype=np.uint8)])
+                return [_cells(padded, starts[:, j], ends[:, j]) for j in range(width)]
     rows = [row + [""] * (width - len(row)) for row in csv.reader(io.StringIO(chunk.decode("utf-8"), newline=""))
             if row]
     return [_encoded(column) for column in zip(*rows)] if rows else None
 
 
+NARROW = 32  # cells up to this many bytes are gathered by numpy, wider ones sliced
+
+
 def _cells(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Bytes [start, end) of each cell as a fixed-width `S` array (numpy drops the zero padding);
-    at least 8 wide, so that `_distinct` can compare short cells as integers."""
+    at least 8 wide, so that `_distinct` can compare short cells as integers. `buf` ends with
+    NARROW padding bytes."""
     lengths = ends - starts
     size = max(8, int(lengths.max(initial=0)))
-    if size > 32:  # wide cells (paths): slicing the bytes costs less than a size-wide gather
+    if size > NARROW:  # wide cells (paths): slicing the bytes costs less than a size-wide gather
         data = buf.tobytes()
         return np.array([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())], dtype=f"S{size}")
-    index = np.minimum(starts[:, None].astype(np.int32) + np.arange(size, dtype=np.int32), len(buf) - 1)
-    cells = buf[index]
-    cells[np.arange(size) >= lengths[:, None]] = 0
+    cells = np.lib.stride_tricks.sliding_window_view(buf, size)[starts]  # rows copied whole
+    cells *= np.arange(size, dtype=np.int32) < lengths[:, None]  # zero what follows the cell
     return cells.view(f"S{size}").reshape(-1)
 
 
@@ -509,7 +513,7 @@ def _encoded(cells) -> np.ndarray:
     return np.array([cell.encode("utf-8") for cell in cells], dtype=bytes) if cells else np.zeros(0, dtype="S1")
 
 
-def _release_free_memory() -> None:
+def release_free_memory() -> None:
     """Give the parse's freed scratch memory back to the OS (glibc keeps freed heap pages
     resident otherwise: at millions of rows, several times the manifest's own size)."""
     try:
