@@ -110,6 +110,12 @@ class Manifest:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return (self.row(i) for i in range(len(self)))
 
+    def __add__(self, other) -> list[dict[str, Any]]:  # as lists do: `rows + [row]` (small manifests)
+        return list(self) + list(other)
+
+    def __radd__(self, other) -> list[dict[str, Any]]:
+        return list(other) + list(self)
+
     def __repr__(self) -> str:
         return f"Manifest({len(self)} rows{', sharded' if self.has_shards else ''})"
 
