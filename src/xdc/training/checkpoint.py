@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
-                              f"holds objects that safe loading refuses ({first[:200]})") from err
+                              f"holds objects that safe loading (weights_only) refuses ({first[:200]})") from err
 
 
 def rng_state() -> dict[str, Any]:
