@@ -30,15 +30,6 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_items, world_size, dtype=np.int64)
 
 
-def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
-                        amp: bool = True) -> int:
-    """Reset the BatchNorm running statistics of `encoder` and recompute them on `batch[key]`.
-
-    See `recompute_batchnorms`, which does several encoders in one pass over the data.
-    """
-    return recompute_batchnorms({key: encoder}, loader, device, max_batches, amp)
-
-
 @torch.no_grad()
 def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_batches: int = 50,
                          amp: bool = True) -> int:
