@@ -2,7 +2,7 @@
 
     python benchmarks/kmeans.py --json out.json [--n 100000 --d 128 --k 128 --niter 20] [--threads 1]
 
-Features: a planted mixture of k Gaussian clusters, L2-normalised once (as `preprocess` does) so
+Features: a planted mixture of k Gaussian clusters, L2-normalised once (as `cluster_features` does) so
 all three see the same input. Each method: train centroids, then assign every point. Project and
 faiss train on a k × 256 subsample (faiss' rule); scikit-learn (n_init=1, same iterations, its
 default k-means++ start) trains on every point. The project starts faiss from greedy k-means++

@@ -1,7 +1,7 @@
 """k-means on faiss, DeepCluster style, kept apart from training.
 
 The tricks, each named where it is done:
-- PCA-whitening + L2 normalisation (`preprocess`): DeepCluster's feature conditioning; whitening
+- PCA-whitening + L2 normalisation (`fit_pca`, `apply_preprocessing`): DeepCluster's feature conditioning; whitening
   stops a few high-variance directions from deciding every cluster, L2 puts features on a sphere
   where Euclidean k-means compares angles.
 - k-means++ seeding on a small subsample (`kmeans_plus_plus`): faiss' default start (k random
