@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except XdcError as err:
-        print(f"xdc {name}: {err}", file=sys.stderr)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]  # one line, always
+        print(f"xdc {name}: {' / '.join(lines)}", file=sys.stderr)
         return USER_ERROR
 
 

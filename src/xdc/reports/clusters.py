@@ -93,7 +93,12 @@ def modality_report(clusters: np.ndarray, names: list[str | None], k: int) -> tu
 
 
 def _concepts(row: dict) -> str:
-    return ", ".join(f"{name}({share:.2f})" for name, share in row["top"])
+    return ", ".join(f"{_cell(name)}({share:.2f})" for name, share in row["top"])
+
+
+def _cell(text: str) -> str:
+    """A label as Markdown table cell text: `|` would end the cell and a newline the row."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) -> str:
@@ -220,7 +225,7 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         path = run.labels(iteration, modality)
         if not path.is_file():
             continue
-        clusters = np.load(path).astype(np.int64)
+        clusters = run.read_labels(iteration, modality)
         if len(clusters) != len(rows):
             raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
         k = num_clusters_of(run_dir, iteration, modality, clusters)

@@ -7,6 +7,7 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -26,6 +27,18 @@ from xdc.training import distributed as dist_utils
 class CheckpointError(XdcError, FileNotFoundError):
     """A checkpoint that is missing, or that cannot be read (truncated, not a checkpoint, or
     holding objects that weights_only loading refuses)."""
+
+
+class DiskFullError(XdcError):
+    """A write failed for want of space (or quota)."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or torch.save's zip writer failing: it turns the OS error into a RuntimeError
+    "... inline_container.cc ... file write failed" without the errno."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(err, RuntimeError) and "file write failed" in str(err)
 
 
 @contextmanager
@@ -69,10 +82,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
-                              f"holds objects that safe loading refuses ({first[:200]})") from err
+                              f"holds objects that safe loading refuses ({load_error_reason(err)})") from err
+
+
+def load_error_reason(err: BaseException) -> str:
+    """One line from torch.load's error: for a refused object the line naming it, not torch's advice
+    to load with weights_only=False (which would run the file's code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Weights only load failed"):
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        return f"refused by weights_only loading: {(named or [lines[-1]])[0][:200]}"
+    return lines[0][:200]
 
 
 def rng_state() -> dict[str, Any]:
