@@ -34,11 +34,14 @@ class DiskFullError(XdcError):
 
 
 def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC / EDQUOT, or torch.save's zip writer failing: it turns the OS error into a RuntimeError
-    "... inline_container.cc ... file write failed" without the errno."""
+    """ENOSPC / EDQUOT, or torch.save's zip writer failing on a short write: it raises a RuntimeError
+    "enforce fail at inline_container.cc ..." ("file write failed" to a path, "unexpected pos" to a
+    file handle) without the errno."""
     if isinstance(err, OSError):
         return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(err, RuntimeError) and "file write failed" in str(err)
+    text = str(err)
+    return isinstance(err, RuntimeError) and "inline_container.cc" in text and \
+        ("file write failed" in text or "unexpected pos" in text)
 
 
 @contextmanager
