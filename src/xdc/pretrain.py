@@ -38,8 +38,8 @@ from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
-from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, rank_rng_states,
-                                     restore_rank_rng, save_checkpoint, write_text_atomic)
+from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason,
+                                     rank_rng_states, restore_rank_rng, save_checkpoint, write_text_atomic)
 from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss
 from xdc.training.report import log_clusters, log_epoch, print_closing_summary, rank_digests, tensorboard_writer
 from xdc.training.run_folder import RunFolder, RunFolderError
@@ -168,9 +168,8 @@ def load_encoders(model: PretrainModel, state: dict, path: str | Path) -> None:
         model.video_encoder.load_state_dict(state["video_encoder"])
         model.audio_encoder.load_state_dict(state["audio_encoder"])
     except (KeyError, TypeError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
-                              f"{first}") from err
+                              f"{load_error_reason(err)}") from err
 
 
 def resume_state(run: RunFolder) -> dict:
@@ -321,7 +320,8 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
             if not is_disk_full(err):
                 raise
             kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
-                    f"`xdc pretrain --resume {run.root}`") if run.last.is_file() else "no checkpoint was written yet"
+                    f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
+                else "no checkpoint was written yet: free some space and start again"
             raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
                                 f"{kept}") from err
 
