@@ -306,6 +306,15 @@ def test_hostile_files_refused_at_every_entry_point(run_copy, tmp_path, capsys, 
     assert not marker.exists()
 
 
+def test_out_naming_a_file_in_other_commands(run_copy, tmp_path, capsys):
+    """Outside pretrain (whose RunFolder says it itself), an OSError the user fixes is one line."""
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    rc, err = cli(capsys, "clusters", run_copy.root, "-o", target, "--no-media")
+    line = assert_user_error(rc, err, "clusters", "File exists", str(target))
+    assert err.strip() == line
+
+
 def test_markdown_cluster_table_escapes_labels():
     from xdc.reports.clusters import markdown_table
 
