@@ -219,6 +219,27 @@ def test_two_runs_at_once_then_kill_during_a_save_then_resume(tmp_path, capsys, 
     assert load_checkpoint(run.last)["iteration"] == 1
 
 
+@pytest.mark.slow
+def test_torchrun_into_a_held_folder_stops_every_rank(tmp_path, av_manifest):
+    """Only rank 0 takes the lock; when it cannot, every rank stops (none waits at a barrier)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = RunFolder(tmp_path / "run")
+    with run.locked():
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "xdc.pretrain",
+                               "--config", TINY, "--data", str(av_manifest), "--out", str(run.root), *SMALL],
+                              env={**subprocess_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode != 0
+    assert f"xdc pretrain: run folder {run.root} in use by PID {os.getpid()}" in done.stderr
+    assert f"xdc pretrain: rank 0 could not take the run folder {run.root}" in done.stderr
+    assert not run.config.exists()
+
+
 # ------------------------------------------------------------------------------ a finished run to damage
 
 @pytest.fixture(scope="module")
@@ -295,7 +316,10 @@ def test_hostile_files_refused_at_every_entry_point(run_copy, tmp_path, capsys, 
         shutil.copy(evil, path)
     rc, err = cli(capsys, "pretrain", "--resume", run_copy.root)
     assert_user_error(rc, err, "pretrain", "last.pt")
-    # xdc clusters: a pickled object array and random bytes as labels.
+    # xdc clusters: a damaged summary.json, then a pickled object array and random bytes as labels.
+    run_copy.summary.write_text('{"iterations": [')
+    rc, err = cli(capsys, "clusters", run_copy.root, "-o", tmp_path / "report", "--no-media")
+    assert_user_error(rc, err, "clusters", str(run_copy.summary))
     labels = run_copy.labels(1, "video")
     np.save(labels, np.array([Hostile(marker)] * 8, dtype=object), allow_pickle=True)
     rc, err = cli(capsys, "clusters", run_copy.root, "-o", tmp_path / "report", "--no-media")

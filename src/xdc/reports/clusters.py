@@ -68,7 +68,11 @@ def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.n
     """k from summary.json (it counts empty clusters too), else one past the largest id."""
     summary = RunFolder(run_dir).summary
     if summary.is_file():
-        for record in json.loads(summary.read_text()).get("iterations", []):
+        try:
+            records = json.loads(summary.read_text()).get("iterations", [])
+        except (ValueError, AttributeError) as err:
+            raise ReportError(f"cannot read {summary}: {err} (not a summary written by xdc pretrain)") from err
+        for record in records:
             if record.get("iteration") == iteration and modality in record:
                 return int(record[modality]["num_clusters"])
     return int(clusters.max()) + 1
