@@ -76,7 +76,8 @@ def make_bad_files(folder: Path, good: Path) -> dict[str, Path]:
     files["newline"].write_bytes(data)
     # A header claiming 16000×16000 (the avc1 sample entry's width and height fields).
     huge = bytearray(data)
-    at = huge.find(b"avc1")
+    at = huge.find(b"avc1", huge.find(b"stsd"))  # the sample entry, not the ftyp brand
+    assert at > 0
     huge[at + 28:at + 32] = (16000).to_bytes(2, "big") * 2
     files["huge_header"].write_bytes(bytes(huge))
     files["hls"].write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nsegment0.ts\n#EXT-X-ENDLIST\n")
