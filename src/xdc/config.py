@@ -187,9 +187,6 @@ class ConfigError(XdcError, ValueError):
     """A config value is missing, mistyped or out of range."""
 
 
-MIN_WINDOW_SAMPLES = 16  # the shortest STFT window (data.win_ms at data.sample_rate) accepted
-
-
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"config value {key}={value!r} is out of range: expected {expected}")
@@ -200,7 +197,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
     for key in ("fps", "win_ms", "hop_ms"):
         _check(getattr(cfg, key) > 0, f"{prefix}.{key}", getattr(cfg, key), "> 0")
-    from xdc.data.audio import stft_sizes  # the log-mel owns its STFT sizes; imported late (torch)
+    from xdc.data.audio import MIN_WINDOW_SAMPLES, stft_sizes  # the log-mel's own; imported late (torch)
 
     # A window of a few samples, or fewer frequency bins than mel bands, gives a constant log-mel.
     samples = cfg.sample_rate * cfg.win_ms / 1000

@@ -18,6 +18,7 @@ from torch import nn
 from xdc.config import DataConfig
 
 LOG_EPS = 1e-6  # floor added before the log: digital silence gives log(1e-6), not -inf
+MIN_WINDOW_SAMPLES = 16  # config validation: a shorter STFT window gives a near-constant log-mel
 
 
 def hz_to_mel(freq, scale: str = "htk"):

@@ -20,7 +20,8 @@ _ITERATION_CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
 
 
 class RunFolderError(XdcError):
-    """The run folder cannot be used: another process holds it, or the path is not a folder."""
+    """The run folder cannot be used: another process holds it, the path is not a folder, or a
+    file in it cannot be read (pseudo-labels)."""
 
 
 @dataclass(frozen=True)
