@@ -4,9 +4,12 @@ stderr with exit code 2, never a traceback."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,7 +127,6 @@ def test_scan_then_pretrain_over_real_and_bad_files(tmp_path, capsys, clip_facto
                           "pretraining", strict=False)
 def test_dangling_symlink_row_does_not_stop_pretraining(tmp_path, av_manifest):
     from xdc.pretrain import setup
-    import argparse
 
     link = tmp_path / "gone.mp4"
     link.symlink_to(tmp_path / "nowhere.mp4")
@@ -223,8 +225,6 @@ def test_two_runs_at_once_then_kill_during_a_save_then_resume(tmp_path, capsys, 
 @pytest.mark.slow
 def test_torchrun_into_a_held_folder_stops_every_rank(tmp_path, av_manifest):
     """Only rank 0 takes the lock; when it cannot, every rank stops (none waits at a barrier)."""
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -275,8 +275,6 @@ def test_unreadable_last_falls_back_to_the_newest_readable_iteration(run_copy, c
     assert "cannot read checkpoint" in err and "resuming from iteration_00.pt" in err
     last = load_checkpoint(run_copy.last)
     assert last["iteration"] == 2 and load_checkpoint(run_copy.iteration_checkpoint(1))["iteration"] == 1
-    import json
-
     summary = json.loads(run_copy.summary.read_text())["iterations"]
     assert [r["iteration"] for r in summary] == [0, 1]
     assert summary[0] == json.loads(before["summary"])[0]  # iteration 0's record kept as it was
