@@ -366,6 +366,13 @@ def test_settings_refused_before_any_work(tmp_path, capsys, av_manifest, overrid
     assert err.strip() == line and not out.exists()
 
 
+def test_a_bad_override_is_blamed_on_the_override(capsys, av_manifest, tmp_path):
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", av_manifest, "--out", tmp_path / "r",
+                  "optim.lr=abc")
+    line = assert_user_error(rc, err, "pretrain", "bad config (override optim.lr=abc)")
+    assert "tiny_cpu" not in line
+
+
 def test_pca_limit_follows_the_features_clustered():
     from xdc.clustering.handcrafted import audio_descriptor, descriptor_sizes, video_descriptor
     from xdc.config import ConfigError, load_config, smallest_feature_size

@@ -361,7 +361,10 @@ def load_config(path: str | Path | Traversable | list | None = None,
                                             tree.get("finetune", {}))
         merged = OmegaConf.merge(OmegaConf.structured(schema), tree)
     except Exception as err:  # OmegaConf names the bad key and the expected type
-        names = ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
+        # Blame the override that set the bad key, not the YAML file(s) it was merged onto.
+        given = [o for o in overrides or [] if o.split("=", 1)[0] == getattr(err, "full_key", None)]
+        names = f"override {given[-1]}" if given else \
+            ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
         where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
         raise ConfigError(f"bad config ({names}): {str(err).splitlines()[0]}{where}") from err
     cfg = OmegaConf.to_object(merged)
