@@ -280,6 +280,15 @@ def test_unreadable_last_falls_back_to_the_newest_readable_iteration(run_copy, c
     assert summary[0] == json.loads(before["summary"])[0]  # iteration 0's record kept as it was
 
 
+def test_last_without_what_resuming_reads_falls_back(run_copy, capsys):
+    """A last.pt that loads safely but is no pretraining checkpoint counts as unreadable."""
+    torch.save({"video_encoder": {}, "audio_encoder": {}}, run_copy.last)
+    rc, err = cli(capsys, "pretrain", "--resume", run_copy.root)
+    assert rc == 0, err
+    assert "is not a pretraining checkpoint: it has no iteration, epoch, rng, summary" in err
+    assert "resuming from iteration_01.pt" in err  # iteration 2 of 2: the run is complete
+
+
 def test_no_readable_checkpoint_is_one_line(run_copy, capsys):
     for path in [run_copy.last, *run_copy.checkpoints.glob("iteration_*.pt")]:
         path.write_bytes(b"PK\x03\x04 not really")

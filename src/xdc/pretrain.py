@@ -167,9 +167,24 @@ def load_encoders(model: PretrainModel, state: dict, path: str | Path) -> None:
     try:
         model.video_encoder.load_state_dict(state["video_encoder"])
         model.audio_encoder.load_state_dict(state["audio_encoder"])
-    except (KeyError, TypeError, RuntimeError) as err:
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
         raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
                               f"{load_error_reason(err)}") from err
+
+
+# What a checkpoint must hold to resume from it (docs/DESIGN.md, Checkpoint); mid-iteration, more.
+RESUME_KEYS = ("video_encoder", "audio_encoder", "iteration", "epoch", "rng", "summary")
+MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "scheduler", "early_stop")
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """A checkpoint that loads safely and holds what resuming reads (CheckpointError otherwise)."""
+    state = load_checkpoint(path)
+    needed = RESUME_KEYS + (MID_ITERATION_KEYS if isinstance(state, dict) and "labels" in state else ())
+    missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a pretraining checkpoint: it has no {', '.join(missing)}")
+    return state
 
 
 def resume_state(run: RunFolder) -> dict:
@@ -178,12 +193,12 @@ def resume_state(run: RunFolder) -> dict:
     iteration NN's training has ended: its encoders, summary, random state; no labels), said on
     stderr."""
     try:
-        return load_checkpoint(run.last)
+        return load_resume_checkpoint(run.last)
     except CheckpointError as err:
         problem = err
     for iteration, path in run.iteration_checkpoints():
         try:
-            state = load_checkpoint(path)
+            state = load_resume_checkpoint(path)
         except CheckpointError:
             continue
         if dist_utils.is_main():
