@@ -7,19 +7,18 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 
 from __future__ import annotations
 
-import os
+import errno
 import pickle
 import random
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from xdc.errors import XdcError
+from xdc.files import atomic_file
 from xdc.training import distributed as dist_utils
 
 
@@ -28,29 +27,19 @@ class CheckpointError(XdcError, FileNotFoundError):
     holding objects that weights_only loading refuses)."""
 
 
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary handle on a temp file in `path`'s folder, renamed over `path` when the block ends
-    without error: a reader (or a run killed mid-write) sees the old file or the new one, never
-    half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class DiskFullError(XdcError):
+    """A write failed for want of space (or quota)."""
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_file(path) as handle:
-        handle.write(text.encode("utf-8"))
-    return Path(path)
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or torch.save's zip writer failing on a short write: it raises a RuntimeError
+    "enforce fail at inline_container.cc ..." ("file write failed" to a path, "unexpected pos" to a
+    file handle) without the errno."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return isinstance(err, RuntimeError) and "inline_container.cc" in text and \
+        ("file write failed" in text or "unexpected pos" in text)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -69,10 +58,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
-                              f"holds objects that safe loading refuses ({first[:200]})") from err
+                              f"holds objects that safe loading (weights_only) refuses ({load_error_reason(err)})") from err
+
+
+def load_error_reason(err: BaseException) -> str:
+    """One line from torch.load's error: for a refused object the line naming it, not torch's advice
+    to load with weights_only=False (which would run the file's code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Weights only load failed"):
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        return f"refused by weights_only loading: {(named or [lines[-1]])[0][:200]}"
+    return lines[0][:200]
 
 
 def rng_state() -> dict[str, Any]:
