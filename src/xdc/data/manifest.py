@@ -231,6 +231,9 @@ class Manifest:
 
 def _quoted(cells: np.ndarray) -> np.ndarray:
     """Cells with a comma, quote or line break quoted as the csv module does (rare: in Python)."""
+    joined = "".join(cells.tolist())  # one C scan first: almost every column needs no quotes
+    if not any(char in joined for char in (",", '"', "\n", "\r")):
+        return cells
     special = np.zeros(cells.shape, dtype=bool)
     for char in (",", '"', "\n", "\r"):
         special |= np.strings.find(cells, char) >= 0
