@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from xdc.config import load_config
-from xdc.data.datasets import AudioVideoClips, EpochSampler, collate_clips
+from xdc.data.datasets import AudioVideoClips, EpochSampler, collate_clips, resolve_num_workers
 from xdc.data.manifest import read_manifest, usable_rows
 from xdc.data.synthetic import generate
 from xdc.methods import get_method
@@ -43,7 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--arch", default="r2plus1d_18")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up steps)")
-    p.add_argument("--num-workers", type=int, default=1)
+    p.add_argument("--num-workers", default="1", help="DataLoader workers: an int, or auto (data.num_workers)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--json", type=Path, help="write the figures here")
@@ -92,7 +92,7 @@ def measure(cfg, rows: list[dict], device: torch.device, args) -> dict:
         sampler = EpochSampler(len(dataset), epoch_size=epoch_size, seed=0)
         sampler.set_epoch(epoch)
         return DataLoader(dataset, sampler=sampler, batch_size=cfg.optim.batch_size,
-                          collate_fn=collate_clips, num_workers=cfg.data.num_workers,
+                          collate_fn=collate_clips, num_workers=resolve_num_workers(cfg.data.num_workers),
                           pin_memory=device.type == "cuda")
 
     def timed(batches) -> tuple[float, dict]:
