@@ -261,3 +261,18 @@ def test_cells_that_need_quotes_round_trip(tmp_path):
     back = read_manifest(path)
     assert [r["path"] for r in back] == [str(tmp_path / name) for name in names]
     assert [r["label"] for r in back] == [f"class, {i}" for i in range(4)]
+
+
+def test_all_rows_unusable_says_why(tmp_path, capsys):
+    """Issue 10: not "k_video=3 is more than the 0 usable videos" but why the rows went."""
+    from xdc.cli import main as xdc_main
+
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.mp4").write_bytes(b"x")
+    lines = [_line("a.mp4", status="skip", reason="cannot open"), _line("b.mp4", duration="nan"),
+             _line("c.mp4", status="skip", reason="cannot open")]
+    manifest = _csv(tmp_path / "m.csv", lines)
+    assert xdc_main(["pretrain", "--config", "tiny_cpu", "--data", str(manifest), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "0 usable video(s) of 3" in err and "2 skip: cannot open" in err and "bad duration 'nan'" in err
+    assert len(err.strip().splitlines()) == 1
