@@ -49,7 +49,7 @@ DESCRIPTORS = {"video": video_descriptor, "audio": audio_descriptor}
 
 
 def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=("video", "audio"),
-                         indices: np.ndarray | None = None) -> Features:
+                         indices: np.ndarray | None = None, key: str | None = None) -> Features:
     """Hand-crafted descriptors of every item the loader yields (eval or train mode batches:
     both carry the clip axis)."""
     unknown = set(keys) - set(DESCRIPTORS)
@@ -57,4 +57,4 @@ def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=("vid
         raise ValueError(f"no hand-crafted descriptor for {sorted(unknown)}; known: {sorted(DESCRIPTORS)}")
     with torch.no_grad():
         return run_extraction({key: DESCRIPTORS[key] for key in keys}, loader, num_items, out_dir,
-                              indices, desc="hand-crafted features")
+                              indices, desc="hand-crafted features", key=key)
