@@ -163,6 +163,29 @@ def test_killed_worker_comes_back_by_itself_and_resumes(av_manifest, reference_r
         np.testing.assert_array_equal(final_labels(out)[modality], labels)
 
 
+@pytest.mark.slow
+def test_a_two_rank_run_resumes_on_one(reference_run, tmp_path, capsys):
+    import shutil
+
+    from xdc.cli import main as xdc_main
+
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    # Back to the end of iteration 1's first epoch, as a crash there would leave last.pt.
+    state = torch.load(out / "checkpoints" / "iteration_01.pt", weights_only=True)
+    torch.save(state | {"epoch": 1}, out / "checkpoints" / "last.pt")
+    assert xdc_main(["pretrain", "--resume", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "1 rank(s) × batch 2 = global batch 2" in printed.out
+    assert "checkpoint was written by 2 rank(s)" in printed.err
+    assert "at iteration 1, epoch 1" in printed.out and "iteration 1 epoch 2/2" in printed.out
+    # The schedule went on from the epochs done: at the end of epoch 2 (warmup 1, step 1,
+    # gamma 0.01) the lr is 0.01 × 0.01, on 8 steps an epoch here where the 2 ranks took 4.
+    final = torch.load(out / "checkpoints" / "iteration_01.pt", weights_only=True)
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert final["global_step"] == state["global_step"] + 8
+
+
 def main(out: Path) -> int:
     """benchmarks/elastic_check.sh: (b) outside pytest, on the tests' 8 generated clips."""
     from conftest import make_av_manifest  # this folder is on sys.path when run as a script

@@ -30,12 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
-import yaml
-
 from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, dotlist, load_config,
                         save_config)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
@@ -80,9 +79,7 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         run = RunFolder(args.resume)
         if not run.config.is_file():  # a run killed before its first checkpoint restarts from scratch
             raise RunError(f"nothing to resume: {run.config} not found")
-        cfg = load_config(run.config)
-        dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)
-        return cfg, read_manifest(run.rows), run.root
+        return load_config(run.config), read_manifest(run.rows), run.root
     if args.data is None or args.out is None:
         raise RunError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
@@ -99,7 +96,10 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
 
 
 def rows_digest(rows: list[dict]) -> str:
-    return hashlib.sha1(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    digest = hashlib.sha1()
+    for row in rows:  # row by row: millions of rows never become one string
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 def same_run(run: RunFolder, cfg: PretrainConfig, rows: list[dict]) -> bool:
