@@ -205,16 +205,16 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
             raise ValueError(f"loader yielded item {int(bad[0])}, which is not among this rank's "
                              f"{len(indices)} items (of {num_items})")
         rows = row_of[index]
-        for key, fn in feature_fns.items():
-            values = fn(batch[key]).float().cpu().numpy()
+        for name, fn in feature_fns.items():
+            values = fn(batch[name]).float().cpu().numpy()
             if np.isnan(values).any():
-                raise ValueError(f"{key} features of items {index.tolist()} are NaN (diverged encoder?)")
+                raise ValueError(f"{name} features of items {index.tolist()} are NaN (diverged encoder?)")
             values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)  # keep huge values finite in float16
-            if key not in arrays:
-                arrays[key] = np.lib.format.open_memmap(
-                    out_dir / f"{key}{suffix}.f16.npy", mode="w+", dtype=np.float16,
+            if name not in arrays:
+                arrays[name] = np.lib.format.open_memmap(
+                    out_dir / f"{name}{suffix}.f16.npy", mode="w+", dtype=np.float16,
                     shape=(len(indices), values.shape[1]))
-            arrays[key][rows] = values.astype(np.float16)
+            arrays[name][rows] = values.astype(np.float16)
         present[rows] = True
         if key is not None and time.monotonic() - saved >= save_every_s:
             save_present()
