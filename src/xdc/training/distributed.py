@@ -7,6 +7,7 @@ are set; launched as a plain process everything here degrades to a single rank.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 
 import numpy as np
@@ -25,11 +26,24 @@ def init_distributed(device: str = "auto", timeout_minutes: float | None = None)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+        warn_shared_store()
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def warn_shared_store() -> None:
+    """torchrun on several nodes with --max-restarts and the agents' shared store: after a failure
+    the agents count restarts differently and the relaunched ranks read the dead ranks' addresses
+    (pytorch/pytorch#135712). Said once, by rank 0."""
+    env = os.environ
+    if (env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
+            and int(env.get("GROUP_WORLD_SIZE", 1)) > 1 and rank() == 0):
+        print("warning: torchrun --max-restarts over several nodes needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+              "where torchrun starts, or a restart may fail to connect (docs/SCALE_DISTRIBUTED.md)",
+              file=sys.stderr, flush=True)
 
 
 def is_distributed() -> bool:
