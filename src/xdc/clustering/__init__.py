@@ -16,8 +16,8 @@ from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accura
 
 __all__ = [
     "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "cluster_stats", "extract_features",
-    "extracted", "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity", "preprocess",
-    "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
+    "extracted", "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity",
+    "preprocess", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",
 ]
