@@ -280,7 +280,8 @@ def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_
     multi = dist.world_size() > 1
 
     # 1. The training sample: drawn from the global item list, so it does not depend on sharding.
-    all_indices = np.sort(np.concatenate(dist.all_gather_arrays(local_indices)))
+    rank_indices = dist.all_gather_arrays(local_indices)  # kept for step 4
+    all_indices = np.sort(np.concatenate(rank_indices))
     if len(np.unique(all_indices)) != len(all_indices):
         raise ValueError("an item index is held by more than one row/rank")
     _check_k(k, len(all_indices))
@@ -322,10 +323,11 @@ def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_
                                                           distributed=multi)
         sizes = _global_sizes(local_labels, k, multi)
 
-    # 4. All-gather (index, label) pairs into the full label array.
+    # 4. All-gather the labels (int32: 4 bytes a video) into the full array; every rank holds
+    # every rank's indices since step 1.
     labels = np.full(num_items, -1, np.int64)
-    for pairs in dist.all_gather_arrays(np.stack([local_indices, local_labels], axis=1)):
-        labels[pairs[:, 0]] = pairs[:, 1]
+    for indices, values in zip(rank_indices, dist.all_gather_arrays(local_labels.astype(np.int32))):
+        labels[indices] = values
     return ClusterResult(labels, centroids, empty, sizes.astype(np.int64), objective)
 
 
