@@ -1,13 +1,11 @@
 """Clustering kept apart from training: features, faiss k-means (DeepCluster tricks), metrics."""
 
-from .features import Features, extract_features, extracted, recompute_batchnorm, recompute_batchnorms, shard_indices
+from .features import Features, extract_features, extracted, recompute_batchnorms, shard_indices
 from .handcrafted import handcrafted_features
 from .kmeans import (
     ClusterResult,
     cluster_features,
-    kmeans,
     l2_normalise,
-    preprocess,
     random_labels,
     reassign_empty_clusters,
     uniform_over_clusters_weights,
@@ -16,8 +14,8 @@ from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accura
 
 __all__ = [
     "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "cluster_stats", "extract_features",
-    "extracted", "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity",
-    "preprocess", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
+    "extracted", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi", "per_cluster_purity",
+    "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",
 ]

@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from xdc.files import atomic_file, write_text_atomic
 from xdc.models import autocast, encode, flat_clips, to_device
 from xdc.training import distributed as dist
-from xdc.training.checkpoint import atomic_file, write_text_atomic
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
@@ -37,15 +37,6 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
     return np.arange(rank, num_items, world_size, dtype=np.int64)
-
-
-def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
-                        amp: bool = True) -> int:
-    """Reset the BatchNorm running statistics of `encoder` and recompute them on `batch[key]`.
-
-    See `recompute_batchnorms`, which does several encoders in one pass over the data.
-    """
-    return recompute_batchnorms({key: encoder}, loader, device, max_batches, amp)
 
 
 @torch.no_grad()
