@@ -1,6 +1,6 @@
 """Clustering kept apart from training: features, faiss k-means (DeepCluster tricks), metrics."""
 
-from .features import Features, extract_features, extracted, recompute_batchnorms, shard_indices
+from .features import Features, NoFeaturesError, extract_features, extracted, recompute_batchnorms, shard_indices
 from .handcrafted import handcrafted_features
 from .kmeans import (
     ClusterResult,
@@ -13,9 +13,9 @@ from .kmeans import (
 from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accuracy, nmi, per_cluster_purity, purity
 
 __all__ = [
-    "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "cluster_stats", "extract_features",
-    "extracted", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi", "per_cluster_purity",
-    "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
+    "ClusterResult", "Features", "NoFeaturesError", "ari", "cluster_features", "cluster_sizes_summary",
+    "cluster_stats", "extract_features", "extracted", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi",
+    "per_cluster_purity", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",
 ]

@@ -68,7 +68,11 @@ def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.n
     """k from summary.json (it counts empty clusters too), else one past the largest id."""
     summary = RunFolder(run_dir).summary
     if summary.is_file():
-        for record in json.loads(summary.read_text()).get("iterations", []):
+        try:
+            records = json.loads(summary.read_text()).get("iterations", [])
+        except (ValueError, AttributeError) as err:
+            raise ReportError(f"cannot read {summary}: {err} (not a summary written by xdc pretrain)") from err
+        for record in records:
             if record.get("iteration") == iteration and modality in record:
                 return int(record[modality]["num_clusters"])
     return int(clusters.max()) + 1
@@ -93,7 +97,12 @@ def modality_report(clusters: np.ndarray, names: list[str | None], k: int) -> tu
 
 
 def _concepts(row: dict) -> str:
-    return ", ".join(f"{name}({share:.2f})" for name, share in row["top"])
+    return ", ".join(f"{_cell(name)}({share:.2f})" for name, share in row["top"])
+
+
+def _cell(text: str) -> str:
+    """A label as Markdown table cell text: `|` would end the cell and a newline the row."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) -> str:
@@ -220,7 +229,7 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         path = run.labels(iteration, modality)
         if not path.is_file():
             continue
-        clusters = np.load(path).astype(np.int64)
+        clusters = run.read_labels(iteration, modality)
         if len(clusters) != len(rows):
             raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
         k = num_clusters_of(run_dir, iteration, modality, clusters)

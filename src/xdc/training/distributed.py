@@ -14,6 +14,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from xdc.errors import XdcError
+
+
+class DeviceError(XdcError):
+    """The device asked for is not on this machine."""
+
 
 def init_distributed(device: str = "auto", timeout_minutes: float | None = None) -> torch.device:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); pick the device.
@@ -22,7 +28,8 @@ def init_distributed(device: str = "auto", timeout_minutes: float | None = None)
     when None); at scale rank 0 fits PCA and k-means while the others wait in a broadcast."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but CUDA is not available")
+        raise DeviceError("device=cuda was asked for, but CUDA is not available on this machine: "
+                          "use device=cpu (or device=auto)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
