@@ -101,7 +101,8 @@ def measure_manifest(n: int, folder: Path) -> dict:
     out = subprocess.run([sys.executable, __file__, "--load-child", str(path)], check=True,
                          capture_output=True, text=True)
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"videos": n, "csv_bytes": size, "write_s": write_s, "load_s": loaded["seconds"], "load_cpu_s": loaded["cpu_seconds"],
+    return {"videos": n, "csv_bytes": size, "write_s": write_s, "load_s": loaded["seconds"],
+            "load_cpu_s": loaded["cpu_seconds"],
             "usable_videos": loaded["rows"], "rss_growth": loaded["rss_growth"], "peak_growth": loaded["peak_growth"]}
 
 

@@ -166,7 +166,8 @@ def test_bad_durations_become_skip_rows(tmp_path, caplog):
         (tmp_path / f"{name}.mp4").write_bytes(b"x")
     lines = [_line("nan.mp4", duration="nan"), _line("neg.mp4", duration="-3"), _line("inf.mp4", duration="inf"),
              _line("huge.mp4", duration="1e12"), _line("zero.mp4", duration="0"), _line("fine.mp4", duration="2.5"),
-             _line("unknown.mp4", duration=""), _line("skipped.mp4", status="skip", reason="zero bytes", duration="nan")]
+             _line("unknown.mp4", duration=""),
+             _line("skipped.mp4", status="skip", reason="zero bytes", duration="nan")]
     with caplog.at_level(logging.WARNING):
         rows = read_manifest(_csv(tmp_path / "m.csv", lines))
     by_name = {r["path"].rsplit("/", 1)[1][:-4]: r for r in rows}
