@@ -1,7 +1,9 @@
 """The manifest: one CSV row per media file, the input of every command after `xdc scan`.
 
-Rows are plain dicts keyed by `COLUMNS`. On disk, `None` is an empty cell and booleans are
-`true`/`false`; `read_manifest` turns cells back into floats/ints/bools and resolves relative
+Rows are plain dicts keyed by `COLUMNS`. `id` names a video whatever file holds it (`xdc scan`
+writes its path relative to the scanned folder; `xdc prepare` carries it to the copies), so
+labels of the originals match rows of prepared copies. On disk, `None` is an empty cell and
+booleans are `true`/`false`; `read_manifest` turns cells back into floats/ints/bools and resolves relative
 paths against the manifest's folder, so a manifest can travel with its videos.
 """
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width", "height",
            "rotation", "video_codec", "has_audio", "audio_rate", "audio_channels", "audio_silent",
-           "label")
+           "label", "id")
 
 FLOAT_COLUMNS = ("duration", "fps")
 INT_COLUMNS = ("num_frames", "width", "height", "rotation", "audio_rate", "audio_channels")

@@ -302,7 +302,8 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
     seconds = time.perf_counter() - started
 
     prepared = iter(results)
-    new_rows = [next(prepared)[0] if row["status"] == "ok" else row for row in rows]
+    # A copy keeps its source's id: labels of the originals match it (manifest column `id`).
+    new_rows = [{**next(prepared)[0], "id": row.get("id")} if row["status"] == "ok" else row for row in rows]
     write_manifest(new_rows, new_manifest)
     outcomes = Counter(outcome for _, outcome in results)
     return {"manifest": str(new_manifest), "files": len(jobs), "seconds": seconds,

@@ -273,7 +273,18 @@ def scan_with_counts(paths: Iterable[str | Path], workers: int = 1, labels_from_
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             rows = list(tqdm(pool.map(_probe_job, jobs, chunksize=4), **bar))
+    for row, file_id in zip(rows, file_ids(files)):
+        row["id"] = file_id
     return rows, ignored
+
+
+def file_ids(files: list[Path]) -> list[str]:
+    """Each file's path relative to the folder that holds them all (`a/x.mp4`): what names a video
+    whatever copy of the tree is scanned or prepared later (manifest column `id`)."""
+    if not files:
+        return []
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return [f.relative_to(root).as_posix() for f in files]
 
 
 def summarize(rows: list[dict[str, Any]], ignored: int = 0) -> str:
