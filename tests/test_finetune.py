@@ -207,9 +207,9 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
     assert code == 0
     results = _results(out)
     assert (results["arch"], results["width"], results["checkpoint"]) == ("r3d_18", 4, str(ckpt))
-    # The same checkpoint into an encoder of another width fails loudly, naming keys.
+    # The same checkpoint into an encoder of another width fails loudly, naming the width.
     from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict
-    with pytest.raises(WeightsError, match="shape mismatches"):
+    with pytest.raises(WeightsError, match="holds a width-4 encoder"):
         load_strict(video_encoder("r3d_18", 8), read_state_dict(ckpt))
 
 
