@@ -39,7 +39,8 @@ from xdc.training import distributed as dist_utils
 from xdc.training.checkpoint import (load_checkpoint, rank_rng_states, restore_rank_rng, save_checkpoint,
                                      write_text_atomic)
 from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss
-from xdc.training.report import log_clusters, log_epoch, print_closing_summary, rank_digests, tensorboard_writer
+from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
+                                 rank_digests, tensorboard_writer)
 from xdc.training.run_folder import RunFolder
 from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
 
@@ -250,6 +251,7 @@ def save_labels(run: RunFolder, iteration: int, method: Method, labels: dict[str
 
 # ------------------------------------------------------------------------------------- the loop
 
+@logged_run  # RUN_DIR/log.txt
 def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool = False) -> dict:
     """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary."""
     # ============ set-up: device, run folder, data, method, model ============
@@ -267,7 +269,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
     model = build_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
-    writer = tensorboard_writer(run.tensorboard)
+    writer = tensorboard_writer(run.tensorboard, cfg)
 
     # ============ a fresh start, or where the last checkpoint left off ============
     state = load_checkpoint(run.last) if resume else {}
@@ -279,6 +281,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
         if dist_utils.is_main():
             print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}", flush=True)
     started = time.perf_counter()
+    print_pretrain_plan(cfg, len(rows), model, device)
 
     for iteration in range(int(state.get("iteration", 0)), cfg.iterations):
         # ============ cluster: features -> k-means -> pseudo-labels ============
@@ -292,7 +295,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
             summary.append(record)
             if dist_utils.is_main():
                 save_labels(run, iteration, method, labels)
-                log_clusters(writer, record)
+                log_clusters(writer, record, global_step)
         record = summary[-1]
 
         # ============ fresh heads, optimizer and lr schedule ============
