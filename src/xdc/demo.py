@@ -42,10 +42,10 @@ class DemoError(XdcError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole path in about a minute")
     parser.add_argument("--config", default="demo",
-                        help="demo settings: a YAML file or a packaged name (default: demo, i.e. "
+                        help="demo settings: a YAML file or a packaged name (demo: "
                              "xdc/configs/demo.yaml; --quick merges demo_quick.yaml on top)")
     parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
                         help=f"comma-separated subset of: {','.join(DEMO_METHODS)}")

@@ -56,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
                         "default: dc_kinetics on a GPU, cpu otherwise)")
     parser.add_argument("--data", type=Path, help="manifest CSV written by `xdc scan`")
-    parser.add_argument("--out", type=Path, help="run folder to create")
-    parser.add_argument("--method", choices=tuple(METHODS), help="overrides the config's `method`")
+    parser.add_argument("-o", "--out", type=Path, help="run folder to create")
+    parser.add_argument("--method", choices=tuple(METHODS), help=f"overrides the config's `method`: "
+                        f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's labels)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from RUN_DIR/checkpoints/last.pt")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

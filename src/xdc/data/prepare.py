@@ -316,14 +316,15 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="manifest CSV from `xdc scan`")
     parser.add_argument("--out", required=True, help="folder for the re-encoded copies")
-    parser.add_argument("-o", "--output", default=None,
+    # `-o` has always named the new manifest here; `--out-manifest` says so in the shared vocabulary.
+    parser.add_argument("--out-manifest", "-o", "--output", dest="output", default=None, metavar="CSV",
                         help="new manifest (default: OUT/manifest.csv)")
-    parser.add_argument("--short-side", type=int, default=128)
-    parser.add_argument("--keyframe-seconds", type=float, default=0.5)
-    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--short-side", type=int, default=128, help="pixels of the copies' shorter side")
+    parser.add_argument("--keyframe-seconds", type=float, default=0.5, help="a keyframe every this many seconds")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate of the copies (mono)")
     parser.add_argument("--fps", type=_parse_fps, default="none",
                         help="'none' keeps source timestamps, or a frame rate")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoders")
 
 
 def _parse_fps(text: str) -> float | None:

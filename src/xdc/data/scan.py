@@ -307,11 +307,11 @@ def summarize(rows: list[dict[str, Any]], ignored: int = 0) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="media files, folders (walked recursively) or .txt lists of paths")
-    parser.add_argument("-o", "--output", required=True, help="manifest CSV to write")
+    parser.add_argument("-o", "--out", "--output", dest="output", required=True, help="manifest CSV to write")
     parser.add_argument("--labels-from-dirs", action="store_true",
                         help="label each file with its parent folder's name")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="parallel probe processes (default: min(4, CPUs))")
+                        help="parallel probe processes")
 
 
 def run(args: argparse.Namespace) -> int:

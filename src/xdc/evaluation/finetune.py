@@ -572,7 +572,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--superv", action="store_true",
                         help="torchvision's supervised Kinetics-400 weights, from torch's hub cache")
     source.add_argument("--scratch", action="store_true", help="random initialisation")
-    parser.add_argument("--modality", choices=MODALITIES, default="video")
+    parser.add_argument("--modality", choices=MODALITIES, default="video", help="which encoder to evaluate")
     parser.add_argument("--mode", choices=FINETUNE_MODES, help="overrides the config's mode")
     parser.add_argument("--train", help="labelled manifest of training videos")
     parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train "
@@ -582,8 +582,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="with --split: the dataset's video (or ESC-50) folder")
     parser.add_argument("--split-dir", help="with --split: the folder of its split files")
     parser.add_argument("--fold", type=int, default=1, help="with --split: split / fold number")
-    parser.add_argument("--config", help="configs/finetune/*.yaml")
-    parser.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    parser.add_argument("--config", help="a YAML file or packaged name (ucf101, hmdb51, esc50, cpu, tiny; "
+                        "default: ucf101 on a GPU, cpu otherwise)")
+    parser.add_argument("-o", "--out", required=True, help="output folder (rerun to resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epoch_size=2000")
 
 

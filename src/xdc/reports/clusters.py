@@ -308,7 +308,9 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a `xdc pretrain` run folder")
-    parser.add_argument("--labels", help="manifest with a label column (default: rows.csv's own labels)")
+    parser.add_argument("--labels", help="manifest with a label column, matched on its id column (else by "
+                        "path), e.g. the one `xdc scan --labels-from-dirs` wrote before `xdc prepare` "
+                        "(default: rows.csv's own labels; none at all: the browser and label-free statistics)")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--iteration", type=int, help="iteration to report (default: the last)")
     parser.add_argument("--clips", type=int, default=3, help="member clips shown per cluster")
