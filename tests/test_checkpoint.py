@@ -72,3 +72,16 @@ def test_arbitrary_objects_are_refused_on_load(tmp_path):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_truncated_or_garbage_checkpoint_is_one_clear_error(tmp_path):
+    from xdc.errors import XdcError
+
+    good = save_checkpoint({"epoch": 1, "w": torch.zeros(1000)}, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:300])
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for path in (truncated, empty):
+        with pytest.raises(XdcError, match=f"cannot read checkpoint {path}"):
+            load_checkpoint(path)

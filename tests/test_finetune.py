@@ -327,7 +327,7 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
     assert results["val"]["videos"] == 6 and results["val_source"] == "val manifest"
     key = "top1_video" if mode == "knn" else "recall@1"
     assert results["val"][key] == results[key]  # val and test are the same videos here
-    assert main(args + ["knn_k=5"]) == 1
+    assert main(args + ["knn_k=5"]) == 2
 
 
 def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(manifests, tmp_path, monkeypatch):

@@ -127,6 +127,21 @@ def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path
     assert record["video"]["num_clusters"] == 2 and record["video"]["purity"] == 1.0
 
 
+@pytest.mark.slow
+def test_r3d18_config_runs_with_tiny_sizes(av_manifest, tmp_path):
+    """Seed Table 5's backbone: the shipped R3D-18 config, shrunk to the tiny sizes."""
+    tiny = load_config(TINY)
+    sizes = [f"data.{k}={getattr(tiny.data, k)}" for k in ("frames", "fps", "short_side", "crop", "eval_clips",
+                                                            "num_workers")]
+    sizes += [f"model.width={tiny.model.width}", "device=cpu", "optim.batch_size=8", "cluster.k_video=4",
+              "cluster.k_audio=4", "optim.warmup_epochs=0", "optim.step_epochs=1", "iterations=1", *FAST[:2]]
+    out = tmp_path / "run"
+    assert pretrain("--config", "dc_kinetics_r3d18", "--data", av_manifest, "--out", out, *sizes) == 0
+    assert load_config(out / "config.yaml").model.video_arch == "r3d_18"
+    final = torch.load(out / "checkpoints" / "iteration_00.pt", weights_only=True)
+    assert "stem.0.weight" in final["video_encoder"] and final["video_encoder"]["stem.0.weight"].shape[2:] == (3, 7, 7)
+
+
 def test_superv_multi_label_manifest(av_manifest, tmp_path):
     from xdc.data.manifest import read_manifest, write_manifest
 

@@ -32,9 +32,11 @@ import torch
 
 from xdc.config import (DEMO_METHODS, ConfigError, DemoConfig, FinetuneConfig, PretrainConfig,
                         config_to_yaml, load_config)
+from xdc.data.manifest import class_indices
 from xdc.errors import XdcError
+from xdc.models.device import MODALITIES
+from xdc.training.run_folder import RunFolder
 
-MODALITIES = ("video", "audio")
 
 
 class DemoError(XdcError):
@@ -130,7 +132,7 @@ def pretrain_method(method: str, cfg: PretrainConfig, rows: list[dict], run_dir:
         print(f"{method}: reusing the finished run in {run_dir}")
         return float(json.loads((run_dir / "demo_seconds.json").read_text())["seconds"]) \
             if (run_dir / "demo_seconds.json").is_file() else 0.0
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = RunFolder(run_dir).last.is_file()
     started = time.perf_counter()
     pretrain(replace(cfg, method=method), rows, run_dir, resume=resume)
     seconds = time.perf_counter() - started
@@ -139,7 +141,7 @@ def pretrain_method(method: str, cfg: PretrainConfig, rows: list[dict], run_dir:
 
 
 def final_checkpoint(run_dir: Path, iterations: int) -> Path:
-    return run_dir / "checkpoints" / f"iteration_{iterations - 1:02d}.pt"
+    return RunFolder(run_dir).iteration_checkpoint(iterations - 1)
 
 
 def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str, list[dict]],
@@ -172,13 +174,9 @@ def cluster_metrics(run_dir: Path, labeled: Path, out: Path, nuisance: dict[str,
     metrics = cluster_report(run_dir, out, labeled, media=media, clips_per_cluster=2, max_clusters=6)
     for modality in MODALITIES:
         if modality in metrics:
-            clusters = np.load(_labels_path(run_dir, metrics[modality]["iteration"], modality))
+            clusters = np.load(RunFolder(run_dir).labels(metrics[modality]["iteration"], modality))
             metrics[modality]["nmi_nuisance"] = float(nmi(clusters, nuisance[modality]))
     return metrics
-
-
-def _labels_path(run_dir: Path, iteration: int, modality: str) -> Path:
-    return run_dir / "iterations" / f"{iteration:02d}" / f"labels_{modality}.npy"
 
 
 # ---------------------------------------------------------------------------------------- report
@@ -323,7 +321,7 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
                         "probe": {k: len(v) for k, v in split.items()}},
                "pretrain_config": config_to_yaml(pretrain_cfg), "finetune_config": config_to_yaml(finetune_cfg),
                "methods": {}, "cluster_pages": {}}
-    truth = np.unique([r["label"] for r in labeled_rows], return_inverse=True)[1]
+    truth = class_indices([r["label"] for r in labeled_rows])[1]
     for method in methods:
         say(f"{method}: " + ("no pretraining (random encoders); linear probe" if method == "scratch"
                              else "pretraining, then linear probe and cluster analysis"))
@@ -392,10 +390,11 @@ def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndar
     from xdc.clustering.metrics import nmi
 
     out = []
-    for folder in sorted((run_dir / "iterations").iterdir()):
-        record = {"iteration": int(folder.name)}
+    run = RunFolder(run_dir)
+    for iteration in run.iterations():
+        record = {"iteration": iteration}
         for modality in MODALITIES:
-            path = folder / f"labels_{modality}.npy"
+            path = run.labels(iteration, modality)
             if path.is_file():
                 labels = np.load(path)
                 record[modality] = {"nmi_class": round(nmi(labels, truth), 3),

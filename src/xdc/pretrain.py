@@ -36,8 +36,8 @@ from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
-from xdc.training.checkpoint import (load_checkpoint, rank_rng_states, restore_rank_rng, save_checkpoint,
-                                     write_text_atomic)
+from xdc.files import write_text_atomic
+from xdc.training.checkpoint import load_checkpoint, rank_rng_states, restore_rank_rng, save_checkpoint
 from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss
 from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
                                  rank_digests, tensorboard_writer)

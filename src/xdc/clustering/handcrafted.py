@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xdc.models import flat_clips
+from xdc.models import MODALITIES, flat_clips
 
 from .features import Features, run_extraction
 
@@ -48,7 +48,7 @@ def video_descriptor(clips: torch.Tensor) -> torch.Tensor:
 DESCRIPTORS = {"video": video_descriptor, "audio": audio_descriptor}
 
 
-def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=("video", "audio"),
+def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=MODALITIES,
                          indices: np.ndarray | None = None) -> Features:
     """Hand-crafted descriptors of every item the loader yields (eval or train mode batches:
     both carry the clip axis)."""

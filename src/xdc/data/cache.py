@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from xdc.config import DataConfig
 from xdc.data.decode import Clip, DecodeError, decode_clip, media_duration
+from xdc.files import atomic_file, write_text_atomic
 
 INDEX = "index.json"
 SETTINGS = ("fps", "short_side", "sample_rate", "video_stream", "audio_stream")
@@ -85,9 +86,8 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
     cache_dir.mkdir(parents=True, exist_ok=True)
     margin = _margin(cfg)
     videos, failed = {}, {}
-    frames_tmp, audio_tmp = cache_dir / ".frames.u8.tmp", cache_dir / ".audio.f32.tmp"
     frame_offset = audio_offset = 0
-    with open(frames_tmp, "wb") as frames_out, open(audio_tmp, "wb") as audio_out:
+    with atomic_file(cache_dir / "frames.u8") as frames_out, atomic_file(cache_dir / "audio.f32") as audio_out:
         for row in tqdm(wanted, desc="decode once (cache)", unit="video", disable=not progress):
             try:
                 duration = row.get("duration") or media_duration(row["path"], cfg)
@@ -110,11 +110,8 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
                 entry.update(audio_offset=audio_offset, samples=int(audio.size))
                 audio_offset += audio.size
             videos[_key(row["path"])] = entry
-    os.replace(frames_tmp, cache_dir / "frames.u8")
-    os.replace(audio_tmp, cache_dir / "audio.f32")
-    tmp = cache_dir / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps({"settings": _settings(cfg), "videos": videos, "failed": failed}))
-    os.replace(tmp, index_path)  # written last: a half-built cache has no index
+    # Written last: a half-built cache has no index.
+    write_text_atomic(index_path, json.dumps({"settings": _settings(cfg), "videos": videos, "failed": failed}))
     _OPEN.pop(str(cache_dir), None)
     if failed and progress:
         print(f"cache: {len(failed)} of {len(wanted)} videos could not be decoded; they are decoded "

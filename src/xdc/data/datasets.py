@@ -28,7 +28,7 @@ from xdc.config import DataConfig
 from xdc.data.audio import LogMel, window_samples
 from xdc.data.cache import cached_clips
 from xdc.data.decode import DecodeError, decode_audio_windows, decode_clips, media_duration
-from xdc.data.manifest import describe_dropped, read_manifest, usable_rows
+from xdc.data.manifest import class_indices, describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
 from xdc.training import distributed
 
@@ -189,9 +189,7 @@ def _labels_of(rows: Sequence[dict]) -> tuple[list[str], np.ndarray | None]:
     if len(given) != len(names):
         raise ValueError(f"{len(names) - len(given)} of {len(names)} rows have no label: label every "
                          "row (e.g. `xdc scan --labels-from-dirs`) or none")
-    classes = sorted(set(given))
-    lookup = {name: i for i, name in enumerate(classes)}
-    return classes, np.array([lookup[name] for name in names], dtype=np.int64)
+    return class_indices(names)
 
 
 def collate_clips(items: list[dict]) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from xdc.progress import progress
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
 from xdc.training.report import TRAIN_COST, print_plan, seconds_per_clip
-from xdc.training.schedule import make_scheduler, steps_per_epoch
+from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 SELECTION_METRIC = "top1_video"
 SWEPT_MODES = ("full", "fc", "linear")  # the modes that train, one model per lr
@@ -258,10 +258,7 @@ def train_classifier(model: Classifier, dataset, labels: torch.Tensor, cfg: Fine
             # Every clip of an item is a sample labelled with its video's class.
             target = labels[torch.as_tensor(batch["index"], device=device)].repeat_interleave(clips.shape[1])
             loss = nn.functional.cross_entropy(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            sgd_step(loss, optimizer, scheduler)
             loss_sum += loss.item() * len(target)
             correct += int((logits.argmax(-1) == target).sum())
             seen += len(target)

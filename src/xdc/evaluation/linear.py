@@ -15,7 +15,7 @@ from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
 from xdc.models import ClassificationHead, encode
 from xdc.progress import progress
-from xdc.training.schedule import make_scheduler, steps_per_epoch
+from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 
 @torch.no_grad()
@@ -77,10 +77,7 @@ def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
         total = 0.0
         for batch in order.split(optim.batch_size):
             loss = nn.functional.cross_entropy(head(features[batch]), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            sgd_step(loss, optimizer, scheduler)
             total += loss.item() * len(batch)
             step += 1
             if writer is not None:

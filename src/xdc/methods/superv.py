@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from xdc.config import ClusterConfig
-from xdc.methods.base import HeadSpec, Method
+from xdc.methods.base import MODALITIES, HeadSpec, Method
 
 LABEL_SEPARATOR = "|"
 
@@ -44,7 +44,7 @@ class Superv(Method):
             raise ValueError("method superv needs a manifest whose labels name >= 2 classes")
 
     def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
-        return [HeadSpec(encoder, "true", self.num_classes, self.multilabel) for encoder in ("video", "audio")]
+        return [HeadSpec(encoder, "true", self.num_classes, self.multilabel) for encoder in MODALITIES]
 
     def modality_labels(self, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # One class per row for the cluster statistics: with several, the first by name.

@@ -29,10 +29,10 @@ import numpy as np
 
 from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
-from xdc.data.manifest import read_manifest
+from xdc.data.manifest import class_indices, read_manifest
 from xdc.errors import XdcError
-from xdc.progress import progress
 from xdc.models.device import MODALITIES
+from xdc.progress import progress
 from xdc.reports import html, plots
 from xdc.training.run_folder import RunFolder
 TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
@@ -86,9 +86,9 @@ def modality_report(clusters: np.ndarray, names: list[str | None], k: int,
                     previous: np.ndarray | None = None) -> tuple[dict, list[dict]]:
     """(metrics, ranked cluster rows) of one modality's clustering; `previous`: the previous
     iteration's clusters (for `nmi_prev`). Without labels clusters are ranked by size."""
-    classes = sorted({n for n in names if n is not None})
-    index = {name: i for i, name in enumerate(classes)}
-    truth = np.array([index[n] if n is not None else -1 for n in names], np.int64)
+    classes, indices = class_indices([n for n in names if n is not None])
+    truth = np.full(len(names), -1, np.int64)  # -1: a row without a true label
+    truth[[i for i, n in enumerate(names) if n is not None]] = indices
     sizes = cluster_sizes_summary(clusters, k)
     metrics = {"num_clusters": sizes["num_clusters"], "empty_clusters": sizes["empty_clusters"],
                "sizes": {key: sizes[key] for key in ("min", "median", "max")},

@@ -7,58 +7,23 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import sys
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
 from xdc.errors import XdcError
+from xdc.files import atomic_file
 from xdc.training import distributed as dist_utils
 
 
 class CheckpointError(XdcError, FileNotFoundError):
     """A checkpoint that is missing, or that cannot be read (truncated, not a checkpoint, or
     holding objects that weights_only loading refuses)."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_file(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary handle on a temp file in `path`'s folder, renamed over `path` when the block ends
-    without error: a reader (or a run killed mid-write) sees the old file or the new one, never
-    half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp makes the file 0600; give it the mode a plain open() would (colleagues read runs).
-        os.chmod(tmp, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_file(path) as handle:
-        handle.write(text.encode("utf-8"))
-    return Path(path)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -80,7 +45,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
-                              f"holds objects that safe loading refuses ({first[:200]})") from err
+                              f"holds objects that safe loading (weights_only) refuses ({first[:200]})") from err
 
 
 def rng_state() -> dict[str, Any]:

@@ -19,6 +19,7 @@ from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, head_losses, reduce_heads
 from xdc.models import ClassificationHead, autocast, flat_clips, to_device
 from xdc.training import distributed as dist_utils
+from xdc.training.schedule import sgd_step
 
 
 class PretrainModel(nn.Module):
@@ -57,6 +58,15 @@ def batch_to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, to
 
 def targets_for(labels: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     return {name: values[index] for name, values in labels.items()}
+
+
+def batch_losses(model: nn.Module, batch: dict, labels: dict[str, torch.Tensor], specs: list[HeadSpec],
+                 device: torch.device, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each head's loss on a batch (in `specs` order), and the batch's row indices."""
+    video, audio, index = batch_to_device(batch, device)
+    with autocast(device, amp):
+        logits = model(video, audio)
+    return head_losses(logits, targets_for(labels, index), specs), index
 
 
 def has_data(batch: dict) -> bool:
@@ -119,15 +129,9 @@ def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
             scheduler.step()
             last = time.perf_counter()
             continue
-        video, audio, index = batch_to_device(batch, device)
-        with autocast(device, amp):
-            logits = model(video, audio)
-        losses = head_losses(logits, targets_for(labels, index), specs)
+        losses, index = batch_losses(model, batch, labels, specs, device, amp)
         loss = reduce_heads(losses, reduction)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        sgd_step(loss, optimizer, scheduler)
         meter.add(losses, len(index))  # one host sync per step, for the bar and TensorBoard
         loss_value = float(loss.detach())
         if on_step is not None:
@@ -171,10 +175,8 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         skips.add(batch)
         if not has_data(batch):
             continue
-        video, audio, index = batch_to_device(batch, device)
-        with autocast(device, amp):
-            logits = model(video, audio)
-        meter.add(head_losses(logits, targets_for(labels, index), specs), len(index))
+        losses, index = batch_losses(model, batch, labels, specs, device, amp)
+        meter.add(losses, len(index))
     result = meter.result(skips.total)
     if result["clips"] == 0:
         raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")

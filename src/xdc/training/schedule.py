@@ -40,6 +40,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def sgd_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """One optimisation step and one step of the per-step lr schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+
+
 class EarlyStopping:
     """Stop after `patience` consecutive epochs whose validation loss rose over the previous one."""
 
