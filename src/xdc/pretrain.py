@@ -282,7 +282,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
         if dist_utils.is_main():
             print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}", flush=True)
     started = time.perf_counter()
-    print_pretrain_plan(cfg, len(rows), model, device)
+    print_pretrain_plan(cfg, rows, model, device)
 
     for iteration in range(int(state.get("iteration", 0)), cfg.iterations):
         # ============ cluster: features -> k-means -> pseudo-labels ============

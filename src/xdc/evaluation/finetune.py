@@ -55,7 +55,7 @@ from xdc.models import MODALITIES, ClassificationHead, autocast, encode
 from xdc.progress import progress
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
-from xdc.training.report import TRAIN_COST, print_plan, seconds_per_clip
+from xdc.training.report import TRAIN_COST, print_plan, seconds_per_clip, seconds_to_decode
 from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 SELECTION_METRIC = "top1_video"
@@ -166,8 +166,11 @@ def input_warnings(data: Labelled, cfg: FinetuneConfig) -> list[str]:
 
 def print_finetune_plan(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
                         device: torch.device) -> None:
-    """Videos, clips, epochs, lrs and device, and an estimate from the encoder's measured speed."""
+    """Videos, clips, epochs, lrs and device, and an estimate from the encoder's measured speed and
+    one video's measured reading time."""
     per_clip = seconds_per_clip(encoder, modality, cfg.data, device, cfg.amp)
+    per_video = seconds_to_decode(make_dataset(data.rows["train"], cfg, modality, "eval"))  # its eval clips
+    workers = max(1, cfg.data.num_workers)
     o, clips = cfg.optim, cfg.data.eval_clips
     videos = {name: len(rows) for name, rows in data.rows.items()}
     facts = [f"{len(data.classes)} classes; train/val/test {videos['train']}/{videos.get('val', 0)}/{videos['test']} "
@@ -179,12 +182,15 @@ def print_finetune_plan(cfg: FinetuneConfig, encoder: nn.Module, modality: str, 
                      f"{o.epoch_size} clips (batch {o.batch_size}), then validation")
         seconds = per_clip * (len(lrs) * (o.total_epochs * o.epoch_size * cost + videos.get("val", 0) * clips)
                               + videos["test"] * clips)
+        decoding = per_video / workers * (len(lrs) * (o.total_epochs * o.epoch_size / clips + videos.get("val", 0))
+                                          + videos["test"])
     else:  # features of every clip once; the linear heads train on them in seconds
         extra = (f": a linear head per lr ({', '.join(f'{lr:g}' for lr in cfg.fc_lrs)}), {o.total_epochs} epochs "
                  f"of {o.epoch_size} samples" if cfg.mode == "linear" else "")
         facts.append(f"{cfg.mode} on cached features of the frozen encoder{extra}")
         seconds = per_clip * sum(videos.values()) * clips
-    print_plan(f"finetune {cfg.mode} {modality} on {device}", facts, seconds)
+        decoding = per_video / workers * sum(videos.values())
+    print_plan(f"finetune {cfg.mode} {modality} on {device}", facts, seconds, decoding)
 
 
 # ---------------------------------------------------------------------------------- the model

@@ -60,6 +60,20 @@ def seconds_per_clip(encoder: torch.nn.Module, modality: str, data, device: torc
         encoder.train(was_training)
 
 
+def seconds_to_decode(dataset, index: int = 0) -> float:
+    """Measured seconds to read one item of `dataset` (decoding, resizing, log-mel); the random
+    streams are put back as they were, so the run computes what it would have."""
+    from xdc.training.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    try:
+        started = time.perf_counter()
+        dataset[index]
+        return time.perf_counter() - started
+    finally:
+        set_rng_state(state)
+
+
 def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
@@ -70,30 +84,36 @@ def duration_text(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def print_plan(what: str, facts: list[str], seconds: float, note: str = "") -> None:
-    """What a long command is about to do and how long its compute should take, before it starts."""
+def print_plan(what: str, facts: list[str], compute: float, decoding: float, note: str = "") -> None:
+    """What a long command is about to do and how long it should take (compute and decoding as
+    measured on this machine), before it starts."""
     print(f"plan: {what}\n" + "".join(f"  {fact}\n" for fact in facts)
-          + f"  estimate: about {duration_text(seconds)} of compute on this machine"
-          + (f" ({note})" if note else "") + "; decoding the videos adds to it", flush=True)
+          + f"  estimate: about {duration_text(compute + decoding)} (compute {duration_text(compute)}, "
+          f"reading videos {duration_text(decoding)}, measured here)" + (f"; {note}" if note else ""), flush=True)
 
 
-def print_pretrain_plan(cfg, num_videos: int, model, device: torch.device) -> None:
+def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> None:
     """The pretraining plan (rank 0): videos, iterations, epochs of clips, lr, clusters, device,
-    and an estimate from the encoders' measured speed."""
+    and an estimate from the encoders' measured speed and one video's measured reading time."""
+    from xdc.data.datasets import AudioVideoClips
+
     if not dist_utils.is_main():
         return
-    o, c = cfg.optim, cfg.cluster
+    o, c, num_videos = cfg.optim, cfg.cluster, len(rows)
     per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp) for m in MODALITIES)
+    read = seconds_to_decode(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1))
     val = min(num_videos - 1, max(1, round(o.val_fraction * num_videos)))
-    clustering = num_videos * c.clips_per_video * per_clip
-    epoch = (o.epoch_size * TRAIN_COST / dist_utils.world_size() + val) * per_clip
-    seconds = cfg.iterations * (clustering + o.total_epochs * epoch)
+    clips = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * (o.epoch_size + val))
+    seconds = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * val) * per_clip \
+        + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
+    # Clips are read by the DataLoader's workers of every rank, side by side.
+    decoding = clips * read / max(1, cfg.data.num_workers) / dist_utils.world_size()
     print_plan(f"{cfg.method} pretraining on {device} ({dist_utils.world_size()} process(es))", [
         f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
         f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
         f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), then "
         f"up to {o.total_epochs} epochs of {o.epoch_size} clips (batch {o.batch_size}, lr {o.lr:g})"],
-        seconds, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
+        seconds / dist_utils.world_size(), decoding, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
 
 
 # ---------------------------------------------------------------------------- the run's log
