@@ -370,17 +370,17 @@ def write_plots(out: Path, results: dict, split: dict[str, list[dict]]) -> dict[
             plots.save(plots.line_plot({m: c for m, c in curves.items() if c}, "iteration", "NMI with the classes",
                                        f"{modality} clusters per iteration"), out / name)
             written[name] = f"NMI of the {modality} clusters with the classes, per iteration"
-    for method in methods:
-        for modality in MODALITIES:
+    panels = []
+    for modality in MODALITIES:
+        for method in methods:
             cached = out / "probe" / method / modality / "features.pt"
-            if not cached.is_file():
-                continue
-            features = torch.load(cached, map_location="cpu", weights_only=True)
-            labels = [split["test"][int(i)]["label"] for i in features["test_index"]]
-            name = f"plot_map_{method}_{modality}.png"
-            plots.save(plots.feature_map(features["test"].mean(1).numpy(), labels, f"{method} {modality}"),
-                       out / name)
-            written[name] = f"{method} {modality} features of the test videos (PCA)"
+            if cached.is_file():
+                features = torch.load(cached, map_location="cpu", weights_only=True)
+                labels = [split["test"][int(i)]["label"] for i in features["test_index"]]
+                panels.append((f"{method} {modality}", features["test"].mean(1).numpy(), labels))
+    if panels:
+        plots.save(plots.feature_maps(panels, columns=len(methods)), out / "plot_maps.png")
+        written["plot_maps.png"] = "the test videos' probe features (PCA), per method and modality"
     return written
 
 

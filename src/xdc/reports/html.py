@@ -25,7 +25,7 @@ img { max-width: 100%; }  /* wide figures (filters) fit the page */
 .member audio { width: 100%; height: 28px; }
 .member img.spectrogram { height: 64px; }  /* same size whatever the clip length */
 .axis { display: flex; justify-content: space-between; color: #888; border-top: 1px solid #aaa; }
-img.plot { max-width: 640px; display: inline-block; margin: 0.3em; vertical-align: top; }
+img.plot { display: inline-block; margin: 0.3em; vertical-align: top; }
 .muted { color: #888; }
 nav a { margin-right: 1em; }
 """

@@ -23,7 +23,7 @@ def save(figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, bbox_inches="tight")  # "tight" keeps a legend outside the axes
     _pyplot().close(figure)
     return path
 
@@ -62,26 +62,33 @@ def line_plot(curves: dict[str, list[tuple[float, float]]], xlabel: str, ylabel:
     axes.set_ylabel(ylabel)
     axes.set_title(title)
     axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.legend(fontsize="small", ncol=2)
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, not on them
     return figure
 
 
-def feature_map(features: np.ndarray, labels: list[str] | None, title: str):
-    """The rows of `features` projected on their first two principal components (scikit-learn's
-    PCA), one colour per label when there are labels."""
+def feature_maps(panels: list[tuple[str, np.ndarray, list[str] | None]], columns: int):
+    """One small map per panel (title, features, labels): the rows of `features` projected on
+    their first two principal components (scikit-learn's PCA), one colour per label (the same
+    colour for a label in every panel, one legend)."""
     from sklearn.decomposition import PCA
 
     plt = _pyplot()
-    points = PCA(n_components=2, random_state=0).fit_transform(np.asarray(features, np.float32))
-    figure, axes = plt.subplots(figsize=(4.2, 3.6))
-    if labels is None:
-        axes.scatter(points[:, 0], points[:, 1], s=12)
-    else:
-        for name in sorted(set(labels)):
-            mine = np.array([label == name for label in labels])
-            axes.scatter(points[mine, 0], points[mine, 1], s=12, label=str(name))
-        axes.legend(fontsize="x-small", markerscale=0.8)
-    axes.set_title(title, fontsize="medium")
-    axes.set_xticks([])
-    axes.set_yticks([])
+    rows = -(-len(panels) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.3 * rows + 0.5), squeeze=False)
+    names = sorted({label for _, _, labels in panels for label in (labels or [])})
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
+    for axes, (title, features, labels) in zip(grid.flat, panels):
+        points = PCA(n_components=2, random_state=0).fit_transform(np.asarray(features, np.float32))
+        colour = [colours[label] for label in labels] if labels else None
+        axes.scatter(points[:, 0], points[:, 1], s=8, c=colour)
+        axes.set_title(title, fontsize="small")
+    for axes in grid.flat:
+        axes.set_xticks([])
+        axes.set_yticks([])
+    for axes in list(grid.flat)[len(panels):]:
+        axes.axis("off")
+    if names:
+        handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[n], label=n) for n in names]
+        figure.legend(handles=handles, loc="lower center", ncol=min(len(names), 4), fontsize="x-small")
+        figure.subplots_adjust(bottom=0.12)
     return figure
