@@ -89,6 +89,7 @@ def feature_maps(panels: list[tuple[str, np.ndarray, list[str] | None]], columns
         axes.axis("off")
     if names:
         handles = [plt.Line2D([], [], marker="o", linestyle="", color=colours[n], label=n) for n in names]
-        figure.legend(handles=handles, loc="lower center", ncol=min(len(names), 4), fontsize="x-small")
-        figure.subplots_adjust(bottom=0.12)
+        # Below the panels (savefig's "tight" box takes it in), never on a panel.
+        figure.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(names), 4),
+                      fontsize="x-small")
     return figure
