@@ -2,7 +2,7 @@
 
     python benchmarks/kmeans.py --json out.json [--n 100000 --d 128 --k 128 --niter 20] [--threads 1]
 
-Features: a planted mixture of k Gaussian clusters, L2-normalised once (as `preprocess` does) so
+Features: a planted mixture of k Gaussian clusters, L2-normalised once (as `cluster_features` does) so
 all three see the same input. Each method: train centroids, then assign every point. Project and
 faiss train on a k × 256 subsample (faiss' rule); scikit-learn (n_init=1, same iterations, its
 default k-means++ start) trains on every point. The project starts faiss from greedy k-means++
@@ -25,7 +25,9 @@ import faiss
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from xdc.clustering import kmeans, nmi, preprocess
+from xdc.clustering import cluster_features, nmi
+from xdc.clustering.kmeans import l2_normalise
+from xdc.config import ClusterConfig
 
 
 def planted_features(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +35,7 @@ def planted_features(n: int, d: int, k: int, seed: int) -> tuple[np.ndarray, np.
     centers = rng.standard_normal((k, d)).astype(np.float32)
     truth = rng.integers(0, k, n)
     x = centers[truth] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
-    return preprocess(x), truth
+    return l2_normalise(x), truth
 
 
 def best_of(repeats: int, fn):
@@ -83,7 +85,10 @@ def main() -> None:
 def run(args) -> None:
 
     x, truth = planted_features(args.n, args.d, args.k, args.seed)
-    s_project, project = best_of(args.repeats, lambda: kmeans(x, args.k, args.niter, args.seed).labels)
+    cfg = ClusterConfig(niter=args.niter, max_points_per_centroid=256)  # faiss's default budget
+    everything = np.arange(len(x))
+    s_project, project = best_of(args.repeats, lambda: cluster_features(x, everything, len(x), args.k, cfg,
+                                                                        seed=args.seed).labels)
     s_faiss, faiss_labels = best_of(args.repeats, lambda: raw_faiss(x, args.k, args.niter, args.seed))
     results = {
         "config": {**{k: v for k, v in vars(args).items() if k != "json"}, "faiss": faiss.__version__,

@@ -16,23 +16,31 @@ from xdc.clustering import (
     extract_features,
     handcrafted_features,
     hungarian_accuracy,
-    kmeans,
     nmi,
     ari,
     per_cluster_purity,
-    preprocess,
     purity,
     random_labels,
     reassign_empty_clusters,
-    recompute_batchnorm,
     recompute_batchnorms,
     shard_indices,
     uniform_over_clusters_weights,
 )
+from xdc.clustering.kmeans import apply_preprocessing, assign, fit_pca, train_centroids
 from xdc.config import ClusterConfig
 
 # xdc.models (torchvision) is imported inside the tests that need it: the spawned ranks of the
 # distributed test import this module, and every second of import is paid twice there.
+
+
+def kmeans(x, k, niter=20, seed=0, max_points_per_centroid=256, reassign_empty=False):
+    """Single-process k-means through the entry point pretraining uses (`cluster_features`)."""
+    cfg = ClusterConfig(niter=niter, max_points_per_centroid=max_points_per_centroid)
+    return cluster_features(x, np.arange(len(x)), len(x), k, cfg, reassign_empty=reassign_empty, seed=seed)
+
+
+def l2(x):
+    return apply_preprocessing(x, None)
 
 
 def blobs(n=2000, k=8, d=32, noise=0.3, seed=0):
@@ -46,7 +54,7 @@ def blobs(n=2000, k=8, d=32, noise=0.3, seed=0):
 
 def test_kmeans_finds_planted_blobs():
     x, truth = blobs()
-    result = kmeans(preprocess(x), 8, niter=20, seed=0)
+    result = kmeans(x, 8, niter=20, seed=0)
     assert result.labels.dtype == np.int64 and result.labels.shape == (2000,)
     assert nmi(result.labels, truth) > 0.95
     assert result.sizes.sum() == 2000 and result.empty_clusters == 0
@@ -55,12 +63,19 @@ def test_kmeans_finds_planted_blobs():
 
 def test_preprocess_l2_and_pca_whitening():
     x, _ = blobs(d=32)
-    plain = preprocess(x)
+    plain = apply_preprocessing(x, None)
     assert plain.dtype == np.float32 and np.allclose(np.linalg.norm(plain, axis=1), 1, atol=1e-5)
-    reduced = preprocess(x, pca_dim=8, whiten=True)
+    projection = fit_pca(x, 8, whiten=True)
+    reduced = apply_preprocessing(x, projection)
     assert reduced.shape == (2000, 8) and np.allclose(np.linalg.norm(reduced, axis=1), 1, atol=1e-5)
+    # Whitened: before the L2 step, the sample's principal components have equal variance (faiss
+    # scales them all alike; the L2 step makes the scale irrelevant).
+    spread = (x @ projection.matrix.T + projection.bias).std(0)
+    np.testing.assert_allclose(spread, spread.mean(), rtol=0.05)
+    unwhitened = (x @ fit_pca(x, 8, whiten=False).matrix.T).std(0)
+    assert unwhitened.max() / unwhitened.min() > 1.2  # without whitening they differ
     with pytest.raises(ValueError, match="pca_dim"):
-        preprocess(x, pca_dim=64)
+        fit_pca(x, 64)
 
 
 def test_k_larger_than_points_is_a_clear_error():
@@ -71,7 +86,7 @@ def test_k_larger_than_points_is_a_clear_error():
 
 def test_reassign_empty_clusters_splits_big_clusters():
     x, truth = blobs(k=4)
-    x = preprocess(x)
+    x = l2(x)
     result = kmeans(x, 4)
     # Three extra centroids far from every point: empty clusters 4, 5, 6.
     centroids = np.vstack([result.centroids, np.full((3, 32), 10.0, np.float32)])
@@ -86,18 +101,22 @@ def test_reassign_empty_clusters_splits_big_clusters():
     assert np.abs(new_centroids[4:]).max() < 2  # moved next to real points
 
 
-def test_kmeans_reports_empty_clusters_before_reassignment():
-    # Centroids trained on a small subsample with one iteration: some end up nearest to no point.
-    x = preprocess(np.random.default_rng(1).standard_normal((3000, 8)).astype(np.float32))
-    plain = kmeans(x, 300, niter=1, max_points_per_centroid=2, seed=0)
-    fixed = kmeans(x, 300, niter=1, max_points_per_centroid=2, seed=0, reassign_empty=True)
-    assert plain.empty_clusters > 0 and (plain.sizes == 0).sum() == plain.empty_clusters
-    assert fixed.empty_clusters == plain.empty_clusters
-    assert (fixed.sizes > 0).all() and fixed.sizes.sum() == 3000
+def test_empty_clusters_are_counted_then_reassigned():
+    # Centroids trained by faiss on a small subsample with one iteration: some end up nearest to no
+    # point of the full set (the pieces cluster_features runs: train_centroids, assign, reassign).
+    x = l2(np.random.default_rng(1).standard_normal((3000, 8)).astype(np.float32))
+    centroids, _ = train_centroids(x, 300, niter=1, seed=0, max_points_per_centroid=2)
+    labels, _ = assign(x, centroids)
+    sizes = np.bincount(labels, minlength=300)
+    assert (sizes == 0).sum() > 0
+    fixed, _ = reassign_empty_clusters(x, labels, centroids, seed=0)
+    assert (np.bincount(fixed, minlength=300) > 0).all()
+    moved = fixed != labels  # only points of non-empty clusters moved, into the empty ones
+    assert moved.any() and (sizes[fixed[moved]] == 0).all()
 
 
 def test_identical_points_cannot_be_split():
-    x = preprocess(np.vstack([np.eye(4, dtype=np.float32)] * 5))  # 4 distinct points, 5 copies each
+    x = l2(np.vstack([np.eye(4, dtype=np.float32)] * 5))  # 4 distinct points, 5 copies each
     labels = np.tile(np.arange(4), 5)
     centroids = np.vstack([np.eye(4, dtype=np.float32), np.zeros((2, 4), np.float32)])
     with pytest.warns(UserWarning, match="2 clusters stay empty"):
@@ -173,12 +192,12 @@ def test_recompute_batchnorm_is_the_average_over_batches():
     first_bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].mean(dim=(0, 2, 3, 4))))
     loader = [video_eval_batch([i, i + 1], seed=i) for i in range(0, 6, 2)]
     encoder.eval()
-    used = recompute_batchnorm(encoder, loader, "video", "cpu", max_batches=10)
+    used = recompute_batchnorms({"video": encoder}, loader, "cpu", max_batches=10)
     assert used == 3 and not encoder.training
     assert first_bn.momentum == 0.1  # restored
     assert first_bn.running_mean.abs().max() > 1e-3  # moved away from the initial zeros
     assert torch.allclose(first_bn.running_mean, torch.stack(seen).mean(0), atol=1e-5)
-    assert recompute_batchnorm(encoder, loader, "video", "cpu", max_batches=1) == 1
+    assert recompute_batchnorms({"video": encoder}, loader, "cpu", max_batches=1) == 1
 
 
 def test_extract_features_rows_follow_index_and_skips_are_reported(tmp_path):
@@ -268,10 +287,11 @@ def _distributed_case(features, rank, world, distributed):
     mine = mine[mine != SKIPPED_ITEM]
     result = cluster_features(features[mine], mine, len(features), 6, cfg, seed=5)
     # Reassignment of two empty (far away) clusters, on sharded points.
-    x = preprocess(features)
-    base = kmeans(x, 6, seed=0)
-    centroids = np.vstack([base.centroids, np.full((2, x.shape[1]), 9, np.float32)])
-    labels, _ = reassign_empty_clusters(x[mine], base.labels[mine], centroids, seed=2,
+    x = l2(features)
+    base_centroids, _ = train_centroids(x, 6, seed=0)  # every rank alike: a single-process k-means
+    base_labels, _ = assign(x, base_centroids)
+    centroids = np.vstack([base_centroids, np.full((2, x.shape[1]), 9, np.float32)])
+    labels, _ = reassign_empty_clusters(x[mine], base_labels[mine], centroids, seed=2,
                                         distributed=distributed)
     reassigned = np.full(len(features), -1, np.int64)
     pairs = [np.stack([mine, labels])]

@@ -10,6 +10,7 @@ exit code 2; see docs/DESIGN.md.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -49,6 +50,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
             return action.help or ""
         return super()._get_help_string(action)
 USER_ERROR = 2  # the exit code of every user error, as argparse's for a bad command line
+# OS errors that the user fixes (an output path that is a file, no permission, a read-only or full
+# disk) end like a user error; any other OSError is a bug and keeps its traceback.
+USER_OS_ERRORS = {errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                  errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG}
 
 
 def version() -> str:
@@ -90,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except XdcError as err:
-        print(f"xdc {name}: {err}", file=sys.stderr)
-        return USER_ERROR
+        message = str(err)
+    except OSError as err:
+        if err.errno not in USER_OS_ERRORS:
+            raise
+        message = f"{err.strerror}: {err.filename}" if err.filename else str(err)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]  # one line, always
+    print(f"xdc {name}: {' / '.join(lines)}", file=sys.stderr)
+    return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -197,6 +197,18 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
     for key in ("fps", "win_ms", "hop_ms"):
         _check(getattr(cfg, key) > 0, f"{prefix}.{key}", getattr(cfg, key), "> 0")
+    from xdc.data.audio import MIN_WINDOW_SAMPLES, stft_sizes  # the log-mel's own; imported late (torch)
+
+    # A window of a few samples, or fewer frequency bins than mel bands, gives a constant log-mel.
+    samples = cfg.sample_rate * cfg.win_ms / 1000
+    if samples < MIN_WINDOW_SAMPLES:
+        raise ConfigError(f"config values {prefix}.win_ms={cfg.win_ms} at {prefix}.sample_rate={cfg.sample_rate} "
+                          f"give an STFT window of {samples:g} samples: expected >= {MIN_WINDOW_SAMPLES} "
+                          f"(raise {prefix}.win_ms or {prefix}.sample_rate)")
+    bins = stft_sizes(cfg.sample_rate, cfg.win_ms)[1] // 2 + 1
+    _check(cfg.n_mels <= bins, f"{prefix}.n_mels", cfg.n_mels,
+           f"<= the {bins} frequency bins of a {cfg.win_ms} ms window at {cfg.sample_rate} Hz "
+           f"(or raise {prefix}.win_ms / {prefix}.sample_rate)")
     _check(cfg.crop <= cfg.short_side, f"{prefix}.crop", cfg.crop, f"<= short_side ({cfg.short_side})")
     _check(cfg.audio_seconds is None or cfg.audio_seconds > 0, f"{prefix}.audio_seconds",
            cfg.audio_seconds, "> 0 or null")
@@ -250,6 +262,11 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
+        if c.pca_dim and METHODS[cfg.method].clusterings:
+            size = smallest_feature_size(cfg)
+            _check(c.pca_dim <= size, f"{prefix}cluster.pca_dim", c.pca_dim,
+                   f"<= {size}, the smallest feature size clustered (8·model.width per encoder, the "
+                   f"hand-crafted sizes with first_features=handcrafted)")
         _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
                c.first_features, "random | handcrafted")
     else:
@@ -260,6 +277,21 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
                "positive values")
         _check(len(cfg.fc_lrs) > 0 and all(lr > 0 for lr in cfg.fc_lrs), f"{prefix}fc_lrs", cfg.fc_lrs,
                "positive values")
+
+
+def smallest_feature_size(cfg: PretrainConfig) -> int:
+    """The smallest feature vector any clustering of `cfg.method` gets, over all iterations: an
+    encoder gives 8·width values (docs/DESIGN.md, Encoders), CDC clusters [f_v; f_a], and
+    iteration 0 may cluster hand-crafted features instead."""
+    from xdc.clustering.handcrafted import descriptor_sizes
+    from xdc.methods import METHODS
+
+    stages = [{"video": 8 * cfg.model.width, "audio": 8 * cfg.model.width}]
+    if cfg.cluster.first_features == "handcrafted":
+        stages.append(descriptor_sizes(cfg.data.n_mels))
+    for sizes in stages:
+        sizes["joint"] = sizes["video"] + sizes["audio"]
+    return min(sizes[name] for sizes in stages for name in METHODS[cfg.method].clusterings)
 
 
 def validate_demo(cfg: DemoConfig) -> None:
@@ -339,7 +371,10 @@ def load_config(path: str | Path | Traversable | list | None = None,
                                             tree.get("finetune", {}))
         merged = OmegaConf.merge(OmegaConf.structured(schema), tree)
     except Exception as err:  # OmegaConf names the bad key and the expected type
-        names = ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
+        # Blame the override that set the bad key, not the YAML file(s) it was merged onto.
+        given = [o for o in overrides or [] if o.split("=", 1)[0] == getattr(err, "full_key", None)]
+        names = f"override {given[-1]}" if given else \
+            ", ".join(map(str, sources + (["overrides"] if overrides else []))) or "defaults"
         where = f" (key {err.full_key})" if getattr(err, "full_key", None) else ""
         raise ConfigError(f"bad config ({names}): {str(err).splitlines()[0]}{where}") from err
     cfg = OmegaConf.to_object(merged)

@@ -20,6 +20,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
+from xdc.clustering.features import describe_skipped
 from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config,
                         save_config)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
@@ -37,11 +39,12 @@ from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
 from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
 from xdc.files import write_text_atomic
-from xdc.training.checkpoint import load_checkpoint, rank_rng_states, restore_rank_rng, save_checkpoint
+from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason,
+                                     rank_rng_states, restore_rank_rng, save_checkpoint)
 from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss
 from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
                                  rank_digests, tensorboard_writer)
-from xdc.training.run_folder import RunFolder
+from xdc.training.run_folder import RunFolder, RunFolderError
 from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
 
 
@@ -155,13 +158,67 @@ def build_model(cfg: PretrainConfig, device: torch.device) -> PretrainModel:
         else:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.init_from:
-        start = load_checkpoint(cfg.init_from)
-        model.video_encoder.load_state_dict(start["video_encoder"])
-        model.audio_encoder.load_state_dict(start["audio_encoder"])
+        load_encoders(model, load_checkpoint(cfg.init_from), cfg.init_from)
     model.to(device)
     if device.type == "cuda":
         model.video_encoder.to(memory_format=torch.channels_last_3d)
     return model
+
+
+def load_encoders(model: PretrainModel, state: dict, path: str | Path) -> None:
+    """Both encoders from a pretraining checkpoint; CheckpointError when `path` holds others."""
+    try:
+        model.video_encoder.load_state_dict(state["video_encoder"])
+        model.audio_encoder.load_state_dict(state["audio_encoder"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
+                              f"{load_error_reason(err)}") from err
+
+
+# What a checkpoint must hold to resume from it (docs/DESIGN.md, Checkpoint); mid-iteration, more.
+RESUME_KEYS = ("video_encoder", "audio_encoder", "iteration", "epoch", "rng", "summary")
+MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "scheduler", "early_stop")
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """A checkpoint that loads safely and holds what resuming reads (CheckpointError otherwise)."""
+    state = load_checkpoint(path)
+    needed = RESUME_KEYS + (MID_ITERATION_KEYS if isinstance(state, dict) and "labels" in state else ())
+    missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a pretraining checkpoint: it has no {', '.join(missing)}")
+    return state
+
+
+def resume_state(run: RunFolder) -> dict:
+    """The checkpoint `--resume` continues from: last.pt, or when that cannot be read, the newest
+    readable iteration_NN.pt taken as the start of iteration NN + 1 (what last.pt holds once
+    iteration NN's training has ended: its encoders, summary, random state; no labels), said on
+    stderr."""
+    try:
+        return load_resume_checkpoint(run.last)
+    except CheckpointError as err:
+        problem = err
+    for iteration, path in run.iteration_checkpoints():
+        try:
+            state = load_resume_checkpoint(path)
+        except CheckpointError:
+            continue
+        if dist_utils.is_main():
+            print(f"{problem}; resuming from {path.name} instead: iteration {iteration + 1} starts "
+                  f"from its encoders", file=sys.stderr, flush=True)
+        kept = ("video_encoder", "audio_encoder", "summary", "config", "rng", "global_step")
+        return {**{key: state[key] for key in kept if key in state}, "iteration": iteration + 1, "epoch": 0}
+    raise CheckpointError(f"{problem}; no readable iteration checkpoint to fall back on: start a new run "
+                          f"(another --out)")
+
+
+def no_features_error(name: str, have: int, k: int, num_videos: int, skipped: list[tuple[int, str]]) -> XdcError:
+    """Why k-means cannot run: how many videos gave features, and why the others were skipped."""
+    return clustering.NoFeaturesError(
+        f"only {have} of the {num_videos} usable videos could be decoded for clustering, and cluster.k_{name}={k} "
+        f"needs at least {k} ({describe_skipped(skipped)}): re-encode or remove the broken files, or lower "
+        f"cluster.k_{name}")
 
 
 def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: PretrainConfig, iteration: int,
@@ -186,7 +243,11 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
             features = clustering.extract_features(encoders, loader, len(rows), run.features, device,
                                                    amp=cfg.amp, indices=mine)
         skipped = int(dist_utils.all_reduce_sum(torch.tensor(float(len(features.skipped)))))
+        have = int(dist_utils.all_reduce_sum(torch.tensor(float(features.present.sum()))))
         for name, x in method.cluster_inputs(features).items():
+            if have < method.num_clusters(name, cfg.cluster):
+                raise no_features_error(name, have, method.num_clusters(name, cfg.cluster), len(rows),
+                                        features.skipped)
             results[name] = clustering.cluster_features(
                 x, features.indices[features.present], len(rows), method.num_clusters(name, cfg.cluster),
                 cfg.cluster, reassign_empty=method.use_reassign_empty(cfg.cluster),
@@ -197,7 +258,7 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
               "skipped_clustering": skipped, "digests": rank_digests(labels, model)}
     if not dist_utils.is_main():  # only rank 0 writes the record
         return labels, record
-    previous = {m: np.load(run.labels(iteration - 1, m)) for m in MODALITIES} if iteration else {}
+    previous = {m: run.read_labels(iteration - 1, m) for m in MODALITIES} if iteration else {}
     num_classes = method.modality_num_classes(cfg.cluster)
     for modality, values in method.modality_labels(labels).items():
         # k-means' own empty count (before any reassignment) of the clustering behind `modality`.
@@ -252,9 +313,39 @@ def save_labels(run: RunFolder, iteration: int, method: Method, labels: dict[str
 
 # ------------------------------------------------------------------------------------- the loop
 
-@logged_run  # RUN_DIR/log.txt
 def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool = False) -> dict:
-    """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary."""
+    """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary.
+
+    Rank 0 holds the run folder's lock (`RunFolder.locked`) from before the first write to the
+    end; a full disk ends the run with DiskFullError (checkpoints are atomic: the last one is whole)."""
+    dist_utils.init_distributed(cfg.device)  # ranks are known from here on
+    run = RunFolder(run_dir)
+    with ExitStack() as held:
+        failure = None
+        if dist_utils.is_main():
+            try:
+                held.enter_context(run.locked())
+                if not resume and run.last.exists():  # written since setup looked, by a run now ended
+                    raise RunError(f"{run.root} already holds a run: pass --resume {run.root} to continue it")
+            except XdcError as err:
+                failure = err
+        # Every rank learns whether rank 0 got the folder, rather than waiting for it at a barrier.
+        if dist_utils.all_reduce_sum(torch.tensor(float(failure is not None))).item():
+            raise failure or RunFolderError(f"rank 0 could not take the run folder {run.root}")
+        try:
+            return _pretrain(cfg, rows, run_dir, resume)
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err):
+                raise
+            kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
+                    f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
+                else "no checkpoint was written yet: free some space and start again"
+            raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
+                                f"{kept}") from err
+
+
+@logged_run  # RUN_DIR/log.txt, written once the folder is ours
+def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool) -> dict:
     # ============ set-up: device, run folder, data, method, model ============
     device = dist_utils.init_distributed(cfg.device)
     run = RunFolder(run_dir)
@@ -273,12 +364,11 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     writer = tensorboard_writer(run.tensorboard, cfg)
 
     # ============ a fresh start, or where the last checkpoint left off ============
-    state = load_checkpoint(run.last) if resume else {}
+    state = resume_state(run) if resume else {}
     summary: list[dict] = json.loads(state.get("summary", "[]"))
     global_step = int(state.get("global_step", 0))
     if state:
-        model.video_encoder.load_state_dict(state["video_encoder"])
-        model.audio_encoder.load_state_dict(state["audio_encoder"])
+        load_encoders(model, state, run.last)
         if dist_utils.is_main():
             print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}", flush=True)
     started = time.perf_counter()

@@ -1,13 +1,11 @@
 """Clustering kept apart from training: features, faiss k-means (DeepCluster tricks), metrics."""
 
-from .features import Features, extract_features, recompute_batchnorm, recompute_batchnorms, shard_indices
+from .features import Features, NoFeaturesError, extract_features, recompute_batchnorms, shard_indices
 from .handcrafted import handcrafted_features
 from .kmeans import (
     ClusterResult,
     cluster_features,
-    kmeans,
     l2_normalise,
-    preprocess,
     random_labels,
     reassign_empty_clusters,
     uniform_over_clusters_weights,
@@ -15,9 +13,9 @@ from .kmeans import (
 from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accuracy, nmi, per_cluster_purity, purity
 
 __all__ = [
-    "ClusterResult", "Features", "ari", "cluster_features", "cluster_sizes_summary", "cluster_stats", "extract_features",
-    "handcrafted_features", "hungarian_accuracy", "kmeans", "l2_normalise", "nmi", "per_cluster_purity", "preprocess",
-    "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorm", "recompute_batchnorms",
+    "ClusterResult", "Features", "NoFeaturesError", "ari", "cluster_features", "cluster_sizes_summary",
+    "cluster_stats", "extract_features", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi",
+    "per_cluster_purity", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",
 ]

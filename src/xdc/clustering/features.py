@@ -17,10 +17,20 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from xdc.errors import XdcError
 from xdc.models import autocast, encode, flat_clips, to_device
 from xdc.training import distributed as dist
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class NoFeaturesError(XdcError):
+    """Too few videos could be decoded to give the features asked for."""
+
+
+def describe_skipped(skipped: list[tuple[int, str]]) -> str:
+    """What a user needs to fix the files: how many were skipped and the first reasons."""
+    return f"{len(skipped)} skipped" + (f": {'; '.join(r for _, r in skipped[:3])}" if skipped else "")
 
 
 def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
@@ -28,15 +38,6 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} out of range for world_size {world_size}")
     return np.arange(rank, num_items, world_size, dtype=np.int64)
-
-
-def recompute_batchnorm(encoder: nn.Module, loader, key: str, device, max_batches: int = 50,
-                        amp: bool = True) -> int:
-    """Reset the BatchNorm running statistics of `encoder` and recompute them on `batch[key]`.
-
-    See `recompute_batchnorms`, which does several encoders in one pass over the data.
-    """
-    return recompute_batchnorms({key: encoder}, loader, device, max_batches, amp)
 
 
 @torch.no_grad()
@@ -62,6 +63,7 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
         m.reset_running_stats()
         m.momentum = None  # cumulative average instead of an exponential one
     used = 0
+    skipped = []
     try:
         for enc in encoders.values():
             enc.train()
@@ -69,6 +71,7 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
             for batch in loader:
                 if used >= max_batches:
                     break
+                skipped.extend(batch.get("skipped", []))
                 if "index" not in batch or len(batch["index"]) == 0:
                     continue  # every item of this batch was skipped
                 for key, enc in encoders.items():
@@ -90,7 +93,8 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
                 stat.copy_((summed / max(total, 1)).to(stat.dtype))
             m.num_batches_tracked.fill_(total)
     if total == 0:
-        raise ValueError(f"no batches to recompute BatchNorm statistics on ({', '.join(encoders)})")
+        raise NoFeaturesError(f"no video could be decoded to recompute BatchNorm statistics on "
+                              f"({describe_skipped(skipped)}): re-encode or remove the broken files")
     return used
 
 
@@ -172,7 +176,8 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
             arrays[key][rows] = values.astype(np.float16)
         present[rows] = True
     if not arrays:
-        raise ValueError(f"the loader gave no usable batch ({len(skipped)} items skipped)")
+        raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skipped)}): re-encode "
+                              f"or remove the broken files")
     for array in arrays.values():
         array.flush()
     np.save(out_dir / f"present{suffix}.npy", present)

@@ -48,6 +48,11 @@ def video_descriptor(clips: torch.Tensor) -> torch.Tensor:
 DESCRIPTORS = {"video": video_descriptor, "audio": audio_descriptor}
 
 
+def descriptor_sizes(n_mels: int) -> dict[str, int]:
+    """Length of each descriptor: video 3 colours × 8×8 + a 4×4 motion grid, audio 3 × n_mels."""
+    return {"video": 3 * 8 * 8 + 4 * 4, "audio": 3 * n_mels}
+
+
 def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=MODALITIES,
                          indices: np.ndarray | None = None) -> Features:
     """Hand-crafted descriptors of every item the loader yields (eval or train mode batches:

@@ -1,7 +1,7 @@
 """k-means on faiss, DeepCluster style, kept apart from training.
 
 The tricks, each named where it is done:
-- PCA-whitening + L2 normalisation (`preprocess`): DeepCluster's feature conditioning; whitening
+- PCA-whitening + L2 normalisation (`fit_pca`, `apply_preprocessing`): DeepCluster's feature conditioning; whitening
   stops a few high-variance directions from deciding every cluster, L2 puts features on a sphere
   where Euclidean k-means compares angles.
 - k-means++ seeding on a small subsample (`kmeans_plus_plus`): faiss' default start (k random
@@ -95,17 +95,6 @@ def apply_preprocessing(x: np.ndarray, projection: Projection | None) -> np.ndar
     if projection is not None:
         x = x @ projection.matrix.T + projection.bias
     return l2_normalise(x)
-
-
-def preprocess(x: np.ndarray, pca_dim: int = 0, whiten: bool = True, seed: int = 0) -> np.ndarray:
-    """float32, PCA(-whitening) fitted on a sample of `x` when pca_dim > 0, then L2 normalisation."""
-    x = np.asarray(x)
-    projection = None
-    if pca_dim > 0:
-        rng = np.random.default_rng(seed)
-        fit_rows = np.sort(rng.choice(len(x), min(len(x), PCA_FIT_POINTS), replace=False))
-        projection = fit_pca(x[fit_rows], pca_dim, whiten)
-    return apply_preprocessing(x, projection)
 
 
 # ---------------------------------------------------------------- k-means pieces
@@ -227,20 +216,6 @@ def reassign_empty_clusters(x: np.ndarray, labels: np.ndarray, centroids: np.nda
         warnings.warn(f"{int((sizes == 0).sum())} clusters stay empty: the remaining clusters' points "
                       "are identical and cannot be split", stacklevel=2)
     return labels, centroids
-
-
-def kmeans(x: np.ndarray, k: int, niter: int = 20, seed: int = 0, max_points_per_centroid: int = 256,
-           reassign_empty: bool = False, use_gpu: bool | None = None, init: str = "kmeans++") -> ClusterResult:
-    """Single-process k-means of the rows of `x` (already preprocessed); every point assigned."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    centroids, _ = train_centroids(x, k, niter, seed, max_points_per_centroid, use_gpu, init)
-    labels, sq_dist = assign(x, centroids, use_gpu)
-    sizes = np.bincount(labels, minlength=k)
-    empty = int((sizes == 0).sum())
-    if reassign_empty and empty:
-        labels, centroids = reassign_empty_clusters(x, labels, centroids, seed)
-    return ClusterResult(labels, centroids, empty, np.bincount(labels, minlength=k).astype(np.int64),
-                         float(sq_dist.sum()))
 
 
 # ---------------------------------------------------------------- distributed

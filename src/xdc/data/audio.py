@@ -18,6 +18,7 @@ from torch import nn
 from xdc.config import DataConfig
 
 LOG_EPS = 1e-6  # floor added before the log: digital silence gives log(1e-6), not -inf
+MIN_WINDOW_SAMPLES = 16  # config validation: a shorter STFT window gives a near-constant log-mel
 
 
 def hz_to_mel(freq, scale: str = "htk"):
@@ -81,6 +82,13 @@ def hop_samples(sample_rate: int, hop_ms: float) -> int:
     return max(1, int(round(sample_rate * hop_ms / 1000)))
 
 
+def stft_sizes(sample_rate: int, win_ms: float) -> tuple[int, int]:
+    """(window samples, n_fft): the window rounded to samples (at least 2), the FFT size the next
+    power of two (faster); the spectrum has n_fft // 2 + 1 frequency bins."""
+    win_length = max(2, int(round(sample_rate * win_ms / 1000)))
+    return win_length, 1 << (win_length - 1).bit_length()
+
+
 def num_audio_frames(cfg: DataConfig) -> int:
     """Spectrogram frames of one clip's audio window (centred STFT: 1 + samples // hop)."""
     return 1 + window_samples(cfg) // hop_samples(cfg.sample_rate, cfg.hop_ms)
@@ -100,9 +108,8 @@ class LogMel(nn.Module):
         super().__init__()
         if normalize not in ("per_spectrogram", "none"):
             raise ValueError(f"normalize must be 'per_spectrogram' or 'none', got {normalize!r}")
-        self.win_length = max(2, int(round(sample_rate * win_ms / 1000)))
+        self.win_length, self.n_fft = stft_sizes(sample_rate, win_ms)
         self.hop_length = hop_samples(sample_rate, hop_ms)
-        self.n_fft = 1 << (self.win_length - 1).bit_length()  # next power of two: faster FFT
         self.normalize = normalize
         self.register_buffer("window", torch.hann_window(self.win_length), persistent=False)
         self.register_buffer("filters", mel_filterbank(n_mels, self.n_fft, sample_rate, f_min, f_max,

@@ -57,7 +57,11 @@ def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 
 def output_path(source: Path, root: Path, out_dir: Path) -> Path:
     """Mirror the source's place under `root`; non-MP4 names keep their extension (a.avi.mp4)
-    so that a.avi and a.mkv in one folder do not collide."""
+    so that a.avi and a.mkv in one folder do not collide. Paths are normalised first (`a/../b`
+    is `b`), so the copy lands under `out_dir`; a source outside `root` raises ManifestError."""
+    source, root = Path(os.path.abspath(source)), Path(os.path.abspath(root))
+    if not source.is_relative_to(root):
+        raise ManifestError(f"{source} is not under {root}: its copy would land outside --out")
     relative = source.relative_to(root)
     name = relative.name if relative.suffix.lower() == ".mp4" else relative.name + ".mp4"
     return out_dir / relative.parent / name
@@ -285,7 +289,7 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
     new_manifest = Path(new_manifest) if new_manifest else out_dir / "manifest.csv"
     rows = read_manifest(manifest)
     ok_rows = [row for row in rows if row["status"] == "ok"]
-    root = Path(os.path.commonpath([str(Path(r["path"]).parent) for r in ok_rows])) if ok_rows else out_dir
+    root = Path(os.path.commonpath([os.path.abspath(Path(r["path"]).parent) for r in ok_rows])) if ok_rows else out_dir
     jobs = [(row, str(output_path(Path(row["path"]), root, out_dir)), options) for row in ok_rows]
     targets = [job[1] for job in jobs]
     if len(set(targets)) != len(targets):

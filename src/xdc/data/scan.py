@@ -189,10 +189,13 @@ def _probe_container(container: av.container.InputContainer, row: dict[str, Any]
     fps = _frame_rate(video)
     row.update(rotation=rotation, width=width, height=height, fps=fps)
     notes = []
-    if declared is not None and video_end is not None and \
-            video_end < declared - max(TRUNCATION_MIN_SECONDS, TRUNCATION_TOLERANCE * declared):
+    # The video stream's own declared length, not the container's: a short video with longer audio
+    # (a 1-frame clip over a 2-s sound) is complete.
+    expected = _stream_duration(video) or declared
+    if expected is not None and video_end is not None and \
+            video_end < expected - max(TRUNCATION_MIN_SECONDS, TRUNCATION_TOLERANCE * expected):
         # Only the data that is there can be loaded: report the shorter duration.
-        notes.append(f"truncated: video data ends at {video_end:.2f} s of {declared:.2f} s")
+        notes.append(f"truncated: video data ends at {video_end:.2f} s of {expected:.2f} s")
         duration = video_end
     if demux_error:
         notes.append(f"read error after {video_end or 0:.2f} s: {demux_error}")
@@ -237,8 +240,12 @@ def _declared_duration(container, video) -> float | None:
     """Container duration, else the video stream's; None when the headers have neither."""
     if container.duration:
         return container.duration / av.time_base
-    if video.duration and video.time_base:
-        return float(video.duration * video.time_base)
+    return _stream_duration(video)
+
+
+def _stream_duration(stream) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
     return None
 
 

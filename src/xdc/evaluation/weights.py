@@ -22,7 +22,7 @@ from torch import nn
 
 from xdc.config import DataConfig, ModelConfig, PretrainConfig, validate
 from xdc.models import MODALITIES, audio_encoder, video_encoder
-from xdc.training.checkpoint import load_checkpoint, save_checkpoint
+from xdc.training.checkpoint import load_checkpoint, load_error_reason, save_checkpoint
 from xdc.errors import XdcError
 
 # Only the classification layer may differ between a checkpoint and the encoder it goes into.
@@ -47,7 +47,7 @@ def read_state_dict(path: str | Path, modality: str = "video") -> dict[str, torc
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"cannot read weights from {path}: {err}") from err
+        raise WeightsError(f"cannot read weights from {path}: {load_error_reason(err)}") from err
     if isinstance(blob, dict) and f"{modality}_encoder" in blob:  # our pretrain checkpoint
         blob = blob[f"{modality}_encoder"]
     for wrapper in ("state_dict", "model"):

@@ -76,7 +76,11 @@ def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.n
     """k from summary.json (it counts empty clusters too), else one past the largest id."""
     summary = RunFolder(run_dir).summary
     if summary.is_file():
-        for record in json.loads(summary.read_text()).get("iterations", []):
+        try:
+            records = json.loads(summary.read_text()).get("iterations", [])
+        except (ValueError, AttributeError) as err:
+            raise ReportError(f"cannot read {summary}: {err} (not a summary written by xdc pretrain)") from err
+        for record in records:
             if record.get("iteration") == iteration and modality in record:
                 return int(record[modality]["num_clusters"])
     return int(clusters.max()) + 1
@@ -119,7 +123,7 @@ def iteration_scores(run: RunFolder, names: list[str | None]) -> dict[str, list[
             path = run.labels(n, modality)
             if not path.is_file():
                 continue
-            clusters = np.load(path).astype(np.int64)
+            clusters = run.read_labels(n, modality)
             if len(clusters) != len(names):
                 continue  # said by the report itself when it is the iteration reported
             if previous is not None:
@@ -132,7 +136,12 @@ def iteration_scores(run: RunFolder, names: list[str | None]) -> dict[str, list[
 
 
 def _concepts(row: dict) -> str:
-    return ", ".join(f"{name}({share:.2f})" for name, share in row["top"])
+    return ", ".join(f"{_cell(name)}({share:.2f})" for name, share in row["top"])
+
+
+def _cell(text: str) -> str:
+    """A label as Markdown table cell text: `|` would end the cell and a newline the row."""
+    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
 def _purity(value: float | None) -> str:
@@ -273,12 +282,12 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         path = run.labels(iteration, modality)
         if not path.is_file():
             continue
-        clusters = np.load(path).astype(np.int64)
+        clusters = run.read_labels(iteration, modality)
         if len(clusters) != len(rows):
             raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
         k = num_clusters_of(run_dir, iteration, modality, clusters)
         before = run.labels(iteration - 1, modality)
-        previous = np.load(before).astype(np.int64) if iteration and before.is_file() else None
+        previous = run.read_labels(iteration - 1, modality) if iteration and before.is_file() else None
         metrics[modality], ranked = modality_report(clusters, names, k, previous)
         metrics[modality]["iteration"] = iteration
         (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")

@@ -7,6 +7,7 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 
 from __future__ import annotations
 
+import errno
 import pickle
 import random
 import sys
@@ -26,6 +27,21 @@ class CheckpointError(XdcError, FileNotFoundError):
     holding objects that weights_only loading refuses)."""
 
 
+class DiskFullError(XdcError):
+    """A write failed for want of space (or quota)."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or torch.save's zip writer failing on a short write: it raises a RuntimeError
+    "enforce fail at inline_container.cc ..." ("file write failed" to a path, "unexpected pos" to a
+    file handle) without the errno."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return isinstance(err, RuntimeError) and "inline_container.cc" in text and \
+        ("file write failed" in text or "unexpected pos" in text)
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` atomically (`atomic_file`)."""
     with atomic_file(path) as handle:
@@ -42,10 +58,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as err:
-        # torch names a truncated zip, a non-checkpoint or a refused (unsafe) object its own way.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, not a checkpoint, or "
-                              f"holds objects that safe loading (weights_only) refuses ({first[:200]})") from err
+                              f"holds objects that safe loading (weights_only) refuses ({load_error_reason(err)})") from err
+
+
+def load_error_reason(err: BaseException) -> str:
+    """One line from torch.load's error: for a refused object the line naming it, not torch's advice
+    to load with weights_only=False (which would run the file's code)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if lines[0].startswith("Weights only load failed"):
+        named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+        return f"refused by weights_only loading: {(named or [lines[-1]])[0][:200]}"
+    return lines[0][:200]
 
 
 def rng_state() -> dict[str, Any]:

@@ -12,12 +12,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from xdc.errors import XdcError
+
+
+class DeviceError(XdcError):
+    """The device asked for is not on this machine."""
+
 
 def init_distributed(device: str = "auto") -> torch.device:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); pick the device."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for, but CUDA is not available")
+        raise DeviceError("device=cuda was asked for, but CUDA is not available on this machine: "
+                          "use device=cpu (or device=auto)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:

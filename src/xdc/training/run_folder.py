@@ -4,11 +4,24 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from xdc.errors import XdcError
 
 _ITERATION_CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
+
+
+class RunFolderError(XdcError):
+    """The run folder cannot be used: another process holds it, the path is not a folder, or a
+    file in it cannot be read (pseudo-labels)."""
 
 
 @dataclass(frozen=True)
@@ -48,11 +61,16 @@ class RunFolder:
         """Written when an iteration's training ends: its encoders, heads and labels."""
         return self.checkpoints / f"iteration_{iteration:02d}.pt"
 
-    def final_checkpoint(self) -> Path | None:
-        """The newest iteration checkpoint, or None before the first iteration ends."""
+    def iteration_checkpoints(self) -> list[tuple[int, Path]]:
+        """(iteration, path) of every iteration checkpoint, newest first."""
         found = [(int(m.group(1)), p) for p in self.checkpoints.glob("iteration_*.pt")
                  if (m := _ITERATION_CHECKPOINT.match(p.name))]
-        return max(found)[1] if found else None
+        return sorted(found, reverse=True)
+
+    def final_checkpoint(self) -> Path | None:
+        """The newest iteration checkpoint, or None before the first iteration ends."""
+        found = self.iteration_checkpoints()
+        return found[0][1] if found else None
 
     def iteration_dir(self, iteration: int) -> Path:
         return self.root / "iterations" / f"{iteration:02d}"
@@ -66,6 +84,20 @@ class RunFolder:
         """Pseudo-labels of every row of rows.csv, as the `modality` encoder's clusters."""
         return self.iteration_dir(iteration) / f"labels_{modality}.npy"
 
+    def read_labels(self, iteration: int, modality: str) -> np.ndarray:
+        """`labels(iteration, modality)` as int64; RunFolderError for a missing file or anything but
+        a 1-d integer .npy (pickled objects are never loaded)."""
+        path = self.labels(iteration, modality)
+        try:
+            labels = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise RunFolderError(f"cannot read pseudo-labels {path}: {str(err).splitlines()[0][:200]} "
+                                 f"(not a labels file written by xdc pretrain)") from err
+        if not isinstance(labels, np.ndarray) or labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise RunFolderError(f"{path} is not a pseudo-labels file (1-d integers), "
+                                 f"found {getattr(labels, 'dtype', type(labels).__name__)}")
+        return labels.astype(np.int64)
+
     @property
     def features(self) -> Path:
         return self.root / "features"
@@ -73,3 +105,33 @@ class RunFolder:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tb"
+
+    @property
+    def lock_file(self) -> Path:
+        """Holds the PID of the process that runs in this folder (see `locked`)."""
+        return self.root / ".lock"
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold this folder for one process: an exclusive `flock` on `lock_file`, which the OS
+        releases when the process ends however it ends, so a lock is never stale. Creates the
+        folder; raises RunFolderError when it is a file or another process holds it. Then removes
+        the temporary files (`.NAME.*.tmp`, see checkpoint.atomic_file) a killed run left."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunFolderError(f"{self.root} is a file, not a run folder: choose another --out")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_file, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                raise RunFolderError(f"run folder {self.root} in use by PID {holder}: wait until that "
+                                     f"run ends (or stop it), or choose another folder") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            for tmp in self.root.rglob(".*.tmp"):  # only a dead writer leaves one: we hold the lock
+                tmp.unlink(missing_ok=True)
+            yield  # the lock goes with the handle's close
