@@ -161,9 +161,10 @@ def test_superv_multi_label_manifest(av_manifest, tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
-    lines = av_manifest.read_text().splitlines()
-    unlabelled = av_manifest.parent / "unlabelled.csv"
-    unlabelled.write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + "," for line in lines[1:]]))
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    unlabelled = write_manifest([dict(r, label=None) for r in read_manifest(av_manifest)],
+                                av_manifest.parent / "unlabelled.csv")
     assert pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv") == 2
     assert "superv needs a manifest with a `label`" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "k",
