@@ -6,7 +6,8 @@
 #
 # 1. `xdc demo --quick` (device auto -> CUDA): pretraining with bf16 autocast, channels_last_3d,
 #    pinned memory and non-blocking copies, then the linear probes, clusters, filters, report.
-# 2. `torchrun --nproc_per_node 1 -m xdc.pretrain` on CUDA: the NCCL process group.
+# 2. `torchrun --nproc_per_node 1 -m xdc.pretrain` on CUDA: the NCCL process group; then a short
+#    one with `model.sync_bn=true` (SyncBatchNorm runs on CUDA only) and `optim.lr_scaling=linear`.
 # 3. `xdc finetune --mode full` on CUDA from that run's checkpoint.
 # 4. benchmarks/train_step.py at the paper's network size (width 64, 8x112x112) and
 #    benchmarks/kmeans.py.
@@ -25,6 +26,9 @@ step "environment"
 import faiss, torch, torchvision
 print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda", torch.version.cuda,
       "faiss", faiss.__version__, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))
+from xdc.clustering.kmeans import use_gpu_default
+print("faiss sees", faiss.get_num_gpus(), "GPU(s); k-means on the GPU:", use_gpu_default(),
+      "(pip install 'xdc[gpu]': docs/SCALE_DISTRIBUTED.md)")
 EOF
 
 step "xdc demo --quick on $device"
@@ -38,6 +42,16 @@ step "torchrun, 1 process (NCCL on cuda, gloo on cpu)"
     cluster.k_audio=4 cluster.k_joint=4 > "$out/ddp.log" 2>&1 || { tail -40 "$out/ddp.log"; exit 1; }
 tail -8 "$out/ddp.log"
 cp "$out/ddp/checkpoints/iteration_01.pt" "$out/cuda_checkpoint.pt"  # CPU loading is checked here
+
+step "torchrun, 1 process, model.sync_bn=true (SyncBatchNorm + NCCL on cuda), lr_scaling=linear"
+"$python" -m torch.distributed.run --standalone --nproc_per_node 1 -m xdc.pretrain --config tiny_cpu \
+    --data "$out/demo/data/manifest.csv" --out "$out/syncbn" device=$device model.sync_bn=true \
+    optim.lr_scaling=linear optim.reference_batch=8 iterations=1 optim.total_epochs=1 \
+    cluster.k_video=4 cluster.k_audio=4 cluster.k_joint=4 > "$out/syncbn.log" 2>&1 \
+    || { tail -40 "$out/syncbn.log"; exit 1; }
+grep "global batch" "$out/syncbn.log"
+tail -4 "$out/syncbn.log"
+test -f "$out/syncbn/checkpoints/iteration_00.pt"
 
 step "xdc finetune --mode full on $device"
 labeled="$out/demo/data/labeled.csv"

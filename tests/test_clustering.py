@@ -14,6 +14,7 @@ from xdc.clustering import (
     cluster_features,
     cluster_sizes_summary,
     extract_features,
+    extracted,
     handcrafted_features,
     hungarian_accuracy,
     nmi,
@@ -225,6 +226,53 @@ def test_extract_features_rows_follow_index_and_skips_are_reported(tmp_path):
     assert np.load(tmp_path / "present.npy").sum() == 4
 
 
+def test_extraction_restart_keeps_the_rows_a_crash_left(tmp_path):
+    from xdc.clustering.features import run_extraction
+
+    batches = [video_eval_batch([i, i + 1], seed=i) for i in range(0, 6, 2)]
+    seen = []
+
+    def mean_colour(clips):
+        seen.extend([len(clips)])
+        return clips.mean(dim=(1, 3, 4, 5))  # B×3
+
+    def crashing():
+        yield from batches[:2]
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        run_extraction({"video": mean_colour}, crashing(), 6, tmp_path, key="it 0", save_every_s=0)
+    done = extracted(tmp_path, "it 0", np.arange(6), ("video",))
+    assert done.tolist() == [True] * 4 + [False] * 2
+    assert not extracted(tmp_path, "it 1", np.arange(6), ("video",)).any()  # other weights: nothing
+    assert not extracted(tmp_path, "it 0", np.arange(0, 6, 2), ("video",)).any()  # other rows
+    seen.clear()
+    feats = run_extraction({"video": mean_colour}, batches[2:], 6, tmp_path, key="it 0")
+    assert seen == [2]  # only the missing batch went through the encoder
+    once = run_extraction({"video": mean_colour}, batches, 6, tmp_path / "once")
+    assert feats.present.all()
+    np.testing.assert_array_equal(np.asarray(feats["video"]), np.asarray(once["video"]))
+    # A new key starts afresh: the old rows are not taken for the new weights' features.
+    with pytest.warns(UserWarning, match="4 of 6 items have no features"):
+        fresh = run_extraction({"video": mean_colour}, batches[:1], 6, tmp_path, key="it 1")
+    assert fresh.present.tolist() == [True, True] + [False] * 4
+
+
+def test_kmeans_takes_the_cpu_path_when_faiss_has_no_gpu():
+    import faiss
+
+    from xdc.clustering.kmeans import flat_index, use_gpu_default
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("this faiss build sees a GPU")
+    assert not use_gpu_default()
+    assert type(flat_index(16)) is faiss.IndexFlatL2  # a CPU index, not a GpuIndexFlatL2
+    with pytest.raises(RuntimeError, match=r"xdc\[gpu\]"):
+        flat_index(16, use_gpu=True)
+    x, truth = blobs(n=400, k=4, d=16, seed=1)
+    assert nmi(kmeans(x, 4).labels, truth) > 0.95  # cluster_features, on the CPU
+
+
 def test_extract_features_rejects_items_outside_the_shard(tmp_path):
     from xdc.models import r2plus1d_18
 
@@ -315,6 +363,13 @@ def _rank_main(rank, world, port, out_dir, features):
         np.save(out_dir / f"labels{rank}.npy", result.labels)
         np.save(out_dir / f"sizes{rank}.npy", result.sizes)
         np.save(out_dir / f"reassigned{rank}.npy", reassigned)
+        # Arrays as tensors: rank r sends r + 1 rows (padded to the longest, cut back).
+        from xdc.training.distributed import all_gather_arrays, broadcast_array
+
+        gathered = all_gather_arrays(np.full((rank + 1, 3), rank, np.int64))
+        np.save(out_dir / f"gathered{rank}.npy", np.concatenate(gathered))
+        sent = broadcast_array(np.arange(6, dtype=np.float32).reshape(2, 3) if rank == 0 else None)
+        np.save(out_dir / f"broadcast{rank}.npy", sent)
     finally:
         torch_dist.destroy_process_group()
 
@@ -344,6 +399,10 @@ def test_cluster_features_two_ranks_match_one_process(tmp_path):
     assert np.array_equal(reassigned[0], reassigned[1])
     assert np.array_equal(reassigned[0], single_reassigned)
     assert (np.bincount(reassigned[0][keep], minlength=8) > 0).all()
+    for r in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"gathered{r}.npy"), [[0] * 3, [1] * 3, [1] * 3])
+        broadcast = np.load(tmp_path / f"broadcast{r}.npy")
+        assert broadcast.dtype == np.float32 and broadcast.tolist() == [[0, 1, 2], [3, 4, 5]]
 
 
 def test_cluster_features_without_process_group():

@@ -48,3 +48,20 @@ def test_two_ranks_hold_the_same_pseudo_labels(av_manifest, tmp_path):
     labels = np.load(out / "iterations" / "01" / "labels_audio.npy")
     assert labels.shape == (8,) and labels.min() >= 0
     assert not list(out.glob("checkpoints/.*.tmp"))  # only rank 0 wrote, atomically
+
+
+def test_multi_node_restarts_on_the_shared_store_are_warned(monkeypatch, capsys):
+    from xdc.training.distributed import warn_shared_store
+
+    # What torchrun's agent puts in a worker's environment (2 nodes, --max-restarts 1).
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "1")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    warn_shared_store()
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # what that variable gives
+    warn_shared_store()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")  # one node: the restart counts cannot differ
+    warn_shared_store()
+    assert capsys.readouterr().err == ""

@@ -179,7 +179,7 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
                     "optim.total_epochs=1") == 0
     capsys.readouterr()
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", out) == 2
-    assert "already holds a run" in capsys.readouterr().err
+    assert "holds another run (its config differs: iterations=2" in capsys.readouterr().err
     assert pretrain("--resume", tmp_path / "missing") == 2
     assert "nothing to resume" in capsys.readouterr().err
 
@@ -258,3 +258,32 @@ def test_init_from_starts_from_a_previous_runs_encoders(av_manifest, tmp_path):
     weight = "stem.0.weight"
     # lr ~0, so still the loaded weights (trained from seed 1; this run's own init uses seed 0).
     torch.testing.assert_close(end[weight], start[weight])
+
+
+def test_the_same_command_twice_continues_the_run(av_manifest, tmp_path, capsys):
+    out = tmp_path / "run"
+    command = ["--config", TINY, "--data", av_manifest, "--out", out, "optim.epoch_size=8",
+               "optim.total_epochs=2", "iterations=2"]
+    assert pretrain(*command) == 0
+    # Launched again (by hand, a scheduler, torchrun --max-restarts): the complete run says so.
+    summary = (out / "summary.json").read_text()
+    capsys.readouterr()
+    assert pretrain(*command) == 0
+    printed = capsys.readouterr().out
+    assert "resumed" in printed and "at iteration 2, epoch 0: the run is complete" in printed
+    assert (out / "summary.json").read_text() == summary  # nothing was trained again
+    # Interrupted after epoch 1 of iteration 1: the same command goes on from that checkpoint.
+    halfway = torch.load(out / "checkpoints" / "iteration_01.pt", weights_only=True)
+    torch.save(halfway | {"epoch": 1}, out / "checkpoints" / "last.pt")
+    assert pretrain(*command) == 0
+    printed = capsys.readouterr().out
+    assert "at iteration 1, epoch 1\n" in printed and "iteration 1 epoch 2/2" in printed
+    assert "iteration 1 epoch 1/2" not in printed and "iteration 0 epoch" not in printed, printed
+    assert [r["epochs"] for r in json.loads((out / "summary.json").read_text())["iterations"]] == [2, 2]
+    # Another config or other rows in the same folder: refused, one line, exit 2.
+    assert pretrain(*command, "optim.lr=0.02") == 2
+    assert "holds another run (its config differs: optim.lr=0.02)" in capsys.readouterr().err
+    fewer = av_manifest.parent / "fewer.csv"
+    fewer.write_text("\n".join(av_manifest.read_text().splitlines()[:-1]) + "\n")
+    assert pretrain("--config", TINY, "--data", fewer, "--out", out, *command[6:]) == 2
+    assert "holds a run on other manifest rows" in capsys.readouterr().err

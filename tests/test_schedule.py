@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from xdc.config import OptimConfig
-from xdc.training.schedule import EarlyStopping, lr_factor, make_scheduler, steps_per_epoch
+from xdc.config import ConfigError, load_config
+from xdc.training.schedule import EarlyStopping, effective_lr, lr_factor, make_scheduler, steps_per_epoch
 
 
 def test_warmup_then_step_decay_per_table_2_kinetics():
@@ -44,6 +46,53 @@ def test_scheduler_drives_sgd_lr_and_resumes_from_state():
     sched2.load_state_dict(sched.state_dict())
     opt2.load_state_dict(opt.state_dict())
     assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"]) == pytest.approx(0.025)
+
+
+def lr_per_epoch(cfg: OptimConfig, world_size: int, epochs: range, optimizer_state=None) -> list[list[float]]:
+    """The lr of every SGD step of `epochs` on `world_size` ranks, per epoch: a run (or a resumed
+    one, starting at epochs.start with a loaded optimizer state) as pretrain builds it."""
+    steps = steps_per_epoch(cfg, world_size)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=0.9)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    sched = make_scheduler(opt, cfg, steps, epochs.start, base_lr=cfg.lr)
+    curve = []
+    for _ in epochs:
+        curve.append([])
+        for _ in range(steps):
+            curve[-1].append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+    return curve
+
+
+def test_resume_on_another_world_size_follows_the_same_lr_curve():
+    cfg = OptimConfig(lr=0.1, warmup_epochs=2, step_epochs=1, total_epochs=5, gamma=0.5, epoch_size=64,
+                      batch_size=4)
+    assert steps_per_epoch(cfg, 4) == 4 and steps_per_epoch(cfg, 2) == 8
+    four = lr_per_epoch(cfg, 4, range(5))  # started on 4 ranks...
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr, momentum=0.9)
+    make_scheduler(opt, cfg, 4, first_epoch=3)  # ...its optimizer state after 3 epochs
+    for first in (1, 3):  # resumed on 2 ranks mid-warmup, and after it
+        two = lr_per_epoch(cfg, 2, range(first, 5), opt.state_dict())
+        for epoch, (a, b) in enumerate(zip(four[first:], two), start=first):
+            assert a[-1] == pytest.approx(b[-1]), epoch  # the same lr at the end of every epoch
+            # Within an epoch: the same ramp, sampled at the steps of each world size.
+            assert np.interp(np.arange(1, 9) / 8, np.arange(1, 5) / 4, a) == pytest.approx(b, abs=0.1 / 16)
+    assert [epoch[0] for epoch in four[2:]] == pytest.approx([0.1, 0.05, 0.025])
+    # The old way, a raw step count, puts the 2-rank run back in its warmup after 3 epochs.
+    steps_done = 3 * steps_per_epoch(cfg, 4)
+    assert cfg.lr * lr_factor(steps_done, steps_per_epoch(cfg, 2), 2, 1, 0.5) == pytest.approx(0.1 * 13 / 16)
+
+
+def test_linear_lr_scaling_by_the_global_batch():
+    cfg = OptimConfig(lr=0.1, batch_size=32, lr_scaling="linear", reference_batch=256)
+    assert [effective_lr(cfg, w) for w in (1, 4, 8, 16)] == pytest.approx([0.0125, 0.05, 0.1, 0.2])
+    assert effective_lr(OptimConfig(lr=0.1, batch_size=32), 8) == 0.1  # lr_scaling none: as given
+    with pytest.raises(ConfigError, match="optim.lr_scaling"):
+        load_config("tiny_cpu", ["optim.lr_scaling=sqrt"])
+    with pytest.raises(ConfigError, match="dist.timeout_minutes"):
+        load_config("tiny_cpu", ["dist.timeout_minutes=0"])
 
 
 def test_steps_per_epoch_splits_epoch_size_over_ranks():

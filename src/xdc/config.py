@@ -89,8 +89,12 @@ class OptimConfig:
     """Seed Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
 
     epoch_size: int = 1_000_000
-    batch_size: int = 32
+    batch_size: int = 32  # per GPU (per rank): the global batch is batch_size × ranks
     lr: float = 0.01
+    # Goyal et al.'s linear rule: "linear" trains at lr × global batch / reference_batch; "none"
+    # trains at `lr` whatever the number of ranks.
+    lr_scaling: str = "none"
+    reference_batch: int = 256  # the global batch `lr` was set for (lr_scaling=linear)
     warmup_epochs: int = 10
     step_epochs: int = 10
     total_epochs: int = 30
@@ -106,6 +110,15 @@ class OptimConfig:
 
 
 @dataclass
+class DistConfig:
+    """torch.distributed settings (docs/SCALE_DISTRIBUTED.md)."""
+
+    # How long a collective waits for the slowest rank before the job fails (and torchrun
+    # --max-restarts relaunches it): rank 0 alone fits PCA and k-means while the others wait.
+    timeout_minutes: float = 60.0
+
+
+@dataclass
 class PretrainConfig:
     method: str = "xdc"
     iterations: int = 5  # deep-clustering iterations (cluster, then train)
@@ -114,6 +127,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # Encoders to start from (a pretraining checkpoint, e.g. RUN/checkpoints/iteration_NN.pt);
@@ -240,6 +254,8 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
     _check(0 < cfg.val_fraction < 1, f"{prefix}.val_fraction", cfg.val_fraction, "in (0, 1)")
     _check(cfg.head_reduction in ("sum", "mean"), f"{prefix}.head_reduction", cfg.head_reduction,
            "sum | mean")
+    _check(cfg.lr_scaling in ("none", "linear"), f"{prefix}.lr_scaling", cfg.lr_scaling, "none | linear")
+    _check(cfg.reference_batch >= 1, f"{prefix}.reference_batch", cfg.reference_batch, ">= 1")
 
 
 def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = "") -> None:
@@ -256,6 +272,7 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
 
         _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
         _check(cfg.iterations >= 1, f"{prefix}iterations", cfg.iterations, ">= 1")
+        _check(cfg.dist.timeout_minutes > 0, f"{prefix}dist.timeout_minutes", cfg.dist.timeout_minutes, "> 0")
         c = cfg.cluster
         for key in ("k_video", "k_audio", "k_joint"):
             _check(getattr(c, key) >= 2, f"{prefix}cluster.{key}", getattr(c, key), ">= 2")

@@ -4,17 +4,23 @@
     torchrun --nproc_per_node 2 -m xdc.pretrain --config ... --data ... --out ...
     xdc pretrain --resume runs/xdc
 
+Running the same command again continues the run in --out when its config and manifest rows are
+the ones recorded there (refused otherwise): that is what lets `torchrun --max-restarts` or a
+scheduler bring a crashed or preempted job back (docs/SCALE_DISTRIBUTED.md).
+
 Each iteration: (a) features of every video (iteration 0: freshly initialised encoders after a
 BatchNorm recompute, or hand-crafted features), (b) k-means on the feature sets the method asks
 for -> pseudo-labels, identical on every rank, (c) fresh classification heads, optimizer and lr
 schedule, (d) SGD until the validation loss rises `patience` epochs in a row or `total_epochs`.
 `checkpoints/last.pt` is written after clustering and after every epoch, `iteration_NN.pt` when
-an iteration's training ends; `--resume` continues from `last.pt`. Run folder: docs/DESIGN.md.
+an iteration's training ends; a relaunch or `--resume` continues from `last.pt`. Run folder:
+docs/DESIGN.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import signal
@@ -25,12 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
 from xdc.clustering.features import describe_skipped
-from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config,
+from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, dotlist, load_config,
                         save_config)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, clip_loader
 from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
@@ -41,11 +48,11 @@ from xdc.training import distributed as dist_utils
 from xdc.files import write_text_atomic
 from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason,
                                      rank_rng_states, restore_rank_rng, save_checkpoint)
-from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss
+from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss, weights_digest
 from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
                                  rank_digests, tensorboard_writer)
 from xdc.training.run_folder import RunFolder, RunFolderError
-from xdc.training.schedule import EarlyStopping, make_scheduler, steps_per_epoch
+from xdc.training.schedule import EarlyStopping, effective_lr, global_batch, make_scheduler, steps_per_epoch
 
 
 
@@ -59,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
                         "default: dc_kinetics on a GPU, cpu otherwise)")
     parser.add_argument("--data", type=Path, help="manifest CSV written by `xdc scan`")
-    parser.add_argument("-o", "--out", type=Path, help="run folder to create")
+    parser.add_argument("-o", "--out", type=Path, help="run folder to create, or to continue when it holds this "
+                        "same run (same config and manifest rows)")
     parser.add_argument("--method", choices=tuple(METHODS), help=f"overrides the config's `method`: "
                         f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's labels)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
@@ -74,22 +82,42 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         if args.config or args.data or args.method or args.overrides:
             raise RunError("--resume takes the run folder only: its config.yaml and rows.csv are reused")
         run = RunFolder(args.resume)
-        if not run.last.is_file():
-            raise RunError(f"nothing to resume: {run.last} not found")
+        if not run.config.is_file():  # a run killed before its first checkpoint restarts from scratch
+            raise RunError(f"nothing to resume: {run.config} not found")
         return load_config(run.config), read_manifest(run.rows), run.root
     if args.data is None or args.out is None:
         raise RunError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
     cfg = load_config(args.config or default_pretrain_config(), overrides)
-    if RunFolder(args.out).last.exists():
-        raise RunError(f"{args.out} already holds a run: pass --resume {args.out} to continue it, "
-                       f"or choose another --out")
     rows, dropped = usable_rows(read_manifest(args.data), require_audio=True)
     check_inputs(cfg, rows)
-    dist_utils.init_distributed(cfg.device)  # so that only rank 0 prints
+    dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # so that only rank 0 prints
     if dist_utils.is_main():
         print(f"{args.data}: {len(rows)} usable videos, {describe_dropped(dropped)}", flush=True)
     return cfg, rows, args.out
+
+
+def rows_digest(rows: list[dict]) -> str:
+    digest = hashlib.sha1()
+    for row in rows:  # row by row: millions of rows never become one string
+        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def same_run(run: RunFolder, cfg: PretrainConfig, rows: list[dict]) -> bool:
+    """Whether `run` already holds this run (same config, same usable rows): then launching it
+    again continues it. False for a new folder; RunError when it holds another run."""
+    if not run.config.is_file():
+        return False
+    recorded = run.config.read_text()
+    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(yaml.safe_load(recorded))))
+    if changed:
+        raise RunError(f"{run.root} holds another run (its config differs: {', '.join(changed[:5])}): "
+                       f"choose another --out, or continue it as it was with --resume {run.root}")
+    if not run.rows.is_file() or rows_digest(read_manifest(run.rows)) != rows_digest(rows):
+        raise RunError(f"{run.root} holds a run on other manifest rows than --data's: choose another --out, "
+                       f"or continue it as it was with --resume {run.root}")
+    return True
 
 
 def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
@@ -177,7 +205,7 @@ def load_encoders(model: PretrainModel, state: dict, path: str | Path) -> None:
 
 # What a checkpoint must hold to resume from it (docs/DESIGN.md, Checkpoint); mid-iteration, more.
 RESUME_KEYS = ("video_encoder", "audio_encoder", "iteration", "epoch", "rng", "summary")
-MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "scheduler", "early_stop")
+MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "early_stop")
 
 
 def load_resume_checkpoint(path: Path) -> dict:
@@ -230,18 +258,28 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
     if method.clusterings:
         mine = shard(np.arange(len(rows)))
         dataset = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video)
-        loader = make_loader(Subset(dataset, mine.tolist()), cfg, device)
+
+        def loader_of(items: np.ndarray) -> DataLoader:
+            return make_loader(Subset(dataset, items.tolist()), cfg, device)
+
+        # Features a crashed attempt at this same extraction wrote are kept: only the rest is read.
         if iteration == 0 and cfg.cluster.first_features == "handcrafted":
-            features = clustering.handcrafted_features(loader, len(rows), run.features, indices=mine)
+            key = "iteration 0: handcrafted"
+            todo = mine[~clustering.extracted(run.features, key, mine)]
+            features = clustering.handcrafted_features(loader_of(todo), len(rows), run.features, indices=mine,
+                                                       key=key)
         else:
             encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
             if iteration == 0 and not cfg.init_from:
                 # Running statistics of freshly initialised BatchNorm layers are meaningless. Every
                 # rank uses the same number of batches (SyncBatchNorm syncs each forward).
                 fewest = max(1, (len(rows) // dist_utils.world_size()) // cfg.optim.batch_size)
-                clustering.recompute_batchnorms(encoders, loader, device, min(50, fewest), cfg.amp)
-            features = clustering.extract_features(encoders, loader, len(rows), run.features, device,
-                                                   amp=cfg.amp, indices=mine)
+                clustering.recompute_batchnorms(encoders, loader_of(mine), device, min(50, fewest), cfg.amp)
+            weights = f"{weights_digest(model.video_encoder)} {weights_digest(model.audio_encoder)}"
+            key = f"iteration {iteration}: weights {weights}"
+            todo = mine[~clustering.extracted(run.features, key, mine)]
+            features = clustering.extract_features(encoders, loader_of(todo), len(rows), run.features, device,
+                                                   amp=cfg.amp, indices=mine, key=key)
         skipped = int(dist_utils.all_reduce_sum(torch.tensor(float(len(features.skipped)))))
         have = int(dist_utils.all_reduce_sum(torch.tensor(float(features.present.sum()))))
         for name, x in method.cluster_inputs(features).items():
@@ -314,24 +352,30 @@ def save_labels(run: RunFolder, iteration: int, method: Method, labels: dict[str
 # ------------------------------------------------------------------------------------- the loop
 
 def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool = False) -> dict:
-    """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary.
+    """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary. A run
+    folder that already holds this run (`same_run`) is continued as with `resume`: relaunching the
+    same command is how torchrun --max-restarts and schedulers bring a run back.
 
     Rank 0 holds the run folder's lock (`RunFolder.locked`) from before the first write to the
     end; a full disk ends the run with DiskFullError (checkpoints are atomic: the last one is whole)."""
-    dist_utils.init_distributed(cfg.device)  # ranks are known from here on
+    dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # ranks are known from here on
     run = RunFolder(run_dir)
     with ExitStack() as held:
         failure = None
         if dist_utils.is_main():
             try:
                 held.enter_context(run.locked())
+                resume = resume or same_run(run, cfg, rows)
                 if not resume and run.last.exists():  # written since setup looked, by a run now ended
                     raise RunError(f"{run.root} already holds a run: pass --resume {run.root} to continue it")
             except XdcError as err:
                 failure = err
-        # Every rank learns whether rank 0 got the folder, rather than waiting for it at a barrier.
-        if dist_utils.all_reduce_sum(torch.tensor(float(failure is not None))).item():
+        # Every rank learns whether rank 0 got the folder (and whether it continues a run there),
+        # rather than waiting for it at a barrier.
+        failed, resume = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None), float(resume)]))
+        if failed.item():
             raise failure or RunFolderError(f"rank 0 could not take the run folder {run.root}")
+        resume = bool(resume.item())
         try:
             return _pretrain(cfg, rows, run_dir, resume)
         except (OSError, RuntimeError) as err:
@@ -347,12 +391,12 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
 @logged_run  # RUN_DIR/log.txt, written once the folder is ours
 def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool) -> dict:
     # ============ set-up: device, run folder, data, method, model ============
-    device = dist_utils.init_distributed(cfg.device)
+    device = dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)
     run = RunFolder(run_dir)
     if dist_utils.is_main() and not resume:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_manifest(rows, run.rows, relative=False)  # rows first: config.yaml marks a complete pair
         save_config(cfg, run.config)
-        write_manifest(rows, run.rows, relative=False)
     dist_utils.barrier()
     train_set = AudioVideoClips(rows, cfg.data, mode="train")
     val_set = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1)  # the centre clip
@@ -361,16 +405,23 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
     train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
     model = build_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
+    lr = effective_lr(cfg.optim, dist_utils.world_size())
     writer = tensorboard_writer(run.tensorboard, cfg)
+    if dist_utils.is_main():
+        print(f"{dist_utils.world_size()} rank(s) × batch {cfg.optim.batch_size} = global batch "
+              f"{global_batch(cfg.optim, dist_utils.world_size())}; lr {lr:g} (optim.lr {cfg.optim.lr:g}, "
+              f"lr_scaling {cfg.optim.lr_scaling})", flush=True)
 
     # ============ a fresh start, or where the last checkpoint left off ============
-    state = resume_state(run) if resume else {}
+    # (a run killed before its first checkpoint starts afresh, reusing the features it extracted)
+    state = resume_state(run) if resume and any(run.checkpoints.glob("*.pt")) else {}
     summary: list[dict] = json.loads(state.get("summary", "[]"))
     global_step = int(state.get("global_step", 0))
     if state:
         load_encoders(model, state, run.last)
         if dist_utils.is_main():
-            print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}", flush=True)
+            print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}"
+                  + (": the run is complete" if state["iteration"] >= cfg.iterations else ""), flush=True)
     started = time.perf_counter()
     print_pretrain_plan(cfg, rows, model, device)
 
@@ -393,8 +444,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
         model.reset_heads(method.heads(cfg.cluster))
         specs = model.head_specs
         o = cfg.optim
-        optimizer = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        scheduler = make_scheduler(optimizer, o, steps)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
         early_stop = EarlyStopping(o.patience)
         # New heads are new parameters, so DDP wraps the model again each iteration.
         ddp = model
@@ -405,18 +455,20 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
             return {"labels": {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in labels.items()},
                     "heads": model.heads.state_dict(),
                     "head_specs": [[s.encoder, s.target, s.num_classes, s.multilabel] for s in specs],
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "early_stop": early_stop.state_dict(), "global_step": global_step}
+                    "optimizer": optimizer.state_dict(), "early_stop": early_stop.state_dict(),
+                    "global_step": global_step}
 
         first_epoch = 0
         if mid_iteration:
             model.heads.load_state_dict(state["heads"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            optimizer.load_state_dict(state["optimizer"])  # momentum; the lr comes from the schedule
             early_stop.load_state_dict(state["early_stop"])
             restore_rank_rng(state["rng"])
             first_epoch = int(state["epoch"])
-        else:
+        # The schedule's position is the epochs done, not a step count: steps per epoch depend on
+        # the number of ranks, and a run may resume on another.
+        scheduler = make_scheduler(optimizer, o, steps, first_epoch, base_lr=lr)
+        if not mid_iteration:
             write_summary(run, cfg, summary)
             save(run.last, model, cfg, {"iteration": iteration, "epoch": 0}, summary, training_state())
         state = {}

@@ -1,6 +1,6 @@
 """Clustering kept apart from training: features, faiss k-means (DeepCluster tricks), metrics."""
 
-from .features import Features, NoFeaturesError, extract_features, recompute_batchnorms, shard_indices
+from .features import Features, NoFeaturesError, extract_features, extracted, recompute_batchnorms, shard_indices
 from .handcrafted import handcrafted_features
 from .kmeans import (
     ClusterResult,
@@ -14,7 +14,7 @@ from .metrics import ari, cluster_sizes_summary, cluster_stats, hungarian_accura
 
 __all__ = [
     "ClusterResult", "Features", "NoFeaturesError", "ari", "cluster_features", "cluster_sizes_summary",
-    "cluster_stats", "extract_features", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi",
+    "cluster_stats", "extract_features", "extracted", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "nmi",
     "per_cluster_purity", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
     "shard_indices",
     "uniform_over_clusters_weights",

@@ -3,10 +3,18 @@
 Sharding: under torch.distributed each rank extracts `shard_indices(num_items, rank, world)` (or
 the `indices` it is given); its memmap rows follow that order. With one process the shard is
 every item, so row i is item i. `kmeans.cluster_features` gathers what it needs across ranks.
+
+Restarts: given a `key` (pretraining: the iteration and a digest of the encoders' weights), an
+extraction records it with its rows in a sidecar (`extraction[.rankR].json`) and saves `present`
+every `save_every_s` seconds, after flushing the memmaps. A restart with the same key and rows asks
+`extracted` which rows are done, gives the loader only the others, and keeps the rest.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +26,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from xdc.errors import XdcError
+from xdc.files import atomic_file, write_text_atomic
 from xdc.models import autocast, encode, flat_clips, to_device
 from xdc.training import distributed as dist
 
@@ -131,15 +140,37 @@ def _suffix() -> str:
     return "" if dist.world_size() == 1 else f".rank{dist.rank()}"
 
 
+def _sidecar(out_dir: Path, key: str, indices: np.ndarray) -> tuple[Path, str]:
+    rows = hashlib.sha1(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()[:16]
+    return out_dir / f"extraction{_suffix()}.json", json.dumps({"key": key, "rows": rows})
+
+
+def extracted(out_dir: str | Path, key: str | None, indices: np.ndarray, keys=("video", "audio")) -> np.ndarray:
+    """Per row of `indices` (this rank's items): True where an earlier extraction into `out_dir`
+    with the same `key` and rows already wrote the features of every one of `keys`."""
+    out_dir, indices = Path(out_dir), np.asarray(indices, dtype=np.int64)
+    none = np.zeros(len(indices), bool)
+    if key is None:
+        return none
+    sidecar, expected = _sidecar(out_dir, key, indices)
+    files = [out_dir / f"present{_suffix()}.npy"] + [out_dir / f"{k}{_suffix()}.f16.npy" for k in keys]
+    if not (sidecar.is_file() and sidecar.read_text() == expected and all(f.is_file() for f in files)):
+        return none
+    present = np.load(files[0])
+    return present if present.shape == none.shape else none
+
+
 def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader,
                    num_items: int, out_dir: str | Path, indices: np.ndarray | None = None,
-                   desc: str = "features") -> Features:
+                   desc: str = "features", key: str | None = None, save_every_s: float = 60.0) -> Features:
     """Write `feature_fns[key](batch[key] as B×N×clip) -> B×D` for every batch into memmaps.
 
     Shared by `extract_features` (encoders) and `handcrafted_features`. Files:
     `out_dir/{key}.f16.npy` (float16 rows × D; an .npy memmap, so shape and dtype are in its
     header) and `out_dir/present.npy`; under torch.distributed the names get `.rank{r}` so ranks
-    never write the same file.
+    never write the same file. With a `key`, rows an earlier extraction with that key finished
+    are kept (`extracted`; the loader may then yield only the others) and `present` is saved every
+    `save_every_s` seconds, so that a crash loses little.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,11 +179,25 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
     indices = np.asarray(indices, dtype=np.int64)
     row_of = np.full(num_items, -1, np.int64)
     row_of[indices] = np.arange(len(indices))
-    present = np.zeros(len(indices), bool)
-    arrays: dict[str, np.ndarray] = {}
-    skipped: list[tuple[int, str]] = []
     suffix = _suffix()
+    present_path = out_dir / f"present{suffix}.npy"
+    present = extracted(out_dir, key, indices, tuple(feature_fns))
+    arrays: dict[str, np.ndarray] = {}
+    if present.any():  # a restart: keep what the crashed extraction wrote
+        arrays = {k: np.load(out_dir / f"{k}{suffix}.f16.npy", mmap_mode="r+") for k in feature_fns}
+    elif key is not None:
+        present_path.unlink(missing_ok=True)  # before the new key: never an old present with it
+        write_text_atomic(*_sidecar(out_dir, key, indices))
+
+    def save_present() -> None:
+        for array in arrays.values():
+            array.flush()  # the rows before the flags that say they are there
+        with atomic_file(present_path) as handle:
+            np.save(handle, present)
+
+    skipped: list[tuple[int, str]] = []
     show = dist.is_main()
+    saved = time.monotonic()
     for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
         skipped.extend((int(i), str(reason)) for i, reason in batch.get("skipped", []))
         if "index" not in batch or len(batch["index"]) == 0:
@@ -164,23 +209,24 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
             raise ValueError(f"loader yielded item {int(bad[0])}, which is not among this rank's "
                              f"{len(indices)} items (of {num_items})")
         rows = row_of[index]
-        for key, fn in feature_fns.items():
-            values = fn(batch[key]).float().cpu().numpy()
+        for name, fn in feature_fns.items():
+            values = fn(batch[name]).float().cpu().numpy()
             if np.isnan(values).any():
-                raise ValueError(f"{key} features of items {index.tolist()} are NaN (diverged encoder?)")
+                raise ValueError(f"{name} features of items {index.tolist()} are NaN (diverged encoder?)")
             values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)  # keep huge values finite in float16
-            if key not in arrays:
-                arrays[key] = np.lib.format.open_memmap(
-                    out_dir / f"{key}{suffix}.f16.npy", mode="w+", dtype=np.float16,
+            if name not in arrays:
+                arrays[name] = np.lib.format.open_memmap(
+                    out_dir / f"{name}{suffix}.f16.npy", mode="w+", dtype=np.float16,
                     shape=(len(indices), values.shape[1]))
-            arrays[key][rows] = values.astype(np.float16)
+            arrays[name][rows] = values.astype(np.float16)
         present[rows] = True
+        if key is not None and time.monotonic() - saved >= save_every_s:
+            save_present()
+            saved = time.monotonic()
     if not arrays:
         raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skipped)}): re-encode "
                               f"or remove the broken files")
-    for array in arrays.values():
-        array.flush()
-    np.save(out_dir / f"present{suffix}.npy", present)
+    save_present()
     missing = int((~present).sum())
     if missing:
         reasons = "; ".join(f"{i}: {r}" for i, r in skipped[:5])
@@ -191,9 +237,10 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
 
 
 def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out_dir: str | Path,
-                     device, amp: bool = True, indices: np.ndarray | None = None) -> Features:
+                     device, amp: bool = True, indices: np.ndarray | None = None, key: str | None = None) -> Features:
     """Pooled encoder features per video, the N clips of a video averaged; eval mode, no grad,
-    bf16 autocast on CUDA. `encoders` maps a batch key ("video", "audio") to its encoder."""
+    bf16 autocast on CUDA. `encoders` maps a batch key ("video", "audio") to its encoder; `key`
+    lets a restart keep finished rows (`run_extraction`)."""
     device = torch.device(device)
     modes = {key: enc.training for key, enc in encoders.items()}
 
@@ -207,7 +254,7 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
         enc.eval()
     try:
         return run_extraction({key: mean_features(key, enc) for key, enc in encoders.items()}, loader,
-                              num_items, out_dir, indices, desc="extract features")
+                              num_items, out_dir, indices, desc="extract features", key=key)
     finally:
         for key, enc in encoders.items():
             enc.train(modes[key])

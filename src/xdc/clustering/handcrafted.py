@@ -54,7 +54,7 @@ def descriptor_sizes(n_mels: int) -> dict[str, int]:
 
 
 def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=MODALITIES,
-                         indices: np.ndarray | None = None) -> Features:
+                         indices: np.ndarray | None = None, key: str | None = None) -> Features:
     """Hand-crafted descriptors of every item the loader yields (eval or train mode batches:
     both carry the clip axis)."""
     unknown = set(keys) - set(DESCRIPTORS)
@@ -62,4 +62,4 @@ def handcrafted_features(loader, num_items: int, out_dir: str | Path, keys=MODAL
         raise ValueError(f"no hand-crafted descriptor for {sorted(unknown)}; known: {sorted(DESCRIPTORS)}")
     with torch.no_grad():
         return run_extraction({key: DESCRIPTORS[key] for key in keys}, loader, num_items, out_dir,
-                              indices, desc="hand-crafted features")
+                              indices, desc="hand-crafted features", key=key)

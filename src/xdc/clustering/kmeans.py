@@ -16,11 +16,13 @@ The tricks, each named where it is done:
 
 Distributed (`cluster_features`): ranks hold shards of the features; a sample is gathered to rank
 0, which fits PCA and centroids and broadcasts them; each rank assigns its own shard; the labels
-are all-gathered so every rank holds the same full array.
+are all-gathered so every rank holds the same full array. With a faiss GPU build (`xdc[gpu]`)
+centroid training and assignment run on each rank's own GPU (`flat_index`).
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -54,8 +56,28 @@ class ClusterResult:
 
 
 def use_gpu_default() -> bool:
-    """GPU k-means when CUDA is there and this faiss build has GPU support."""
+    """GPU k-means when CUDA is there and this faiss build has GPU support (`pip install
+    'xdc[gpu]'`, docs/SCALE_DISTRIBUTED.md); otherwise the CPU path, silently."""
     return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+@functools.cache
+def _gpu_resources(device: int):
+    return faiss.StandardGpuResources()  # cached: it holds the GPU's scratch memory
+
+
+def flat_index(d: int, use_gpu: bool | None = None):
+    """Exact L2 index for k-means and assignment: on this rank's own GPU (torch's current device)
+    when `use_gpu` (default: `use_gpu_default()`), else on the CPU. faiss.Kmeans(gpu=True) would
+    spread over every GPU of the node, which the other ranks are using."""
+    index = faiss.IndexFlatL2(d)
+    if not (use_gpu_default() if use_gpu is None else use_gpu):
+        return index
+    if not use_gpu_default():
+        raise RuntimeError("use_gpu=True, but CUDA or a faiss build with GPU support is missing "
+                           "(pip install 'xdc[gpu]': docs/SCALE_DISTRIBUTED.md)")
+    device = torch.cuda.current_device()
+    return faiss.index_cpu_to_gpu(_gpu_resources(device), device, index)
 
 
 # ---------------------------------------------------------------- preprocessing (PCA, L2)
@@ -141,21 +163,17 @@ def train_centroids(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
     _check_k(k, len(x))
     if init not in ("kmeans++", "random"):
         raise ValueError(f"init must be 'kmeans++' or 'random', got {init!r}")
-    use_gpu = use_gpu_default() if use_gpu is None else use_gpu
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, gpu=bool(use_gpu), verbose=False,
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
                       max_points_per_centroid=max_points_per_centroid,
                       min_points_per_centroid=1)  # small CPU runs: don't warn about few points
+    km.index = flat_index(x.shape[1], use_gpu)
     km.train(x, init_centroids=kmeans_plus_plus(x, k, seed) if init == "kmeans++" else None)
     return km.centroids.astype(np.float32), float(km.obj[-1]) if len(km.obj) else 0.0
 
 
 def assign(x: np.ndarray, centroids: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row of `x` (exact search): (labels int64, squared distances)."""
-    d = centroids.shape[1]
-    index = faiss.IndexFlatL2(d)
-    if use_gpu_default() if use_gpu is None else use_gpu:
-        device = torch.cuda.current_device()
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device, index)
+    index = flat_index(centroids.shape[1], use_gpu)
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     labels = np.empty(len(x), np.int64)
     sq_dist = np.empty(len(x), np.float32)
@@ -237,7 +255,8 @@ def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_
     multi = dist.world_size() > 1
 
     # 1. The training sample: drawn from the global item list, so it does not depend on sharding.
-    all_indices = np.sort(np.concatenate(dist.all_gather_arrays(local_indices)))
+    rank_indices = dist.all_gather_arrays(local_indices)  # kept for step 4
+    all_indices = np.sort(np.concatenate(rank_indices))
     if len(np.unique(all_indices)) != len(all_indices):
         raise ValueError("an item index is held by more than one row/rank")
     _check_k(k, len(all_indices))
@@ -279,10 +298,11 @@ def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_
                                                           distributed=multi)
         sizes = _global_sizes(local_labels, k, multi)
 
-    # 4. All-gather (index, label) pairs into the full label array.
+    # 4. All-gather the labels (int32: 4 bytes a video) into the full array; every rank holds
+    # every rank's indices since step 1.
     labels = np.full(num_items, -1, np.int64)
-    for pairs in dist.all_gather_arrays(np.stack([local_indices, local_labels])):
-        labels[pairs[0]] = pairs[1]
+    for indices, values in zip(rank_indices, dist.all_gather_arrays(local_labels.astype(np.int32))):
+        labels[indices] = values
     return ClusterResult(labels, centroids, empty, sizes.astype(np.int64), objective)
 
 

@@ -7,6 +7,8 @@ are set; launched as a plain process everything here degrades to a single rank.
 from __future__ import annotations
 
 import os
+import sys
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -19,19 +21,36 @@ class DeviceError(XdcError):
     """The device asked for is not on this machine."""
 
 
-def init_distributed(device: str = "auto") -> torch.device:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); pick the device."""
+def init_distributed(device: str = "auto", timeout_minutes: float | None = None) -> torch.device:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); pick the device.
+
+    `timeout_minutes` bounds how long a collective waits for the slowest rank (torch's default
+    when None); at scale rank 0 fits PCA and k-means while the others wait in a broadcast."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise DeviceError("device=cuda was asked for, but CUDA is not available on this machine: "
                           "use device=cpu (or device=auto)")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        timeout = None if timeout_minutes is None else timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timeout)
+        warn_shared_store()
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def warn_shared_store() -> None:
+    """torchrun on several nodes with --max-restarts and the agents' shared store: after a failure
+    the agents count restarts differently and the relaunched ranks read the dead ranks' addresses
+    (pytorch/pytorch#135712). Said once, by rank 0."""
+    env = os.environ
+    if (env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
+            and int(env.get("GROUP_WORLD_SIZE", 1)) > 1 and rank() == 0):
+        print("warning: torchrun --max-restarts over several nodes needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+              "where torchrun starts, or a restart may fail to connect (docs/SCALE_DISTRIBUTED.md)",
+              file=sys.stderr, flush=True)
 
 
 def is_distributed() -> bool:
@@ -67,31 +86,61 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+# Arrays travel as tensors, never as pickles (all_gather_object stages a pickled copy of every
+# rank's array on every rank): a small fixed-size header first (dtype, shape), then the data.
+_DTYPES = (np.float32, np.float64, np.int64, np.int32, np.float16, np.bool_)
+_MAX_DIMS = 6
+
+
+def _header(array: np.ndarray) -> torch.Tensor:
+    if array.dtype.type not in _DTYPES or array.ndim > _MAX_DIMS:
+        raise ValueError(f"cannot send an array of dtype {array.dtype} with {array.ndim} dims")
+    shape = list(array.shape) + [-1] * (_MAX_DIMS - array.ndim)
+    return torch.tensor([_DTYPES.index(array.dtype.type), array.ndim, *shape], dtype=torch.int64)
+
+
+def _read_header(header: torch.Tensor) -> tuple[np.dtype, tuple[int, ...]]:
+    values = header.tolist()
+    return np.dtype(_DTYPES[values[0]]), tuple(values[2:2 + values[1]])
+
+
 def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     """Send a numpy array from rank `src` to every rank (others pass None)."""
     if not is_distributed():
         return array
-    header = [None]
+    device = _comm_device()
+    header = _header(np.asarray(array)) if rank() == src else torch.zeros(2 + _MAX_DIMS, dtype=torch.int64)
+    header = header.to(device)
+    dist.broadcast(header, src=src)
+    dtype, shape = _read_header(header)
     if rank() == src:
-        header = [(array.shape, str(array.dtype))]
-    dist.broadcast_object_list(header, src=src)
-    shape, dtype = header[0]
-    if rank() == src:
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(_comm_device())
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).to(device)
     else:
-        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype,
-                             device=_comm_device())
+        tensor = torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, device=device)
     dist.broadcast(tensor, src=src)
     return tensor.cpu().numpy()
 
 
 def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
-    """Every rank's array (first axes may differ in length), in rank order, on every rank."""
+    """Every rank's array, in rank order, on every rank. The arrays share dtype and trailing axes;
+    their first axes may differ: each is padded to the longest, then cut back."""
+    array = np.ascontiguousarray(array)
     if not is_distributed():
         return [array]
-    gathered = [None] * world_size()
-    dist.all_gather_object(gathered, np.ascontiguousarray(array))
-    return gathered
+    device = _comm_device()
+    headers = [torch.empty(2 + _MAX_DIMS, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(headers, _header(array).to(device))
+    shapes = [_read_header(h)[1] for h in headers]
+    if any(shape[1:] != array.shape[1:] for shape in shapes) or any(_read_header(h)[0] != array.dtype
+                                                                    for h in headers):
+        raise ValueError(f"all_gather_arrays: ranks hold arrays of different dtypes or trailing shapes: {shapes}")
+    longest = max(shape[0] for shape in shapes)
+    padded = np.zeros((longest, *array.shape[1:]), array.dtype)
+    padded[:len(array)] = array
+    mine = torch.from_numpy(padded).to(device)
+    gathered = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(gathered, mine)
+    return [g[:shape[0]].cpu().numpy() for g, shape in zip(gathered, shapes)]
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,7 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> N
     """The pretraining plan (rank 0): videos, iterations, epochs of clips, lr, clusters, device,
     and an estimate from the encoders' measured speed and one video's measured reading time."""
     from xdc.data.datasets import AudioVideoClips
+    from xdc.training.schedule import effective_lr
 
     if not dist_utils.is_main():
         return
@@ -115,7 +116,8 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> N
         f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
         f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
         f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), then "
-        f"up to {o.total_epochs} epochs of {o.epoch_size} clips (batch {o.batch_size}, lr {o.lr:g})"],
+        f"up to {o.total_epochs} epochs of {o.epoch_size} clips (batch {o.batch_size} per rank, "
+        f"lr {effective_lr(o, dist_utils.world_size()):g})"],
         seconds / dist_utils.world_size(), decoding, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
 
 

@@ -6,6 +6,13 @@ The schedule is a multiplier of the base lr, stepped once per SGD step:
 - then step decay: × gamma every `step_epochs` epochs, counted from the end of warmup (counted from
   epoch 0, Table 2's 10/10/30 would decay the moment warmup ends and never train at the base lr);
 - `total_epochs` bounds the training of one iteration (the loop stops there).
+
+The position is kept in epochs, not steps: steps per epoch depend on the number of ranks, so a
+run resumed on another world size rebuilds the step from the epochs done (`make_scheduler`'s
+`first_epoch`) and follows the same lr curve per epoch. Checkpoints are written at epoch ends only.
+
+The base lr (`effective_lr`): `optim.batch_size` is per rank; with `lr_scaling=linear` the lr is
+scaled by global batch / `reference_batch` (Goyal et al.), with `none` it is `optim.lr` as given.
 """
 
 from __future__ import annotations
@@ -32,11 +39,29 @@ def steps_per_epoch(cfg: OptimConfig, world_size: int = 1) -> int:
     return max(1, math.ceil(math.ceil(cfg.epoch_size / world_size) / cfg.batch_size))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
-                   steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR stepped after every SGD step; its state_dict resumes it exactly."""
+def global_batch(cfg: OptimConfig, world_size: int = 1) -> int:
+    return cfg.batch_size * world_size
+
+
+def effective_lr(cfg: OptimConfig, world_size: int = 1) -> float:
+    """The base lr the schedule multiplies: `lr`, or with lr_scaling=linear lr × global batch /
+    reference_batch (Goyal et al.)."""
+    if cfg.lr_scaling == "linear":
+        return cfg.lr * global_batch(cfg, world_size) / cfg.reference_batch
+    return cfg.lr
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps: int, first_epoch: int = 0,
+                   base_lr: float | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR stepped after every SGD step, starting at epoch `first_epoch` (`steps` = steps
+    per epoch on this world size): what a resumed run rebuilds instead of loading a step count.
+    `base_lr` (when given) replaces the lr a loaded optimizer state carries."""
+    if base_lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = base_lr
+
     def factor(step: int) -> float:
-        return lr_factor(step, steps, cfg.warmup_epochs, cfg.step_epochs, cfg.gamma)
+        return lr_factor(step + first_epoch * steps, steps, cfg.warmup_epochs, cfg.step_epochs, cfg.gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
