@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import av
 import numpy as np
-from tqdm import tqdm
+from xdc.progress import progress as progress_bar
 
 from xdc.data.manifest import empty_row, write_manifest
 from xdc.errors import XdcError
@@ -274,12 +274,12 @@ def scan_with_counts(paths: Iterable[str | Path], workers: int = 1, labels_from_
     jobs = [(f, f.parent.name if labels_from_dirs else None) for f in files]
     bar = dict(total=len(jobs), desc="scan", unit="file", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
-        rows = [probe_file(*job) for job in tqdm(jobs, **bar)]
+        rows = [probe_file(*job) for job in progress_bar(jobs, **bar)]
     else:
         # spawn: the parent may hold threads (torch, tqdm) that make fork unsafe
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            rows = list(tqdm(pool.map(_probe_job, jobs, chunksize=4), **bar))
+            rows = list(progress_bar(pool.map(_probe_job, jobs, chunksize=4), **bar))
     for row, file_id in zip(rows, file_ids(files)):
         row["id"] = file_id
     return rows, ignored
