@@ -3,9 +3,12 @@
     video = torch.hub.load("/path/to/xdc", "xdc_video", source="local", weights="r2plus1d.pth")
     audio = torch.hub.load("/path/to/xdc", "xdc_audio", source="local", weights="audio.pth")
 
-`weights` may be a pretrain checkpoint, a file written by `xdc export`, a torchvision state dict
-or an official XDC release file; it is loaded strictly (only `fc.*` may differ). The encoders
-return pooled features (`fc` is Identity; `model.feature_dim` gives their size).
+`weights` may be a file written by `xdc export` (it names its architecture and width, so nothing
+else is needed), a pretrain checkpoint, a torchvision state dict or an official XDC release file;
+it is loaded strictly (only `fc.*` may differ). For files that do not name them, `arch` and
+`width` default to torchvision's network (r2plus1d_18, 64). The encoders return pooled features
+(`fc` is Identity; `model.feature_dim` gives their size); `model.xdc_input` holds the input
+settings an exported file carries (frames, fps, crop, mean/std, n_mels, ...; {} otherwise).
 """
 
 import sys
@@ -18,23 +21,27 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # a source checkout that is not
     sys.path.insert(0, str(_SRC))
 
 
-def xdc_video(weights=None, arch="r2plus1d_18", width=64):
+def _load(modality, weights, arch, width):
+    from xdc.evaluation.weights import WeightsError, load_strict, read_metadata, read_state_dict
+    from xdc.models import audio_encoder, video_encoder
+
+    meta = read_metadata(weights) if weights is not None else {}
+    if meta.get("modality", modality) != modality:
+        raise WeightsError(f"{weights} holds a {meta['modality']} encoder: use xdc_{meta['modality']}")
+    width = width or meta.get("width") or 64
+    arch = arch or meta.get("arch") or "r2plus1d_18"
+    model = video_encoder(arch, width) if modality == "video" else audio_encoder(width)
+    if weights is not None:
+        load_strict(model, read_state_dict(weights, modality), source=str(weights))
+    model.xdc_input = {k: v for k, v in meta.items() if k not in ("modality", "arch", "width", "feature_dim")}
+    return model
+
+
+def xdc_video(weights=None, arch=None, width=None):
     """R(2+1)D-18 or R3D-18 video encoder; random weights when `weights` is None."""
-    from xdc.evaluation.weights import load_strict, read_state_dict
-    from xdc.models import video_encoder
-
-    model = video_encoder(arch, width)
-    if weights is not None:
-        load_strict(model, read_state_dict(weights, "video"), source=str(weights))
-    return model
+    return _load("video", weights, arch, width)
 
 
-def xdc_audio(weights=None, width=64):
+def xdc_audio(weights=None, width=None):
     """ResNet-18 audio encoder on 1×n_mels×frames log-mels; random weights when `weights` is None."""
-    from xdc.evaluation.weights import load_strict, read_state_dict
-    from xdc.models import audio_encoder
-
-    model = audio_encoder(width)
-    if weights is not None:
-        load_strict(model, read_state_dict(weights, "audio"), source=str(weights))
-    return model
+    return _load("audio", weights, None, width)

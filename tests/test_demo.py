@@ -72,6 +72,14 @@ def test_demo_end_to_end(tmp_path, capsys):
     for text in ("scratch", "sdc", "xdc", "video acc", "filters.png", "clusters/xdc/index.html"):
         assert text in page
     assert (out / "filters.png").stat().st_size > 1000 and (out / "clusters" / "xdc" / "index.html").is_file()
+    # Pictures, and a cluster browser with media for every pretrained method, linked from the report.
+    plots = results["plots"]
+    assert set(plots) == {"plot_probe.png", "plot_nmi_video.png", "plot_nmi_audio.png", "plot_maps.png"}
+    for src in plots:
+        assert f'src="{src}"' in page and (out / src).stat().st_size > 1000
+    for method in ("sdc", "xdc"):
+        assert f'href="clusters/{method}/index.html"' in page
+        assert "<audio" in (out / "clusters" / method / "index.html").read_text()
     # The pretraining manifest never held the labels.
     assert all(row["label"] is None for row in read_manifest(out / "data" / "manifest.csv"))
 

@@ -207,9 +207,9 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
     assert code == 0
     results = _results(out)
     assert (results["arch"], results["width"], results["checkpoint"]) == ("r3d_18", 4, str(ckpt))
-    # The same checkpoint into an encoder of another width fails loudly, naming keys.
+    # The same checkpoint into an encoder of another width fails loudly, naming the width.
     from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict
-    with pytest.raises(WeightsError, match="shape mismatches"):
+    with pytest.raises(WeightsError, match="holds a width-4 encoder"):
         load_strict(video_encoder("r3d_18", 8), read_state_dict(ckpt))
 
 
@@ -328,3 +328,27 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
     key = "top1_video" if mode == "knn" else "recall@1"
     assert results["val"][key] == results[key]  # val and test are the same videos here
     assert main(args + ["knn_k=5"]) == 2
+
+
+def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(manifests, tmp_path, monkeypatch):
+    """No --config on a machine without a GPU: the CPU-scale linear probe, not UCF101's schedule;
+    train = test and a held-out val of one video per class are said, and kept in results.json."""
+    from xdc.config import PretrainConfig, config_to_yaml, resolve_config
+    from xdc.training.checkpoint import save_checkpoint
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    pre = PretrainConfig()
+    pre.model.width = 16
+    pre.data = load_config(resolve_config("cpu", "finetune"), schema=FinetuneConfig).data
+    ckpt = save_checkpoint({"video_encoder": video_encoder("r2plus1d_18", 16).state_dict(),
+                            "audio_encoder": audio_encoder(16).state_dict(), "config": config_to_yaml(pre)},
+                           tmp_path / "ckpt.pt")
+    out = tmp_path / "out"
+    train = str(manifests / "train.csv")
+    assert main(["finetune", "--checkpoint", str(ckpt), "--train", train, "--test", train, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["mode"] == "linear" and results["eval_clips"] == 3 and results["width"] == 16
+    assert results["lrs"] == [0.01, 0.1, 1.0] and results["videos"] == {"train": 9, "val": 3, "test": 12}
+    shared, few = results["warnings"]
+    assert shared.startswith("12 of the 12 test videos are also train/val videos")
+    assert few.startswith("the lr is chosen on 3 validation video(s) for 3 classes")

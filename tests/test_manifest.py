@@ -25,7 +25,7 @@ def _row(path, **values):
 
 def test_columns_match_design_contract():
     assert ",".join(COLUMNS) == ("path,status,reason,duration,fps,num_frames,width,height,rotation,"
-                                 "video_codec,has_audio,audio_rate,audio_channels,audio_silent,label")
+                                 "video_codec,has_audio,audio_rate,audio_channels,audio_silent,label,id")
 
 
 def test_round_trip_types_and_relative_paths(tmp_path):

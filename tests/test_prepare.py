@@ -114,6 +114,9 @@ def test_failures_become_skip_rows_and_the_batch_goes_on(tmp_path, clip_factory,
     assert new["bad.mp4"]["status"] == "skip" and new["bad.mp4"]["reason"].startswith("re-encode failed")
     assert new["good.mp4"]["status"] == "ok" and Path(new["good.mp4"]["path"]).parent == tmp_path / "out"
     assert good.exists()
+    # The id the scan gave (the path under the scanned folder) names the copy too.
+    assert [r["id"] for r in rows] == ["bad.mp4", "good.mp4"]
+    assert new["good.mp4"]["id"] == "good.mp4" and new["bad.mp4"]["id"] == "bad.mp4"
 
 
 def test_fps_resampling_and_audio_alignment(tmp_path):

@@ -96,13 +96,22 @@ def test_tensorboard_scalars(av_manifest, tmp_path):
 
     out = tmp_path / "run"
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, *FAST,
-                    "iterations=1", "cluster.first_features=handcrafted") == 0
+                    "iterations=2", "cluster.first_features=handcrafted") == 0
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/loss", "train/lr", "val/loss", "cluster/video/empty_clusters",
-            "cluster/audio/nmi"} <= tags
-    assert len(events.Scalars("train/loss")) == 2 * 2  # 2 epochs of 16 clips, batches of 8
+            "cluster/audio/nmi", "cluster/video/nmi_prev"} <= tags
+    epochs = json.loads((out / "summary.json").read_text())["iterations"][0]["epochs"]
+    assert len(events.Scalars("train/loss")) >= epochs * 2  # 2 steps per epoch of 16 clips, batches of 8
+    # One step axis: iteration 1 clusters at the global step where iteration 0's training ended.
+    assert [e.step for e in events.Scalars("cluster/video/nmi_prev")] == [epochs * 2]
+    assert "config/text_summary" in events.Tags()["tensors"]  # the config as text
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    # log.txt: the plan with its estimate, the epoch lines, no progress-bar redraws.
+    log = (out / "log.txt").read_text()
+    assert "plan: xdc pretraining" in log and "estimate: about" in log and "epoch 1/2" in log
+    assert "\r" not in log and "\x1b[" not in log
 
 
 def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path):
@@ -152,9 +161,10 @@ def test_superv_multi_label_manifest(av_manifest, tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
-    lines = av_manifest.read_text().splitlines()
-    unlabelled = av_manifest.parent / "unlabelled.csv"
-    unlabelled.write_text("\n".join([lines[0]] + [line.rsplit(",", 1)[0] + "," for line in lines[1:]]))
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    unlabelled = write_manifest([dict(r, label=None) for r in read_manifest(av_manifest)],
+                                av_manifest.parent / "unlabelled.csv")
     assert pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv") == 2
     assert "superv needs a manifest with a `label`" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "k",

@@ -11,7 +11,7 @@ import torch
 import torchvision
 
 from xdc.config import PretrainConfig, save_config
-from xdc.data.manifest import write_manifest
+from xdc.data.manifest import read_manifest, write_manifest
 from xdc.data.scan import probe_file
 from xdc.reports.clusters import ReportError, cluster_report
 from xdc.reports.filters import draw_filters, stem_filters
@@ -80,11 +80,46 @@ def test_cluster_report_iteration_choice_and_bad_input(run_dir, tmp_path):
     assert not (tmp_path / "it0" / "assets").exists()
     with pytest.raises(ReportError, match="iteration 7"):
         cluster_report(run_dir, tmp_path / "x", tmp_path / "labels.csv", iteration=7)
-    with pytest.raises(ReportError, match="no row of the run has a true label"):
-        cluster_report(run_dir, tmp_path / "x")
+    with pytest.raises(ReportError, match="no row of the run matches a labelled row"):
+        write_manifest([{**r, "label": "a", "id": "elsewhere"} for r in read_manifest(tmp_path / "labels.csv")[:1]],
+                       tmp_path / "other" / "labels.csv", relative=False)
+        (tmp_path / "other" / "labels.csv").write_text((tmp_path / "other" / "labels.csv").read_text()
+                                                       .replace("/videos/", "/gone/"))
+        cluster_report(run_dir, tmp_path / "x", tmp_path / "other" / "labels.csv", media=False)
     np.save(run_dir / "iterations" / "01" / "labels_video.npy", np.zeros(4, np.int64))
     with pytest.raises(ReportError, match="4 labels but rows.csv has 6"):
         cluster_report(run_dir, tmp_path / "x", tmp_path / "labels.csv", media=False)
+
+
+def test_cluster_report_without_labels_ranks_by_size_and_compares_iterations(run_dir, tmp_path):
+    out = tmp_path / "unlabelled"
+    metrics = cluster_report(run_dir, out, clips_per_cluster=1)
+    video = metrics["video"]
+    assert video["purity"] is None and video["num_labelled"] == 0
+    # Iteration 1's video clusters [0,0,0,1,1,2] against iteration 0's [0,1,0,1,0,1].
+    from xdc.clustering.metrics import nmi
+
+    assert video["nmi_prev"] == pytest.approx(nmi([0, 0, 0, 1, 1, 2], [0, 1, 0, 1, 0, 1]))
+    assert "| 1 | 0 | 3 | - |" in (out / "clusters_video.md").read_text()  # by size
+    page = (out / "index.html").read_text()
+    assert page.count('class="member"') == 3 + 2  # one per non-empty cluster, both modalities
+    assert 'href="file://' in page and (out / "iterations.png").stat().st_size > 1000
+
+
+def test_labels_match_by_id_when_the_run_trained_on_copies(run_dir, tmp_path):
+    """The labelled manifest names the originals; the run's rows.csv names prepared copies."""
+    rows = read_manifest(run_dir / "rows.csv")
+    labelled = read_manifest(tmp_path / "labels.csv")
+    copies = []
+    for i, row in enumerate(rows):
+        copy = tmp_path / "prepared" / f"{i}.mp4"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(open(row["path"], "rb").read())
+        copies.append({**row, "path": str(copy), "id": f"clip{i}"})
+    write_manifest(copies, run_dir / "rows.csv", relative=False)
+    write_manifest([{**r, "id": f"clip{i}"} for i, r in enumerate(labelled)], tmp_path / "labels.csv")
+    metrics = cluster_report(run_dir, tmp_path / "by_id", tmp_path / "labels.csv", media=False)
+    assert metrics["video"]["num_labelled"] == 6 and metrics["video"]["purity"] == pytest.approx(1.0)
 
 
 def test_clusters_command_line(run_dir, tmp_path, capsys):

@@ -67,11 +67,13 @@ def test_export_loads_into_torchvision_builders(tmp_path):
 
     tv_video = torchvision.models.video.r3d_18(weights=None)
     tv_video.fc = nn.Identity()
-    tv_video.load_state_dict(torch.load(video_file, weights_only=True))  # strict
+    exported = torch.load(video_file, weights_only=True)
+    assert exported["xdc"] == {"modality": "video", "arch": "r3d_18", "width": 64, "feature_dim": 512}
+    tv_video.load_state_dict(exported["state_dict"])  # strict
     tv_audio = torchvision.models.resnet18(weights=None)
     tv_audio.conv1 = nn.Conv2d(1, 64, 7, 2, 3, bias=False)
     tv_audio.fc = nn.Identity()
-    tv_audio.load_state_dict(torch.load(audio_file, weights_only=True))  # strict
+    tv_audio.load_state_dict(torch.load(audio_file, weights_only=True)["state_dict"])  # strict
     video.eval(), tv_video.eval()
     clip = torch.randn(1, 3, 4, 32, 32)
     assert torch.allclose(video(clip), tv_video(clip), atol=1e-5)
@@ -105,3 +107,34 @@ def test_export_command(tmp_path):
     assert main(["export", str(ckpt), "-o", str(tmp_path / "a.pth"), "--modality", "audio"]) == 0
     assert load_strict(audio_encoder(8), read_state_dict(tmp_path / "a.pth"))
     assert main(["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "b.pth")]) == 2
+
+
+def test_export_names_what_the_hub_needs_and_honours_the_umask(tmp_path):
+    """A width-16 R3D export loads through torch.hub with no other argument; its input settings
+    come along; loading it at another width says so in one sentence."""
+    import os
+    from pathlib import Path
+
+    from xdc.cli import main
+    from xdc.config import PretrainConfig, config_to_yaml
+
+    pre = PretrainConfig()
+    pre.model.video_arch, pre.model.width, pre.data.frames, pre.data.n_mels = "r3d_18", 16, 4, 32
+    ckpt = save_checkpoint({"video_encoder": video_encoder("r3d_18", 16).state_dict(),
+                            "audio_encoder": audio_encoder(16).state_dict(), "config": config_to_yaml(pre)},
+                           tmp_path / "last.pt")
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(ckpt), "--modality", "video", "-o", str(tmp_path / "f.pth")]) == 0
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.pth").stat().st_mode & 0o777 == 0o644
+    repo = Path(__file__).resolve().parents[1]
+    model = torch.hub.load(str(repo), "xdc_video", source="local", weights=str(tmp_path / "f.pth"))
+    assert model.feature_dim == 128 and model.xdc_input["frames"] == 4 and model.xdc_input["n_mels"] == 32
+    assert model.xdc_input["video_mean"] == pytest.approx([0.43216, 0.394666, 0.37645])
+    with pytest.raises(WeightsError, match=r"holds a width-16 encoder, the model is width 64: build it with width=16") as err:
+        load_strict(video_encoder("r3d_18"), read_state_dict(tmp_path / "f.pth"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(WeightsError, match="holds a video encoder: use xdc_video"):
+        torch.hub.load(str(repo), "xdc_audio", source="local", weights=str(tmp_path / "f.pth"))

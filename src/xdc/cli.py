@@ -1,6 +1,8 @@
 """The `xdc` command: a table of subcommands, each one a module with `add_arguments` and `run`.
 
-Modules are imported only when their subcommand is used, so `xdc --help` stays fast. A user error
+Modules are imported only when their subcommand is used, so `xdc --help` stays fast. Options mean
+the same in every command: `-o/--out` is what the command writes (a file or a folder, as its help
+says), `--config` a YAML file or packaged name, `--checkpoint` a pretrain checkpoint. A user error
 (`xdc.errors.XdcError`) from any command ends as one line `xdc COMMAND: message` on stderr and
 exit code 2; see docs/DESIGN.md.
 """
@@ -17,13 +19,36 @@ from xdc.errors import XdcError
 COMMANDS = {
     "scan": ("xdc.data.scan", "probe media files into a manifest CSV"),
     "prepare": ("xdc.data.prepare", "re-encode a manifest's videos for fast training"),
-    "pretrain": ("xdc.pretrain", "deep-clustering pretraining (XDC, SDC, MDC, CDC, RAND)"),
+    "pretrain": ("xdc.pretrain", "deep-clustering pretraining (XDC, SDC, MDC, CDC, RAND, Superv)"),
     "finetune": ("xdc.evaluation.finetune", "fine-tune or probe an encoder with lr cross-validation"),
-    "clusters": ("xdc.reports.clusters", "cluster purity tables, metrics and an HTML browser"),
+    "clusters": ("xdc.reports.clusters", "cluster tables, metrics and an HTML browser of a run's clusters"),
     "filters": ("xdc.reports.filters", "picture of conv1 filters of one or two checkpoints"),
-    "export": ("xdc.evaluation.weights", "write a checkpoint's encoder as a plain torchvision state dict"),
+    "export": ("xdc.evaluation.weights", "write a checkpoint's encoder with its architecture and input settings"),
     "demo": ("xdc.demo", "generate built-in data and compare all methods on it"),
 }
+# One example per command, shown at the end of its --help (README.md has the whole path).
+EXAMPLES = {
+    "scan": "xdc scan my_videos --labels-from-dirs -o manifest.csv",
+    "prepare": "xdc prepare manifest.csv --out prepared   # writes prepared/manifest.csv",
+    "pretrain": "xdc pretrain --data prepared/manifest.csv --out runs/xdc --method xdc\n"
+                "  xdc pretrain --resume runs/xdc",
+    "finetune": "xdc finetune --checkpoint runs/xdc/checkpoints/iteration_02.pt --mode linear \\\n"
+                "      --train train.csv --val val.csv --test test.csv --out results/xdc",
+    "clusters": "xdc clusters runs/xdc --labels manifest.csv --out report/xdc",
+    "filters": "xdc filters runs/xdc/checkpoints/iteration_02.pt runs/sdc/checkpoints/iteration_02.pt -o filters.png",
+    "export": "xdc export runs/xdc/checkpoints/iteration_02.pt --modality video -o xdc_video.pth",
+    "demo": "xdc demo --quick --out demo_out",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help (unless None or False: nothing to show, or the help
+    says it); the example epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 USER_ERROR = 2  # the exit code of every user error, as argparse's for a bad command line
 # OS errors that the user fixes (an output path that is a file, no permission, a read-only or full
 # disk) end like a user error; any other OSError is a bug and keeps its traceback.
@@ -44,6 +69,15 @@ def version() -> str:
         return __version__
 
 
+def command_parser(name: str) -> tuple[object, argparse.ArgumentParser]:
+    """(the command's module, its argument parser)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"xdc {name}", description=COMMANDS[name][1],
+                                     epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=HelpFormatter)
+    module.add_arguments(parser)
+    return module, parser
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="xdc", description=__doc__.splitlines()[0])
@@ -56,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)  # --help, --version, or an error: exits
         return USER_ERROR
     name = argv[0]
-    module = importlib.import_module(COMMANDS[name][0])
-    command_parser = argparse.ArgumentParser(prog=f"xdc {name}", description=COMMANDS[name][1])
-    module.add_arguments(command_parser)
-    args = command_parser.parse_args(argv[1:])
+    module, command = command_parser(name)
+    args = command.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except XdcError as err:

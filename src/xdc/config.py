@@ -362,9 +362,19 @@ def resolve_config(arg: str | Path | Traversable, kind: str | None = None) -> Pa
 def default_pretrain_config() -> Traversable:
     """`xdc pretrain` without --config: the paper's Kinetics schedule on a GPU, a CPU-scale one
     otherwise; says which on stderr."""
+    return _default_config("pretrain", "dc_kinetics")
+
+
+def default_finetune_config() -> Traversable:
+    """`xdc finetune` without --config: the paper's UCF101 schedule on a GPU, a CPU-scale linear
+    probe otherwise; says which on stderr."""
+    return _default_config("finetune", "ucf101")
+
+
+def _default_config(kind: str, gpu: str) -> Traversable:
     import torch
 
-    path = resolve_config("dc_kinetics" if torch.cuda.is_available() else "cpu", "pretrain")
+    path = resolve_config(gpu if torch.cuda.is_available() else "cpu", kind)
     print(f"no --config given: using {path}", file=sys.stderr, flush=True)
     return path
 

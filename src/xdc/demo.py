@@ -44,10 +44,10 @@ class DemoError(XdcError):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("demo_out"), help="output folder")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: the whole path in about a minute")
     parser.add_argument("--config", default="demo",
-                        help="demo settings: a YAML file or a packaged name (default: demo, i.e. "
+                        help="demo settings: a YAML file or a packaged name (demo: "
                              "xdc/configs/demo.yaml; --quick merges demo_quick.yaml on top)")
     parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
                         help=f"comma-separated subset of: {','.join(DEMO_METHODS)}")
@@ -255,6 +255,13 @@ def write_report(out: Path, results: dict) -> Path:
                 for k, v in results["comparisons"].items()]
         parts += ["<h2>XDC against each other method (accuracy difference)</h2>",
                   html.table(["comparison", "video", "audio"], rows)]
+    plots = results.get("plots", {})
+    if plots:
+        parts.append("<h2>At a glance</h2><p>Probe accuracy per method (the bars' error marks span the "
+                     "seeds when there are several); NMI of each iteration's clusters with the classes; "
+                     "the test videos' probe features (mean over clips) on their first two principal "
+                     "components, one colour per class.</p>")
+        parts += [html.image_tag(src, caption, "plot") for src, caption in plots.items()]
     if results.get("filters"):
         parts += ["<h2>conv1 filters of the video encoders</h2>",
                   html.image_tag(results["filters"], "conv1 filters")]
@@ -324,11 +331,9 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
             run_dir = out / "runs" / method
             entry["pretrain_seconds"] = round(pretrain_method(method, pretrain_cfg, rows, run_dir), 1)
             checkpoint = final_checkpoint(run_dir, pretrain_cfg.iterations)
-            media = method == "xdc"
-            entry["clusters"] = cluster_metrics(run_dir, labeled, out / "clusters" / method, nuisance, media)
+            entry["clusters"] = cluster_metrics(run_dir, labeled, out / "clusters" / method, nuisance, media=True)
             entry["iterations"] = iteration_nmis(run_dir, truth, nuisance)
-            if media:
-                results["cluster_pages"][method] = f"clusters/{method}/index.html"
+            results["cluster_pages"][method] = f"clusters/{method}/index.html"
         probe_started = time.perf_counter()
         entry["probe"] = probe_method(checkpoint, finetune_cfg, split, out / "probe" / method)
         entry["probe_seconds"] = round(time.perf_counter() - probe_started, 1)
@@ -339,11 +344,44 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
                      out / "filters.png", titles=[m.upper() for m in runs])
         results["filters"] = "filters.png"
     results["comparisons"] = comparisons(results)
+    results["plots"] = write_plots(out, results, split)
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
     results["machine"] = machine()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(out, results)
     return results
+
+
+def write_plots(out: Path, results: dict, split: dict[str, list[dict]]) -> dict[str, str]:
+    """The report's pictures (xdc.reports.plots), as {file relative to out: caption}."""
+    from xdc.reports import plots
+
+    methods = results["methods"]
+    written = {}
+    accuracy = {m: {modality: [e["probe"][modality]["top1_video"]] for modality in MODALITIES
+                    if modality in e.get("probe", {})} for m, e in methods.items()}
+    plots.save(plots.bar_plot(accuracy, "test top-1 (video level)", "linear probe accuracy"), out / "plot_probe.png")
+    written["plot_probe.png"] = "linear probe accuracy per method"
+    for modality in MODALITIES:
+        curves = {m: [(r["iteration"], r[modality]["nmi_class"]) for r in e["iterations"] if modality in r]
+                  for m, e in methods.items() if e.get("iterations")}
+        if any(curves.values()):
+            name = f"plot_nmi_{modality}.png"
+            plots.save(plots.line_plot({m: c for m, c in curves.items() if c}, "iteration", "NMI with the classes",
+                                       f"{modality} clusters per iteration"), out / name)
+            written[name] = f"NMI of the {modality} clusters with the classes, per iteration"
+    panels = []
+    for modality in MODALITIES:
+        for method in methods:
+            cached = out / "probe" / method / modality / "features.pt"
+            if cached.is_file():
+                features = torch.load(cached, map_location="cpu", weights_only=True)
+                labels = [split["test"][int(i)]["label"] for i in features["test_index"]]
+                panels.append((f"{method} {modality}", features["test"].mean(1).numpy(), labels))
+    if panels:
+        plots.save(plots.feature_maps(panels, columns=len(methods)), out / "plot_maps.png")
+        written["plot_maps.png"] = "the test videos' probe features (PCA), per method and modality"
+    return written
 
 
 def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndarray]) -> list[dict]:

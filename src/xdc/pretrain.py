@@ -50,7 +50,8 @@ from xdc.files import write_text_atomic
 from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason,
                                      rank_rng_states, restore_rank_rng, save_checkpoint)
 from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss, weights_digest
-from xdc.training.report import log_clusters, log_epoch, print_closing_summary, rank_digests, tensorboard_writer
+from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
+                                 rank_digests, tensorboard_writer)
 from xdc.training.run_folder import RunFolder, RunFolderError
 from xdc.training.schedule import EarlyStopping, effective_lr, global_batch, make_scheduler, steps_per_epoch
 
@@ -66,9 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
                         "default: dc_kinetics on a GPU, cpu otherwise)")
     parser.add_argument("--data", type=Path, help="manifest CSV written by `xdc scan`")
-    parser.add_argument("--out", type=Path, help="run folder to create, or to continue when it holds this "
+    parser.add_argument("-o", "--out", type=Path, help="run folder to create, or to continue when it holds this "
                         "same run (same config and manifest rows)")
-    parser.add_argument("--method", choices=tuple(METHODS), help="overrides the config's `method`")
+    parser.add_argument("--method", choices=tuple(METHODS), help=f"overrides the config's `method`: "
+                        f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's labels)")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue an interrupted run from RUN_DIR/checkpoints/last.pt")
     parser.add_argument("--drop-missing", action="store_true",
@@ -392,6 +394,7 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
                                 f"{kept}") from err
 
 
+@logged_run  # RUN_DIR/log.txt, written once the folder is ours
 def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool) -> dict:
     # ============ set-up: device, run folder, data, method, model ============
     rows = as_manifest(rows)
@@ -413,7 +416,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
     model = build_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
     lr = effective_lr(cfg.optim, dist_utils.world_size())
-    writer = tensorboard_writer(run.tensorboard)
+    writer = tensorboard_writer(run.tensorboard, cfg)
     if dist_utils.is_main():
         print(f"{dist_utils.world_size()} rank(s) × batch {cfg.optim.batch_size} = global batch "
               f"{global_batch(cfg.optim, dist_utils.world_size())}; lr {lr:g} (optim.lr {cfg.optim.lr:g}, "
@@ -430,6 +433,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
             print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}"
                   + (": the run is complete" if state["iteration"] >= cfg.iterations else ""), flush=True)
     started = time.perf_counter()
+    print_pretrain_plan(cfg, rows, model, device)
 
     for iteration in range(int(state.get("iteration", 0)), cfg.iterations):
         # ============ cluster: features -> k-means -> pseudo-labels ============
@@ -443,7 +447,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
             summary.append(record)
             if dist_utils.is_main():
                 save_labels(run, iteration, method, labels)
-                log_clusters(writer, record)
+                log_clusters(writer, record, global_step)
         record = summary[-1]
 
         # ============ fresh heads, optimizer and lr schedule ============

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from xdc.progress import progress
 
 from xdc.errors import XdcError
 from xdc.files import atomic_file, write_text_atomic
@@ -198,7 +198,7 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
     skipped: list[tuple[int, str]] = []
     show = dist.is_main()
     saved = time.monotonic()
-    for batch in tqdm(loader, desc=desc, disable=not show, leave=False):
+    for batch in progress(loader, desc=desc, disable=not show, leave=False):
         skipped.extend((int(i), str(reason)) for i, reason in batch.get("skipped", []))
         if "index" not in batch or len(batch["index"]) == 0:
             continue

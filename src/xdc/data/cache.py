@@ -29,7 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from xdc.progress import progress as progress_bar
 
 from xdc.config import DataConfig
 from xdc.data.decode import Clip, DecodeError, decode_clip, media_duration
@@ -88,7 +88,7 @@ def build_cache(rows: list[dict], cfg: DataConfig, cache_dir: str | Path, progre
     videos, failed = {}, {}
     frame_offset = audio_offset = 0
     with atomic_file(cache_dir / "frames.u8") as frames_out, atomic_file(cache_dir / "audio.f32") as audio_out:
-        for row in tqdm(wanted, desc="decode once (cache)", unit="video", disable=not progress):
+        for row in progress_bar(wanted, desc="decode once (cache)", unit="video", disable=not progress):
             try:
                 duration = row.get("duration") or media_duration(row["path"], cfg)
                 num = max(1, math.ceil(duration * cfg.fps - 1e-6))  # grid times j / fps < duration

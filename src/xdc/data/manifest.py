@@ -1,12 +1,15 @@
 """The manifest: one CSV row per media file, the input of every command after `xdc scan`.
 
 On disk it is a CSV (`COLUMNS`, plus `SHARD_COLUMNS` for a sharded manifest): `None` is an empty
-cell and booleans are `true`/`false`. In the program it is a `Manifest`: one numpy array per
-column (paths as numpy variable-width strings, numbers as float64/int32/int8, repeated texts such
-as `status`, `reason`, `label` as int32 codes into a list of their values), about 100 bytes per
-video plus the path, read in chunks without building a dict per row. A `Manifest` still behaves
-as the list of row dicts the callers knew (`len`, `m[i]` -> dict built on demand, iteration);
-the hot paths (reading, usable rows, writing, the dataset's per-item lookups) use the columns.
+cell and booleans are `true`/`false`. `id` names a video whatever file holds it (`xdc scan`
+writes its path relative to the scanned folder; `xdc prepare` carries it to the copies and
+shards), so labels of the originals match rows of prepared copies. In the program it is a
+`Manifest`: one numpy array per column (paths and ids as numpy variable-width strings, numbers
+as float64/int32/int16/int8, repeated texts such as `status`, `reason`, `label` as codes into a
+list of their values), read in chunks without building a dict per row. A `Manifest` still
+behaves as the list of row dicts the callers knew (`len`, `m[i]` -> dict built on demand,
+iteration); the hot paths (reading, usable rows, writing, the dataset's per-item lookups) use
+the columns.
 
 `read_manifest` resolves relative paths against the manifest's folder (so a manifest can travel
 with its videos) without resolving symlinks (a row keeps the path the user gave), validates the
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width", "height",
            "rotation", "video_codec", "has_audio", "audio_rate", "audio_channels", "audio_silent",
-           "label")
+           "label", "id")
 SHARD_COLUMNS = ("shard", "offset", "size")  # a sharded manifest's rows point into tar shards
 
 FLOAT_COLUMNS = ("duration", "fps")
@@ -132,6 +135,8 @@ class Manifest:
         cell = self.columns[name][i]
         if name == "path":
             return str(cell)
+        if name == "id":
+            return str(cell) or None
         if name in CODED_COLUMNS:
             return self.categories[name][cell] if cell >= 0 else None
         if name in FLOAT_COLUMNS:
@@ -205,6 +210,8 @@ class Manifest:
         if name == "shard":  # few distinct shards: make their names relative, then index
             names = [_relative(c, base) for c in self.categories["shard"]]
             return _quoted(np.array(names + [""], dtype=STRINGS))[values]
+        if name == "id":
+            return _quoted(values)
         if name == "path":
             relative = ~np.strings.startswith(values, "/")
             if relative.any():  # paths given relative to the working directory
@@ -312,6 +319,8 @@ class _Builder:
             # Hashes find duplicate paths without sorting strings (_drop_duplicates).
             self.hashes.append(np.fromiter(map(hash, text.tolist()), dtype=np.int64, count=len(text)))
             return text
+        if name == "id":  # one per video, like the path: numpy strings, "" when empty
+            return np.strings.strip(cells.astype(STRINGS))
         if name in CODED_COLUMNS:
             return self._map(name, cells, lambda text: self._code(name, text) if text else -1,
                              CODE_DTYPES.get(name, np.int32), first_line)
@@ -389,7 +398,7 @@ def _parse_number(text: str) -> float:
 
 
 def _empty_column(name: str) -> np.ndarray:
-    if name == "path":
+    if name in ("path", "id"):
         return np.array([], dtype=STRINGS)
     if name in CODED_COLUMNS:
         return np.array([], dtype=CODE_DTYPES.get(name, np.int32))

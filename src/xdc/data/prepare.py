@@ -308,7 +308,8 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
     seconds = time.perf_counter() - started
 
     prepared = iter(results)
-    new_rows = [next(prepared)[0] if row["status"] == "ok" else row for row in rows]
+    # A copy keeps its source's id: labels of the originals match it (manifest column `id`).
+    new_rows = [{**next(prepared)[0], "id": row.get("id")} if row["status"] == "ok" else row for row in rows]
     write_manifest(new_rows, new_manifest)
     outcomes = Counter(outcome for _, outcome in results)
     return {"manifest": str(new_manifest), "files": len(jobs), "seconds": seconds,
@@ -321,10 +322,11 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
 # ------------------------------------------------------------------------- --shards
 
 def _encode_sample(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[str, Any], str]:
-    """prepare_row for a shard: the row keeps the source's path (the shard says where the bytes are)."""
+    """prepare_row for a shard: the row keeps the source's path and id (the shard says where the
+    bytes are)."""
     row, target, options = job
     new_row, outcome = prepare_row(job)
-    return {**new_row, "path": row["path"], "label": row.get("label")}, outcome
+    return {**new_row, "path": row["path"], "label": row.get("label"), "id": row.get("id")}, outcome
 
 
 def _finished_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
@@ -424,14 +426,15 @@ def prepare_shards(manifest: str | Path, out_dir: str | Path, new_manifest: str 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="manifest CSV from `xdc scan`")
     parser.add_argument("--out", required=True, help="folder for the re-encoded copies")
-    parser.add_argument("-o", "--output", default=None,
+    # `-o` has always named the new manifest here; `--out-manifest` says so in the shared vocabulary.
+    parser.add_argument("--out-manifest", "-o", "--output", dest="output", default=None, metavar="CSV",
                         help="new manifest (default: OUT/manifest.csv)")
-    parser.add_argument("--short-side", type=int, default=128)
-    parser.add_argument("--keyframe-seconds", type=float, default=0.5)
-    parser.add_argument("--sample-rate", type=int, default=16000)
+    parser.add_argument("--short-side", type=int, default=128, help="pixels of the copies' shorter side")
+    parser.add_argument("--keyframe-seconds", type=float, default=0.5, help="a keyframe every this many seconds")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate of the copies (mono)")
     parser.add_argument("--fps", type=_parse_fps, default="none",
                         help="'none' keeps source timestamps, or a frame rate")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoders")
     parser.add_argument("--shards", action="store_true",
                         help="pack the copies into tar shards (WebDataset layout) under OUT/shards")
     parser.add_argument("--shard-size", type=_parse_size, default="1GB", help="bytes per shard (default 1GB)")

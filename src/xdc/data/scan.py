@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import av
 import numpy as np
-from tqdm import tqdm
+from xdc.progress import progress as progress_bar
 
 from xdc.data.manifest import empty_row, write_manifest
 from xdc.errors import XdcError
@@ -274,13 +274,24 @@ def scan_with_counts(paths: Iterable[str | Path], workers: int = 1, labels_from_
     jobs = [(f, f.parent.name if labels_from_dirs else None) for f in files]
     bar = dict(total=len(jobs), desc="scan", unit="file", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
-        rows = [probe_file(*job) for job in tqdm(jobs, **bar)]
+        rows = [probe_file(*job) for job in progress_bar(jobs, **bar)]
     else:
         # spawn: the parent may hold threads (torch, tqdm) that make fork unsafe
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            rows = list(tqdm(pool.map(_probe_job, jobs, chunksize=4), **bar))
+            rows = list(progress_bar(pool.map(_probe_job, jobs, chunksize=4), **bar))
+    for row, file_id in zip(rows, file_ids(files)):
+        row["id"] = file_id
     return rows, ignored
+
+
+def file_ids(files: list[Path]) -> list[str]:
+    """Each file's path relative to the folder that holds them all (`a/x.mp4`): what names a video
+    whatever copy of the tree is scanned or prepared later (manifest column `id`)."""
+    if not files:
+        return []
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    return [f.relative_to(root).as_posix() for f in files]
 
 
 def summarize(rows: list[dict[str, Any]], ignored: int = 0) -> str:
@@ -303,11 +314,11 @@ def summarize(rows: list[dict[str, Any]], ignored: int = 0) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="media files, folders (walked recursively) or .txt lists of paths")
-    parser.add_argument("-o", "--output", required=True, help="manifest CSV to write")
+    parser.add_argument("-o", "--out", "--output", dest="output", required=True, help="manifest CSV to write")
     parser.add_argument("--labels-from-dirs", action="store_true",
                         help="label each file with its parent folder's name")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="parallel probe processes (default: min(4, CPUs))")
+                        help="parallel probe processes")
 
 
 def run(args: argparse.Namespace) -> int:

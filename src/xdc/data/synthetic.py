@@ -230,7 +230,7 @@ def generate(out_dir: str | Path, num_classes: int = 6, videos_per_class: int = 
 
     Deterministic from `seed`. File names and order carry no class information.
     """
-    from tqdm import tqdm
+    from xdc.progress import progress as progress_bar
 
     from xdc.data.manifest import write_manifest
     from xdc.data.scan import scan_paths
@@ -246,7 +246,7 @@ def generate(out_dir: str | Path, num_classes: int = 6, videos_per_class: int = 
     labels = rng.permutation(np.repeat(np.arange(num_classes), videos_per_class))
     num_frames = max(1, int(round(seconds * fps)))
     rows = []
-    for i, label in enumerate(tqdm(labels, desc="synthetic videos", disable=not progress)):
+    for i, label in enumerate(progress_bar(labels, desc="synthetic videos", disable=not progress)):
         video_rng = np.random.default_rng([seed, i])
         nuisance = sample_nuisance(video_rng)
         pattern = patterns[label]

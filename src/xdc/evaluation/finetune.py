@@ -33,6 +33,7 @@ import argparse
 import copy
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xdc.config import FINETUNE_MODES, FinetuneConfig, config_to_yaml, load_config
+from xdc.config import FINETUNE_MODES, FinetuneConfig, config_to_yaml, default_finetune_config, load_config
 from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
 from xdc.data.manifest import class_indices, describe_dropped, read_manifest, usable_rows
 from xdc.errors import XdcError
@@ -51,8 +52,10 @@ from xdc.evaluation.linear import accuracy, clip_features, train_linear
 from xdc.evaluation.splits import split_manifests, stratified_split
 from xdc.evaluation.weights import load_encoder
 from xdc.models import MODALITIES, ClassificationHead, autocast, encode
+from xdc.progress import progress
 from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.distributed import init_distributed
+from xdc.training.report import TRAIN_COST, print_plan, seconds_per_clip, seconds_to_decode
 from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 SELECTION_METRIC = "top1_video"
@@ -137,6 +140,59 @@ def labelled_subsets(train_rows, val_rows, test_rows, modality: str, cfg: Finetu
     return Labelled(subsets, labels, classes), dropped, val_source
 
 
+# ------------------------------------------------------------------------ guards and the plan
+
+# Fewer validation videos than this per class cannot tell the lrs apart (one video flips top-1).
+MIN_VAL_PER_CLASS = 2
+
+
+def input_warnings(data: Labelled, cfg: FinetuneConfig) -> list[str]:
+    """What makes the scores untrustworthy, said before any work: test videos that are also
+    training videos, and an lr choice on too few validation videos. results.json keeps them."""
+    warnings = []
+    train = {str(Path(row["path"]).resolve()) for row in data.rows["train"] + data.rows.get("val", [])}
+    shared = sum(str(Path(row["path"]).resolve()) in train for row in data.rows["test"])
+    if shared:
+        warnings.append(f"{shared} of the {len(data.rows['test'])} test videos are also train/val videos: "
+                        f"the test scores will be optimistic (use disjoint --train and --test manifests)")
+    lrs = cfg.fc_lrs if cfg.mode in ("fc", "linear") else cfg.lrs
+    val = len(data.rows.get("val", []))
+    if cfg.mode in SWEPT_MODES and len(lrs) > 1 and val < MIN_VAL_PER_CLASS * len(data.classes):
+        warnings.append(f"the lr is chosen on {val} validation video(s) for {len(data.classes)} classes: too few "
+                        f"to tell {len(lrs)} lrs apart (pass --val with at least {MIN_VAL_PER_CLASS} videos "
+                        f"per class, or a single lr: fc_lrs=[0.1])")
+    return warnings
+
+
+def print_finetune_plan(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled,
+                        device: torch.device) -> None:
+    """Videos, clips, epochs, lrs and device, and an estimate from the encoder's measured speed and
+    one video's measured reading time."""
+    per_clip = seconds_per_clip(encoder, modality, cfg.data, device, cfg.amp)
+    per_video = seconds_to_decode(make_dataset(data.rows["train"], cfg, modality, "eval"))  # its eval clips
+    workers = max(1, cfg.data.num_workers)
+    o, clips = cfg.optim, cfg.data.eval_clips
+    videos = {name: len(rows) for name, rows in data.rows.items()}
+    facts = [f"{len(data.classes)} classes; train/val/test {videos['train']}/{videos.get('val', 0)}/{videos['test']} "
+             f"videos, {clips} clips each when scored; {cfg.data.frames}-frame {cfg.data.crop}px clips"]
+    if cfg.mode in ("full", "fc"):
+        lrs = list(cfg.lrs if cfg.mode == "full" else cfg.fc_lrs)
+        cost = TRAIN_COST if cfg.mode == "full" else 1.0
+        facts.append(f"{cfg.mode}: per lr ({', '.join(f'{lr:g}' for lr in lrs)}) {o.total_epochs} epochs of "
+                     f"{o.epoch_size} clips (batch {o.batch_size}), then validation")
+        seconds = per_clip * (len(lrs) * (o.total_epochs * o.epoch_size * cost + videos.get("val", 0) * clips)
+                              + videos["test"] * clips)
+        decoding = per_video / workers * (len(lrs) * (o.total_epochs * o.epoch_size / clips + videos.get("val", 0))
+                                          + videos["test"])
+    else:  # features of every clip once; the linear heads train on them in seconds
+        extra = (f": a linear head per lr ({', '.join(f'{lr:g}' for lr in cfg.fc_lrs)}), {o.total_epochs} epochs "
+                 f"of {o.epoch_size} samples" if cfg.mode == "linear" else "")
+        facts.append(f"{cfg.mode} on cached features of the frozen encoder{extra}")
+        seconds = per_clip * sum(videos.values()) * clips
+        decoding = per_video / workers * sum(videos.values())
+    print_plan(f"finetune {cfg.mode} {modality} on {device}", facts, seconds, decoding)
+
+
 # ---------------------------------------------------------------------------------- the model
 
 class Classifier(nn.Module):
@@ -197,7 +253,7 @@ def train_classifier(model: Classifier, dataset, labels: torch.Tensor, cfg: Fine
         sampler.set_epoch(epoch)
         model.train()
         loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
-        bar = tqdm(loader, desc=f"lr {lr:g} epoch {epoch + 1}/{o.total_epochs}", leave=False,
+        bar = progress(loader, desc=f"lr {lr:g} epoch {epoch + 1}/{o.total_epochs}", leave=False,
                    dynamic_ncols=True)
         for batch in bar:
             skipped += len(batch.get("skipped", ()))
@@ -260,7 +316,7 @@ def lr_sweep(lrs: list[float], out_dir: Path, fit: Callable[[float, Path], dict]
     top1_video; of equals, the lowest."""
     print(f"  lr sweep: {', '.join(f'{lr:g}' for lr in lrs)}")
     val: dict[str, dict] = {}
-    for lr in tqdm(lrs, desc="lr sweep", unit="lr"):
+    for lr in progress(lrs, desc="lr sweep", unit="lr"):
         folder, key = out_dir / _lr_name(lr), f"{lr:g}"
         folder.mkdir(exist_ok=True)
         done = folder / "val.json"
@@ -478,16 +534,20 @@ def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
     for name, counts in dropped.items():
         if counts:
             print(f"  {name}: {describe_dropped(counts)}")
+    warnings = input_warnings(data, cfg)
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     torch.manual_seed(cfg.seed)
     encoder = encoder.to(device)
     if modality == "video" and device.type == "cuda":
         encoder = encoder.to(memory_format=torch.channels_last_3d)
+    print_finetune_plan(cfg, encoder, modality, data, device)
     results = {
         "mode": cfg.mode, "modality": modality, "checkpoint": source,
         "arch": cfg.model.video_arch if modality == "video" else "resnet18", "width": cfg.model.width,
         "classes": data.classes, "videos": {name: len(rows) for name, rows in data.rows.items()},
-        "dropped": dropped, "val_source": val_source, "eval_clips": cfg.data.eval_clips,
+        "dropped": dropped, "val_source": val_source, "eval_clips": cfg.data.eval_clips, "warnings": warnings,
         **PATHS[cfg.mode](cfg, encoder, modality, data, out_dir, device),
         "device": str(device), "seconds": round(time.perf_counter() - started, 1),
     }
@@ -515,7 +575,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--superv", action="store_true",
                         help="torchvision's supervised Kinetics-400 weights, from torch's hub cache")
     source.add_argument("--scratch", action="store_true", help="random initialisation")
-    parser.add_argument("--modality", choices=MODALITIES, default="video")
+    parser.add_argument("--modality", choices=MODALITIES, default="video", help="which encoder to evaluate")
     parser.add_argument("--mode", choices=FINETUNE_MODES, help="overrides the config's mode")
     parser.add_argument("--train", help="labelled manifest of training videos")
     parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train "
@@ -525,8 +585,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", help="with --split: the dataset's video (or ESC-50) folder")
     parser.add_argument("--split-dir", help="with --split: the folder of its split files")
     parser.add_argument("--fold", type=int, default=1, help="with --split: split / fold number")
-    parser.add_argument("--config", help="configs/finetune/*.yaml")
-    parser.add_argument("--out", required=True, help="output folder (rerun to resume)")
+    parser.add_argument("--config", help="a YAML file or packaged name (ucf101, hmdb51, esc50, cpu, tiny; "
+                        "default: ucf101 on a GPU, cpu otherwise)")
+    parser.add_argument("-o", "--out", required=True, help="output folder (rerun to resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epoch_size=2000")
 
 
@@ -546,7 +607,7 @@ def _rows_from_args(args) -> tuple[list[dict], list[dict] | None, list[dict]]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"mode={args.mode}"] if args.mode else [])
-    cfg = load_config(args.config, overrides, schema=FinetuneConfig)
+    cfg = load_config(args.config or default_finetune_config(), overrides, schema=FinetuneConfig)
     train_rows, val_rows, test_rows = _rows_from_args(args)
     torch.manual_seed(cfg.seed)  # scratch: the same random encoder every run
     loaded = load_encoder(args.modality, cfg.model, args.checkpoint, args.weights, args.superv, cfg.data)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from xdc.config import OptimConfig
 from xdc.data.datasets import EpochSampler, clip_loader
 from xdc.models import ClassificationHead, encode
+from xdc.progress import progress
 from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 
@@ -27,7 +27,7 @@ def clip_features(encoder: nn.Module, dataset, modality: str, device: torch.devi
     loader = clip_loader(dataset, batch_size=videos_per_batch, num_workers=num_workers,
                          pin_memory=device.type == "cuda")
     features, indices, skipped = [], [], []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for batch in progress(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
         skipped.extend(batch.get("skipped", ()))
         if modality not in batch:  # every video of the batch failed to decode
             continue
@@ -71,7 +71,7 @@ def train_linear(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
     scheduler = make_scheduler(optimizer, optim, steps)
     sampler = EpochSampler(len(features), optim.epoch_size, seed=seed, rank=0, world_size=1)
     step = 0
-    for epoch in tqdm(range(optim.total_epochs), desc=desc, unit="epoch", leave=False):
+    for epoch in progress(range(optim.total_epochs), desc=desc, unit="epoch", leave=False):
         sampler.set_epoch(epoch)
         order = torch.as_tensor(list(sampler), device=device)
         total = 0.0

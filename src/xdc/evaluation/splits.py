@@ -16,11 +16,11 @@ from pathlib import Path
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from xdc.data.manifest import empty_row, write_manifest
 from xdc.data.scan import probe_file
 from xdc.errors import XdcError
+from xdc.progress import progress
 
 SPLITS = ("ucf101", "hmdb51", "esc50")
 
@@ -157,7 +157,7 @@ def pairs_to_rows(pairs: Pairs, probe: bool = True, audio_only: bool = False) ->
     """Manifest rows for `(path, label)` pairs: probed with `xdc.data.scan.probe_file` (or
     `probe_audio_file` for sound files), or with `probe=False` only path and label."""
     rows = []
-    for path, label in tqdm(pairs, desc="probe", unit="file", disable=not probe or len(pairs) < 100):
+    for path, label in progress(pairs, desc="probe", unit="file", disable=not probe or len(pairs) < 100):
         if not path.exists():
             row = empty_row(path, "skip", "listed in the split file but not found on disk")
             row["label"] = label

@@ -3,8 +3,9 @@
 random init), and `xdc export`.
 
 Files we accept (`read_state_dict`): our pretrain checkpoints (`video_encoder` / `audio_encoder`
-entries), state dicts we exported, torchvision's own files, and the official XDC release files
-(torchvision VideoResNet keys, e.g. `r2plus1d_18_xdc_ig65m_kinetics-f24f6ffb.pth`).
+entries), files we exported (`{"state_dict": ..., "xdc": {architecture, width, input settings}}`,
+see `export_encoder`), torchvision's own files, and the official XDC release files (torchvision
+VideoResNet keys, e.g. `r2plus1d_18_xdc_ig65m_kinetics-f24f6ffb.pth`).
 The official hub code loads those with `strict=False`, which silently keeps random weights for
 any key that does not match; `load_strict` only lets the classifier `fc.*` differ.
 """
@@ -60,6 +61,27 @@ def read_state_dict(path: str | Path, modality: str = "video") -> dict[str, torc
     return dict(blob)
 
 
+def read_metadata(path: str | Path) -> dict:
+    """The `xdc` entry of an exported file (architecture, width, input settings); {} for other files."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise WeightsError(f"cannot read weights from {path}: {err}") from err
+    return dict(blob.get("xdc", {})) if isinstance(blob, dict) else {}
+
+
+def encoder_shape(state_dict: dict[str, torch.Tensor]) -> dict:
+    """`{"width"}` of the encoder a state dict holds (its features are 8·width wide: the last
+    BatchNorm of layer4), and for a video encoder its `arch` (R(2+1)D's stem starts with a 1×7×7
+    conv); {} when the keys are not an encoder's."""
+    norms = [v for k, v in state_dict.items() if k.startswith("layer4.") and k.endswith(".weight") and v.ndim == 1]
+    shape = {"width": int(norms[-1].shape[0]) // 8} if norms else {}
+    stem = state_dict.get("stem.0.weight")
+    if stem is not None and stem.ndim == 5:
+        shape["arch"] = "r2plus1d_18" if stem.shape[2] == 1 else "r3d_18"
+    return shape
+
+
 def _listed(keys: list[str]) -> str:
     shown = ", ".join(keys[:MAX_LISTED])
     return shown + (f" ... and {len(keys) - MAX_LISTED} more" if len(keys) > MAX_LISTED else "")
@@ -83,6 +105,13 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
                 allowed_prefixes: tuple[str, ...] = ALLOWED_PREFIXES) -> nn.Module:
     """Load `state_dict` into `model`; any mismatch outside `fc.*` raises, naming the keys."""
     problems = check_state_dict(model, state_dict, allowed_prefixes)
+    theirs, ours = encoder_shape(state_dict), encoder_shape(model.state_dict())
+    if problems["shape"] and theirs.get("width") not in (None, ours.get("width")):
+        # One sentence instead of a list of every layer's shape.
+        raise WeightsError(
+            f"{source} holds a width-{theirs['width']} encoder, the model is width {ours.get('width')}: "
+            f"build it with width={theirs['width']} (xdc.models.video_encoder(arch, {theirs['width']}), "
+            f"torch.hub.load(..., width={theirs['width']})); only width 64 is torchvision's network")
     if any(problems.values()):
         lines = [f"{source} does not match the model ({type(model).__name__}):"]
         for kind, what in (("missing", "keys missing from the file"),
@@ -195,28 +224,58 @@ def load_encoder(modality: str, model: ModelConfig, checkpoint: str | Path | Non
     return LoadedEncoder(encoder, "scratch", model)
 
 
-def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "video") -> Path:
-    """Write the `modality` encoder of a pretrain checkpoint as a plain state dict.
+# The input settings an exported encoder carries: what a clip must look like for it.
+EXPORTED_INPUT = ("frames", "fps", "short_side", "crop", "video_mean", "video_std", "sample_rate",
+                  "audio_seconds", "n_mels", "win_ms", "hop_ms", "audio_norm")
 
-    The file loads into torchvision's builder once its classifier is replaced, e.g.
-    `m = torchvision.models.video.r2plus1d_18(); m.fc = nn.Identity(); m.load_state_dict(sd)`
-    (for width-64 encoders; the audio encoder's conv1 takes 1 channel).
+
+def export_metadata(checkpoint: str | Path, modality: str, state_dict: dict[str, torch.Tensor]) -> dict:
+    """The `xdc` entry of an exported file: modality, arch, width, feature_dim and (when the
+    checkpoint holds its config) the input settings of EXPORTED_INPUT; plain numbers and strings,
+    so the file still loads with weights_only."""
+    shape = encoder_shape(state_dict)
+    meta = {"modality": modality, "arch": shape.get("arch", "resnet18") if modality == "video" else "resnet18",
+            "width": shape.get("width")}
+    pretrain = checkpoint_config(checkpoint)
+    if pretrain is not None:
+        meta.update(arch=pretrain.model.video_arch if modality == "video" else "resnet18",
+                    width=pretrain.model.width, method=pretrain.method)
+        meta.update({key: list(value) if isinstance(value, tuple) else value
+                     for key in EXPORTED_INPUT for value in [getattr(pretrain.data, key)]})
+    meta["feature_dim"] = 8 * meta["width"] if meta["width"] else None
+    return meta
+
+
+def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "video") -> Path:
+    """Write the `modality` encoder of a pretrain checkpoint as `{"state_dict": ..., "xdc": meta}`
+    (`export_metadata`: architecture, width, input settings; `torch.hub.load(..., weights=out)`
+    builds the encoder from it).
+
+    A width-64 encoder loads into torchvision's builder once its classifier is replaced, e.g.
+    `m = torchvision.models.video.r2plus1d_18(); m.fc = nn.Identity();
+    m.load_state_dict(torch.load(out)["state_dict"])` (the audio encoder's conv1 takes 1 channel).
     """
     state = read_state_dict(checkpoint, modality)
     state = {k: v for k, v in state.items() if not k.startswith(ALLOWED_PREFIXES)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(state, out)
+    save_checkpoint({"state_dict": state, "xdc": export_metadata(checkpoint, modality, state)}, out)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a pretrain checkpoint (checkpoints/*.pt)")
-    parser.add_argument("-o", "--out", required=True, help="output .pth file (a plain state dict)")
-    parser.add_argument("--modality", choices=MODALITIES, default="video")
+    parser.add_argument("checkpoint", nargs="?", help="a pretrain checkpoint (checkpoints/*.pt)")
+    parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CHECKPOINT",
+                        help="the same, spelled as in `xdc finetune`")
+    parser.add_argument("-o", "--out", required=True,
+                        help="output .pth file ({state_dict, xdc: architecture, width, input settings})")
+    parser.add_argument("--modality", choices=MODALITIES, default="video", help="which encoder to export")
 
 
 def run(args: argparse.Namespace) -> int:
+    if (args.checkpoint is None) == (args.checkpoint_option is None):
+        raise WeightsError("give the checkpoint once: `xdc export CKPT` or `xdc export --checkpoint CKPT`")
+    args.checkpoint = args.checkpoint or args.checkpoint_option
     out = export_encoder(args.checkpoint, args.out, args.modality)
     print(f"wrote the {args.modality} encoder of {args.checkpoint} to {out}")
     return 0

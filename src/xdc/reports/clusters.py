@@ -1,14 +1,18 @@
-"""`xdc clusters RUN_DIR --labels manifest.csv -o DIR`: what the clusters of a pretraining run hold.
+"""`xdc clusters RUN_DIR [--labels manifest.csv] --out DIR`: what the clusters of a pretraining run hold.
 
 For each modality's clusters of one iteration (`iterations/NN/labels_{video,audio}.npy`, aligned
-with `RUN_DIR/rows.csv`), against the true labels of a manifest (matched by file path):
+with `RUN_DIR/rows.csv`), against the true labels of a manifest (matched by the manifest's `id`
+column, so labels of the originals fit a run on `xdc prepare` copies; else by file path), or
+without labels (the self-supervised case: cluster sizes and NMI with the previous iteration):
 - `clusters_<modality>.md`: top and bottom 10 clusters ranked by purity, each with its 5 most
   frequent labels and their share of the cluster (the seed's Tables 6-7 format);
 - `clusters_<modality>.csv`: every non-empty cluster;
 - `metrics.json`: `{"video": {purity, nmi, ari, accuracy, num_clusters, empty_clusters, ...},
   "audio": {...}}` (accuracy = Hungarian accuracy);
-- `index.html`: per cluster (ranked), a few member clips as frame strips, their audio in a player
-  and as a spectrogram; the media are written under `assets/`, linked by relative paths.
+- `index.html`: the run's cluster statistics per iteration as a plot, then per cluster (ranked by
+  purity, or by size without labels) a few member clips as frame strips with their audio in a
+  player and as a spectrogram over the same time span; the media are written under `assets/`,
+  linked by relative paths.
 Rows without a true label count in cluster sizes but not in the label metrics; rows the run could
 not cluster (label -1) are counted as `num_unclustered` and left out of both.
 """
@@ -22,14 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accuracy, nmi, per_cluster_purity, purity
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import class_indices, read_manifest
 from xdc.errors import XdcError
 from xdc.models.device import MODALITIES
-from xdc.reports import html
+from xdc.progress import progress
+from xdc.reports import html, plots
 from xdc.training.run_folder import RunFolder
 TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
 THUMB_FRAMES = 4  # frames in a member's strip, spread over its window
@@ -56,12 +60,16 @@ def find_iteration(run_dir: Path, iteration: int | None = None) -> int:
 
 
 def true_labels(rows: list[dict], labels_manifest: str | Path | None) -> list[str | None]:
-    """Each run row's class name: from the labels manifest (matched by resolved path), else the
-    row's own `label`."""
+    """Each run row's class name: from the labels manifest (matched by `id`, else by resolved
+    path), else the row's own `label`."""
     if labels_manifest is None:
         return [row.get("label") for row in rows]
-    lookup = {str(Path(r["path"]).resolve()): r.get("label") for r in read_manifest(labels_manifest)}
-    return [lookup.get(str(Path(row["path"]).resolve())) for row in rows]
+    # Only the labels are needed: rows whose file has gone since still name their video.
+    labelled = read_manifest(labels_manifest, drop_missing=True)
+    by_id = {r["id"]: r.get("label") for r in labelled if r.get("id")}
+    by_path = {str(Path(r["path"]).resolve()): r.get("label") for r in labelled}
+    return [by_id[row["id"]] if row.get("id") in by_id else by_path.get(str(Path(row["path"]).resolve()))
+            for row in rows]
 
 
 def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.ndarray) -> int:
@@ -78,8 +86,10 @@ def num_clusters_of(run_dir: Path, iteration: int, modality: str, clusters: np.n
     return int(clusters.max()) + 1
 
 
-def modality_report(clusters: np.ndarray, names: list[str | None], k: int) -> tuple[dict, list[dict]]:
-    """(metrics, ranked cluster rows) of one modality's clustering."""
+def modality_report(clusters: np.ndarray, names: list[str | None], k: int,
+                    previous: np.ndarray | None = None) -> tuple[dict, list[dict]]:
+    """(metrics, ranked cluster rows) of one modality's clustering; `previous`: the previous
+    iteration's clusters (for `nmi_prev`). Without labels clusters are ranked by size."""
     classes, indices = class_indices([n for n in names if n is not None])
     truth = np.full(len(names), -1, np.int64)  # -1: a row without a true label
     truth[[i for i, n in enumerate(names) if n is not None]] = indices
@@ -88,12 +98,41 @@ def modality_report(clusters: np.ndarray, names: list[str | None], k: int) -> tu
                "sizes": {key: sizes[key] for key in ("min", "median", "max")},
                "num_items": int(len(clusters)), "num_unclustered": int((clusters < 0).sum()),
                "num_labelled": int((truth >= 0).sum()),
-               "num_classes": len(classes)}
+               "num_classes": len(classes),
+               "nmi_prev": None if previous is None else nmi(clusters, previous)}
     if not classes:
-        return {**metrics, "purity": None, "nmi": None, "ari": None, "accuracy": None}, []
+        sizes = np.bincount(clusters[clusters >= 0], minlength=k)
+        order = sorted(np.flatnonzero(sizes), key=lambda c: (-sizes[c], c))
+        ranked = [{"rank": rank, "cluster": int(c), "size": int(sizes[c]), "purity": None, "top": []}
+                  for rank, c in enumerate(order, start=1)]
+        return {**metrics, "purity": None, "nmi": None, "ari": None, "accuracy": None}, ranked
     metrics.update(purity=purity(clusters, truth), nmi=nmi(clusters, truth), ari=ari(clusters, truth),
                    accuracy=hungarian_accuracy(clusters, truth))
     return metrics, per_cluster_purity(clusters, truth, classes, top=5)
+
+
+def iteration_scores(run: RunFolder, names: list[str | None]) -> dict[str, list[tuple[int, float]]]:
+    """Per modality, (iteration, score) points of NMI with the previous iteration's clusters and,
+    with labels, purity and NMI against them: do the clusters settle, and on what?"""
+    classes = {n: i for i, n in enumerate(sorted({n for n in names if n is not None}))}
+    truth = np.array([classes.get(n, -1) for n in names], np.int64)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for modality in MODALITIES:
+        previous = None
+        for n in run.iterations():
+            path = run.labels(n, modality)
+            if not path.is_file():
+                continue
+            clusters = run.read_labels(n, modality)
+            if len(clusters) != len(names):
+                continue  # said by the report itself when it is the iteration reported
+            if previous is not None:
+                curves.setdefault(f"{modality} NMI with previous", []).append((n, nmi(clusters, previous)))
+            if classes and (clusters >= 0).any():
+                curves.setdefault(f"{modality} purity", []).append((n, purity(clusters, truth)))
+                curves.setdefault(f"{modality} NMI with labels", []).append((n, nmi(clusters, truth)))
+            previous = clusters
+    return curves
 
 
 def _concepts(row: dict) -> str:
@@ -105,15 +144,19 @@ def _cell(text: str) -> str:
     return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
 
 
+def _purity(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) -> str:
-    """Top and bottom `rows` clusters ranked by purity, as seed Tables 6-7."""
+    """Top and bottom `rows` clusters ranked by purity, as seed Tables 6-7 (by size without labels)."""
     shown = ranked if len(ranked) <= 2 * rows else ranked[:rows] + ranked[-rows:]
     lines = [f"# {modality} clusters: top and bottom {rows} by purity", "",
              "| # | cluster | size | purity | 5 most frequent labels (share) |", "|---|---|---|---|---|"]
     for i, row in enumerate(shown):
         if i == rows and len(ranked) > 2 * rows:
             lines.append("| … | | | | |")
-        lines.append(f"| {row['rank']} | {row['cluster']} | {row['size']} | {row['purity']:.2f} | "
+        lines.append(f"| {row['rank']} | {row['cluster']} | {row['size']} | {_purity(row['purity'])} | "
                      f"{_concepts(row)} |")
     return "\n".join(lines) + "\n"
 
@@ -126,7 +169,8 @@ def write_cluster_csv(ranked: list[dict], path: Path) -> None:
         for row in ranked:
             names = [n for n, _ in row["top"]] + [""] * (5 - len(row["top"]))
             shares = [f"{s:.4f}" for _, s in row["top"]] + [""] * (5 - len(row["top"]))
-            writer.writerow([row["rank"], row["cluster"], row["size"], f"{row['purity']:.4f}"] + names + shares)
+            shown = "" if row["purity"] is None else f"{row['purity']:.4f}"
+            writer.writerow([row["rank"], row["cluster"], row["size"], shown] + names + shares)
 
 
 # ------------------------------------------------------------------------------- media assets
@@ -147,7 +191,8 @@ def member_assets(row: dict, index: int, data: DataConfig, assets: Path) -> dict
 
     cfg = thumbnail_config(data, row.get("duration"))
     start = max(0.0, ((row.get("duration") or 0.0) - cfg.clip_seconds) / 2)
-    out = {"name": Path(row["path"]).name}
+    out = {"name": row.get("id") or Path(row["path"]).name, "href": Path(row["path"]).resolve().as_uri(),
+           "seconds": cfg.clip_seconds}
     try:
         clip = decode_clip(row["path"], start, cfg, with_audio=bool(row.get("has_audio")))
     except DecodeError as err:
@@ -177,26 +222,33 @@ def cluster_section(modality: str, metrics: dict, ranked: list[dict], members: d
     parts = [f'<h2 id="{modality}">{modality} clusters</h2>',
              html.table(list(shown), [list(shown.values())]),
              f'<p>Tables: <a href="clusters_{modality}.md">Markdown (top/bottom 10)</a>, '
-             f'<a href="clusters_{modality}.csv">CSV (all)</a>. Clusters ranked by purity.</p>']
+             f'<a href="clusters_{modality}.csv">CSV (all)</a>. Clusters ranked by '
+             f'{"size (no labels)" if metrics.get("purity") is None else "purity"}.</p>']
     for row in ranked:
         if row["cluster"] not in members:
             continue
         cards = []
         for i in members[row["cluster"]]:
             media = assets.get(i, {})
-            bits = [f"<div>{html.escape(media.get('name', ''))} · {html.escape(names[i] or 'no label')}</div>"]
+            name = html.link(media["href"], media["name"]) if "href" in media else ""
+            bits = [f"<div>{name} · {html.escape(names[i] or 'no label')}</div>"]
             if "strip" in media:
                 bits.append(html.image_tag(media["strip"], f"frames of {media['name']}"))
             if "wav" in media:
-                bits.append(html.audio_tag(media["wav"]))
                 bits.append(html.image_tag(media["spectrogram"], f"log-mel spectrogram of {media['name']}",
                                             "spectrogram"))
+            if "strip" in media:  # frames and spectrogram span the same window, at the same width
+                bits.append(html.time_axis(media["seconds"]))
+            if "wav" in media:
+                bits.append(html.audio_tag(media["wav"]))
             if "note" in media:
                 bits.append(f'<div class="muted">{html.escape(media["note"])}</div>')
             cards.append(f'<div class="member">{"".join(bits)}</div>')
+        what = (f'{row["size"]} members' if row["purity"] is None else
+                f'{row["size"]} labelled members · purity {row["purity"]:.2f}')
         parts.append(f'<div class="cluster" id="{modality}-{row["cluster"]}">'
-                     f'<h3>#{row["rank"]} · cluster {row["cluster"]} · {row["size"]} labelled members · '
-                     f'purity {row["purity"]:.2f}</h3><div>{html.escape(_concepts(row))}</div>'
+                     f'<h3>#{row["rank"]} · cluster {row["cluster"]} · {what}</h3>'
+                     f'<div>{html.escape(_concepts(row))}</div>'
                      f'<div class="members">{"".join(cards)}</div></div>')
     return "\n".join(parts)
 
@@ -214,8 +266,9 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         raise ReportError(f"{run.rows} not found: the labels cannot be matched to files")
     rows = read_manifest(run.rows)
     names = true_labels(rows, labels_manifest)
-    if all(n is None for n in names):
-        raise ReportError("no row of the run has a true label: pass --labels MANIFEST with a label column")
+    if labels_manifest is not None and all(n is None for n in names):
+        raise ReportError(f"no row of the run matches a labelled row of {labels_manifest} (by id or "
+                          f"path): is it the manifest these videos were scanned into?")
     data = DataConfig()
     if run.config.is_file():
         try:
@@ -233,7 +286,9 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         if len(clusters) != len(rows):
             raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
         k = num_clusters_of(run_dir, iteration, modality, clusters)
-        metrics[modality], ranked = modality_report(clusters, names, k)
+        before = run.labels(iteration - 1, modality)
+        previous = run.read_labels(iteration - 1, modality) if iteration and before.is_file() else None
+        metrics[modality], ranked = modality_report(clusters, names, k, previous)
         metrics[modality]["iteration"] = iteration
         (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")
         write_cluster_csv(ranked, out_dir / f"clusters_{modality}.csv")
@@ -245,12 +300,16 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
     assets: dict[int, dict] = {}
     if media:
         needed = sorted({i for _, members in reports.values() for ids in members.values() for i in ids})
-        for i in tqdm(needed, desc="cluster media", unit="clip"):
+        for i in progress(needed, desc="cluster media", unit="clip"):
             assets[i] = member_assets(rows[i], i, data, out_dir / "assets")
     for modality, (ranked, members) in reports.items():
         sections.append(cluster_section(modality, metrics[modality], ranked, members, assets, names))
     nav = "<nav>" + "".join(f'<a href="#{m}">{m}</a>' for m in reports) + \
           '<a href="metrics.json">metrics.json</a></nav>'
+    curves = iteration_scores(run, names)
+    if curves:
+        plots.save(plots.line_plot(curves, "iteration", "score", "clusters per iteration"), out_dir / "iterations.png")
+        nav += "\n" + html.image_tag("iterations.png", "cluster statistics per iteration", "plot")
     title = f"Clusters of {run_dir.name}, iteration {iteration}"
     (out_dir / "index.html").write_text(html.page(title, nav + "\n" + "\n".join(sections)), encoding="utf-8")
     return metrics
@@ -258,7 +317,9 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a `xdc pretrain` run folder")
-    parser.add_argument("--labels", help="manifest with a label column (default: rows.csv's own labels)")
+    parser.add_argument("--labels", help="manifest with a label column, matched on its id column (else by "
+                        "path), e.g. the one `xdc scan --labels-from-dirs` wrote before `xdc prepare` "
+                        "(default: rows.csv's own labels; none at all: the browser and label-free statistics)")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--iteration", type=int, help="iteration to report (default: the last)")
     parser.add_argument("--clips", type=int, default=3, help="member clips shown per cluster")

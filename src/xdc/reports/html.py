@@ -18,11 +18,14 @@ th { background: #f0f0f0; }
 .cluster { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 0.8em; margin: 0.8em 0; }
 .cluster h3 { margin: 0 0 0.3em; font-size: 1em; }
 .members { display: flex; flex-wrap: wrap; gap: 0.8em; }
-.member { font-size: 0.75em; max-width: 340px; }
 img { max-width: 100%; }  /* wide figures (filters) fit the page */
-.member img { display: block; max-width: 100%; image-rendering: pixelated; }
+.member { font-size: 0.75em; width: 300px; }
+/* frames and spectrogram at the same width: they share one time axis */
+.member img { display: block; width: 100%; image-rendering: pixelated; }
 .member audio { width: 100%; height: 28px; }
-.member img.spectrogram { width: 100%; height: 64px; }  /* same size whatever the clip length */
+.member img.spectrogram { height: 64px; }  /* same size whatever the clip length */
+.axis { display: flex; justify-content: space-between; color: #888; border-top: 1px solid #aaa; }
+img.plot { display: inline-block; margin: 0.3em; vertical-align: top; }
 .muted { color: #888; }
 nav a { margin-right: 1em; }
 """
@@ -47,6 +50,15 @@ def table(headers: list[str], rows: list[list]) -> str:
 def image_tag(src: str, alt: str, css_class: str = "") -> str:
     extra = f' class="{escape(css_class)}"' if css_class else ""
     return f'<img src="{escape(src)}" alt="{escape(alt)}"{extra} loading="lazy">'
+
+
+def link(href: str, text: str) -> str:
+    return f'<a href="{escape(href)}">{escape(text)}</a>'
+
+
+def time_axis(seconds: float) -> str:
+    """A bar under a frame strip and spectrogram of the same width: 0 to `seconds`."""
+    return f'<div class="axis"><span>0 s</span><span>{seconds / 2:.1f} s</span><span>{seconds:.1f} s</span></div>'
 
 
 def audio_tag(src: str) -> str:

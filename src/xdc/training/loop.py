@@ -13,7 +13,7 @@ import time
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from xdc.progress import progress
 
 from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, head_losses, reduce_heads
@@ -118,7 +118,7 @@ def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
     skips = SkipCounter()
     wait = 0.0
     start = last = time.perf_counter()
-    bar = tqdm(loader, desc=description, leave=False, disable=not dist_utils.is_main(),
+    bar = progress(loader, desc=description, leave=False, disable=not dist_utils.is_main(),
                dynamic_ncols=True)
     for step, batch in enumerate(bar):
         wait += time.perf_counter() - last

@@ -5,9 +5,16 @@ hides a head that learns nothing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
+import io
+import os
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -15,25 +22,207 @@ import torch
 from xdc.methods import MODALITIES, HeadSpec
 from xdc.training import distributed as dist_utils
 from xdc.training.loop import weights_digest
+from xdc.training.run_folder import RunFolder
 
 # A head whose loss stays within this fraction of chance (ln k) learned (next to) nothing.
 CHANCE_MARGIN = 0.05
 
 
-def tensorboard_writer(folder: Path):
-    """TensorBoard's writer on rank 0, None elsewhere (imported here: it is slow to import)."""
+# ------------------------------------------------------------------ the plan, before the work
+
+# A training step (forward and backward) costs about three forward passes.
+TRAIN_COST = 3.0
+
+
+@torch.no_grad()
+def seconds_per_clip(encoder: torch.nn.Module, modality: str, data, device: torch.device, amp: bool = False,
+                     batch: int = 4) -> float:
+    """Measured seconds of one clip's forward pass through `encoder` on `device`, from a batch of
+    random clips of `data`'s shape (decoding not included). Eval mode, no gradients and a private
+    random generator: the model, its BatchNorm statistics and every random stream stay as they were."""
+    from xdc.data.audio import num_audio_frames
+    from xdc.models import encode
+
+    shape = (3, data.frames, data.crop, data.crop) if modality == "video" else (1, data.n_mels, num_audio_frames(data))
+    clips = torch.randn(batch, 1, *shape, generator=torch.Generator().manual_seed(0))
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        encode(encoder, clips, modality, device, amp)  # warm-up: first calls allocate and tune
+        times = []
+        for _ in range(3):  # the median: a busy machine makes single timings jump
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            encode(encoder, clips, modality, device, amp)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[1] / batch
+    finally:
+        encoder.train(was_training)
+
+
+def seconds_to_decode(dataset, index: int = 0) -> float:
+    """Measured seconds to read one item of `dataset` (decoding, resizing, log-mel); the random
+    streams are put back as they were, so the run computes what it would have."""
+    from xdc.training.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    try:
+        started = time.perf_counter()
+        dataset[index]
+        return time.perf_counter() - started
+    finally:
+        set_rng_state(state)
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def print_plan(what: str, facts: list[str], compute: float, decoding: float, note: str = "") -> None:
+    """What a long command is about to do and how long it should take (compute and decoding as
+    measured on this machine), before it starts."""
+    print(f"plan: {what}\n" + "".join(f"  {fact}\n" for fact in facts)
+          + f"  estimate: about {duration_text(compute + decoding)} (compute {duration_text(compute)}, "
+          f"reading videos {duration_text(decoding)}, measured here)" + (f"; {note}" if note else ""), flush=True)
+
+
+def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> None:
+    """The pretraining plan (rank 0): videos, iterations, epochs of clips, lr, clusters, device,
+    and an estimate from the encoders' measured speed and one video's measured reading time."""
+    from xdc.data.datasets import AudioVideoClips
+    from xdc.training.schedule import effective_lr
+
+    if not dist_utils.is_main():
+        return
+    o, c, num_videos = cfg.optim, cfg.cluster, len(rows)
+    per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp) for m in MODALITIES)
+    read = seconds_to_decode(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1))
+    val = min(num_videos - 1, max(1, round(o.val_fraction * num_videos)))
+    clips = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * (o.epoch_size + val))
+    seconds = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * val) * per_clip \
+        + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
+    # Clips are read by the DataLoader's workers of every rank, side by side.
+    decoding = clips * read / max(1, cfg.data.num_workers) / dist_utils.world_size()
+    print_plan(f"{cfg.method} pretraining on {device} ({dist_utils.world_size()} process(es))", [
+        f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
+        f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
+        f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), then "
+        f"up to {o.total_epochs} epochs of {o.epoch_size} clips (batch {o.batch_size} per rank, "
+        f"lr {effective_lr(o, dist_utils.world_size()):g})"],
+        seconds / dist_utils.world_size(), decoding, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
+
+
+# ---------------------------------------------------------------------------- the run's log
+
+class _Tee(io.TextIOBase):
+    """Writes to the console stream and to the log; progress-bar redraws (carriage returns,
+    cursor codes) go to the console only."""
+
+    def __init__(self, console, log):
+        self.console, self.log = console, log
+
+    def write(self, text: str) -> int:
+        self.console.write(text)
+        if "\r" not in text and "\x1b[" not in text:
+            self.log.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.console.flush()
+        self.log.flush()
+
+    def isatty(self) -> bool:
+        return self.console.isatty()
+
+    def fileno(self) -> int:
+        return self.console.fileno()
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """While the block runs, what this process prints (stdout and stderr) is also appended to
+    `path` (rank 0 only; a resumed run appends)."""
+    if os.environ.get("RANK", "0") != "0":  # torchrun sets RANK before anything runs
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        try:
+            yield
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+def logged_run(function):
+    """Decorator of `pretrain(cfg, rows, run_dir, ...)`: its console output also goes to
+    RUN_DIR/log.txt (`run_log`)."""
+    parameters = inspect.signature(function)
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        run_dir = parameters.bind(*args, **kwargs).arguments["run_dir"]
+        with run_log(RunFolder(run_dir).log):
+            return function(*args, **kwargs)
+    return wrapper
+
+
+# ------------------------------------------------------------------------------ TensorBoard
+
+def tensorboard_writer(folder: Path, cfg=None):
+    """TensorBoard's writer on rank 0, None elsewhere (imported here: it is slow to import);
+    with `cfg`, the config is logged as text and as hparams."""
     if not dist_utils.is_main():
         return None
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(str(folder))
+    writer = SummaryWriter(str(folder))
+    if cfg is not None:
+        log_config(writer, cfg)
+    return writer
 
 
-def log_clusters(writer, record: dict) -> None:
-    """An iteration's cluster statistics as TensorBoard scalars (step: the iteration)."""
+def log_config(writer, cfg) -> None:
+    """The config as a text panel (YAML) and in the HPARAMS tab (one flat key per setting)."""
+    from omegaconf import OmegaConf
+    from torch.utils.tensorboard.summary import hparams
+
+    from xdc.config import config_to_yaml
+
+    writer.add_text("config", "\n".join("    " + line for line in config_to_yaml(cfg).splitlines()))
+    flat = {}
+    for key, value in _flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    for summary in hparams(flat, {}):  # written into this run, not a new sub-run as add_hparams does
+        writer.file_writer.add_summary(summary)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def log_clusters(writer, record: dict, step: int) -> None:
+    """An iteration's cluster statistics as TensorBoard scalars, on the training scalars' step
+    axis (`step`: the global step when the clustering happened)."""
     for modality in MODALITIES:
         for key in ("empty_clusters", "nmi_prev", "purity", "nmi"):
             if record.get(modality, {}).get(key) is not None:
-                writer.add_scalar(f"cluster/{modality}/{key}", record[modality][key], record["iteration"])
+                writer.add_scalar(f"cluster/{modality}/{key}", record[modality][key], step)
 
 
 def rank_digests(labels: dict[str, np.ndarray], model: torch.nn.Module) -> list[dict[str, str]]:

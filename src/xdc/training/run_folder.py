@@ -40,6 +40,11 @@ class RunFolder:
         return self.root / "rows.csv"
 
     @property
+    def log(self) -> Path:
+        """What the console showed (rank 0), progress bars left out; a resumed run appends."""
+        return self.root / "log.txt"
+
+    @property
     def summary(self) -> Path:
         return self.root / "summary.json"
 
