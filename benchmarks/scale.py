@@ -68,6 +68,7 @@ def synthetic_manifest(n: int, seed: int = 0) -> Manifest:
         "audio_rate": rng.choice([44100, 48000, 22050], n).astype(np.int32),
         "audio_channels": rng.integers(1, 3, n).astype(np.int32),
         "audio_silent": (rng.random(n) < 0.02).astype(np.int8), "label": label,
+        "id": np.strings.slice(paths, len("/data/kinetics/"), None),  # as xdc scan writes it
     }
     categories = {"status": ["ok", "skip"], "reason": ["cannot open: Invalid data"], "video_codec": ["h264", "mpeg4"],
                   "label": [str(c) for c in classes.tolist()]}
