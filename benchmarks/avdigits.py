@@ -119,26 +119,26 @@ def hard_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, fl
     coarse = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, 6, 6)).astype(np.float32))
     texture = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
     background = brightness + 0.08 * texture
-    for _ in range(int(rng.integers(4, 9))):  # clutter: bars of other brightness, either orientation
+    for _ in range(int(rng.integers(2, 6))):  # clutter: bars of other brightness, either orientation
         long_side, short_side = int(rng.integers(size // 6, size // 2)), int(rng.integers(1, 4))
         h, w = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
         y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
-        background[y:y + h, x:x + w] = brightness + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.35)
+        background[y:y + h, x:x + w] = brightness + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.25)
     return np.clip(background, 0.0, 1.0), brightness
 
 
 def render_hard_digit(image: np.ndarray, rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
-    """T×size×size×3 uint8 (--hard): a handwritten 8x8 digit about a third of the frame high,
+    """T×size×size×3 uint8 (--hard): a handwritten 8x8 digit about half the frame high,
     drifting in a straight line between two random places over a cluttered background of random
     brightness; its ink is lighter than a dark background, darker than a light one."""
     import torch
     import torch.nn.functional as F
 
     background, brightness = hard_background(rng, size)
-    side = int(round(rng.uniform(0.3, 0.4) * size))
+    side = int(round(rng.uniform(0.42, 0.55) * size))
     alpha = F.interpolate(torch.from_numpy(image.astype(np.float32) / 16.0)[None, None], size=(side, side),
                           mode="bilinear", align_corners=False)[0, 0].numpy().clip(0, 1)
-    ink = brightness + (1.0 if brightness < 0.5 else -1.0) * rng.uniform(0.35, 0.55)
+    ink = brightness + (1.0 if brightness < 0.5 else -1.0) * rng.uniform(0.45, 0.6)
     start, end = rng.uniform(0, size - side, 2), rng.uniform(0, size - side, 2)  # top-left corners
     frames = np.repeat(background[None], num_frames, axis=0)
     for t in range(num_frames):
@@ -146,7 +146,7 @@ def render_hard_digit(image: np.ndarray, rng: np.random.Generator, num_frames: i
         top, left = np.round((1 - a) * start + a * end).astype(int)
         patch = frames[t, top:top + side, left:left + side]
         frames[t, top:top + side, left:left + side] = patch * (1 - alpha) + ink * alpha
-    frames = frames * 255 + rng.normal(0, 5, frames.shape)
+    frames = frames * 255 + rng.normal(0, 4, frames.shape)
     return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
@@ -156,7 +156,7 @@ def speaker_noise(speaker: str, seed: int = 0) -> dict:
     import zlib
 
     rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
-    return {"snr_db": float(rng.uniform(0.0, 8.0)), "tilt": float(rng.uniform(-1.0, 1.0)),
+    return {"snr_db": float(rng.uniform(3.0, 10.0)), "tilt": float(rng.uniform(-1.0, 1.0)),
             "hum_hz": float(rng.uniform(60.0, 400.0)), "hum_share": float(rng.uniform(0.2, 0.6))}
 
 

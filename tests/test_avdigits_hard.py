@@ -44,7 +44,7 @@ def test_hard_digit_is_smaller_than_the_frame_and_drifts(avdigits, digit_image):
         ink = np.abs(with_digit.astype(int) - without.astype(int))[..., 0] > 40  # T×H×W
         assert ink.any(axis=(1, 2)).all()  # on every frame
         rows, cols = np.flatnonzero(ink[0].any(1)), np.flatnonzero(ink[0].any(0))
-        assert np.ptp(rows) + 1 <= 0.45 * 64 and np.ptp(cols) + 1 <= 0.45 * 64  # well inside the frame
+        assert np.ptp(rows) + 1 <= 0.6 * 64 and np.ptp(cols) + 1 <= 0.6 * 64  # well inside the frame
         centres = [np.argwhere(frame).mean(axis=0) for frame in ink]
         moves.append(np.abs(centres[0] - centres[-1]).max())
     assert max(moves) > 8  # it drifts (from one random place to another)
@@ -56,7 +56,7 @@ def test_hard_background_brightness_and_clutter_vary(avdigits):
     assert brightness.min() < 0.3 and brightness.max() > 0.7  # random brightness
     for image, level in backgrounds:
         assert image.shape == (64, 64) and 0 <= image.min() and image.max() <= 1
-        assert (np.abs(image - level) > 0.12).mean() > 0.005  # clutter, not a flat field
+        assert (np.abs(image - level) > 0.08).mean() > 0.003  # clutter, not a flat field
     assert not np.allclose(backgrounds[0][0], backgrounds[1][0])
 
 
