@@ -474,6 +474,9 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
         state = {}
         labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
         train_videos, val_videos = labelled(train_idx, labels), shard(labelled(val_idx, labels))
+        # What a head that learns only the cluster sizes scores: chance, below ln k when unbalanced.
+        prior = {s.name: s.chance_loss if s.multilabel else clustering.label_entropy(labels[s.target][train_videos])
+                 for s in specs}
 
         # ============ train until the validation loss saturates ============
         for epoch in range(first_epoch, o.total_epochs):
@@ -497,7 +500,8 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
                           stopped_early=bool(stop),
                           skipped=record.get("skipped", 0) + train["skipped"] + val["skipped"],
                           heads={s.name: {"train_loss": train["heads"][s.name], "val_loss": val["heads"][s.name],
-                                          "chance": s.chance_loss} for s in specs})
+                                          "chance": s.chance_loss, "prior_entropy": prior[s.name]}
+                                 for s in specs})
             log_epoch(writer, record, train, val, specs, epoch, o.total_epochs, global_step, stop)
             if train["skipped"] and train["skip_summary"]:
                 print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)

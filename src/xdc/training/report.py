@@ -262,11 +262,13 @@ def log_epoch(writer, record: dict, train: dict, val: dict, specs: list[HeadSpec
 
 
 def heads_at_chance(summary: dict) -> list[str]:
-    """Heads whose validation loss stayed within CHANCE_MARGIN of ln k in every iteration."""
+    """Heads whose validation loss stayed within CHANCE_MARGIN of chance in every iteration:
+    the entropy of their labels (what knowing only the cluster sizes scores), at most ln k."""
     seen: dict[str, bool] = {}
     for record in summary["iterations"]:
         for name, head in record.get("heads", {}).items():
-            at_chance = head["val_loss"] >= (1 - CHANCE_MARGIN) * head["chance"]
+            chance = min(head["chance"], head.get("prior_entropy", head["chance"]))
+            at_chance = head["val_loss"] >= (1 - CHANCE_MARGIN) * chance
             seen[name] = seen.get(name, True) and at_chance
     return [name for name, stayed in seen.items() if stayed]
 
@@ -289,8 +291,10 @@ def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: 
         print("  " + ", ".join(parts))
         for name, head in r.get("heads", {}).items():
             print(f"    {name}: train {head['train_loss']:.3f}, val {head['val_loss']:.3f}, "
-                  f"chance {head['chance']:.3f}")
+                  f"chance {head['chance']:.3f} (ln k), {head.get('prior_entropy', head['chance']):.3f} "
+                  f"(labels' entropy)")
     stuck = heads_at_chance(summary)
     if stuck:
-        print(f"  heads that never left chance (val loss within {CHANCE_MARGIN:.0%} of ln k): {', '.join(stuck)}")
+        print(f"  heads that never left chance (val loss within {CHANCE_MARGIN:.0%} of their labels' entropy): "
+              f"{', '.join(stuck)}")
     sys.stdout.flush()
