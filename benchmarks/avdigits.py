@@ -352,6 +352,7 @@ HARD = {
     "finetune": {"data": {"eval_clips": 2}},
 }
 METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc", "superv")
+PROBES = ("linear", "fc", "knn")
 MODALITIES = ("video", "audio")
 
 
@@ -405,7 +406,7 @@ def _run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path]
                     str(report), "--no-media", log=log)
             result["clusters"] = json.loads((report / "metrics.json").read_text())
     source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--scratch"]
-    for mode in settings.get("probes", ("linear", "fc")):
+    for mode in settings.get("probes", PROBES):
         for modality in MODALITIES:
             probe = folder / f"{mode}_{modality}"
             if not (probe / "results.json").is_file():
@@ -451,7 +452,7 @@ def aggregate(results: list[dict]) -> dict:
         if not runs:
             continue
         row = {"seeds": len(runs)}
-        for mode in ("linear", "fc"):
+        for mode in PROBES:
             for modality in MODALITIES:
                 row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"]["top1_video"] for r in runs
                                                       if f"{mode}_{modality}" in r])
@@ -465,6 +466,11 @@ def aggregate(results: list[dict]) -> dict:
                 f"{modality}_{kind}": tuple(float(np.mean([its[i][modality][f"nmi_{kind}"] for its in with_iterations]))
                                             for i in (0, -1))
                 for modality in MODALITIES for kind in ("class", "nuisance")}
+        heads = [r["pretrain_summary"][-1].get("heads", {}) for r in runs if r.get("pretrain_summary")]
+        if heads and heads[0]:  # each head's last-epoch losses and chance levels, mean over seeds
+            row["heads"] = {name: {key: float(np.mean([h[name][key] for h in heads]))
+                                   for key in ("train_loss", "val_loss", "chance", "prior_entropy")}
+                            for name in heads[0]}
         row["seconds"] = mean_std([r["seconds"] for r in runs])
         table[method] = row
     return table
@@ -488,15 +494,16 @@ def markdown(table: dict, comparisons: dict, header: str) -> str:
         return f"{value[0]:.3f} ± {value[1]:.3f}" if seeds > 1 else f"{value[0]:.3f}"  # no spread
 
     lines = [header, "",
-             "| method | video linear | audio linear | video fc | audio fc | video purity | video NMI | "
-             "audio purity | audio NMI | empty (v / a) | s per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | video linear | audio linear | video fc | audio fc | video kNN | audio kNN | "
+             "video purity | video NMI | audio purity | audio NMI | empty (v / a) | s per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
         n = row["seeds"]
         empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
                  if row.get("empty_clusters_video") else "–")  # mean over seeds
         lines.append(f"| {method} | {cell(row['linear_video'], n)} | {cell(row['linear_audio'], n)} | "
-                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['purity_video'], n)} | "
+                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['knn_video'], n)} | "
+                     f"{cell(row['knn_audio'], n)} | {cell(row['purity_video'], n)} | "
                      f"{cell(row['nmi_video'], n)} | {cell(row['purity_audio'], n)} | {cell(row['nmi_audio'], n)} | "
                      f"{empty} | {row['seconds'][0]:.0f} |")
     lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
@@ -508,6 +515,13 @@ def markdown(table: dict, comparisons: dict, header: str) -> str:
             lines.append(f"| {method} | {p['video_class'][0]:.3f} -> {p['video_class'][1]:.3f} | "
                          f"{p['audio_class'][0]:.3f} -> {p['audio_class'][1]:.3f} | "
                          f"{p['audio_nuisance'][0]:.3f} -> {p['audio_nuisance'][1]:.3f} |")
+    lines += ["", "Each head's loss at the last epoch of the last iteration, mean over seeds, beside chance: "
+              "ln k, and the entropy of its labels (what knowing only the cluster sizes scores):", "",
+              "| method | head | train | val | ln k | labels' entropy |", "|---|---|---|---|---|---|"]
+    for method, row in table.items():
+        for name, h in row.get("heads", {}).items():
+            lines.append(f"| {method} | {name} | {h['train_loss']:.3f} | {h['val_loss']:.3f} | {h['chance']:.3f} | "
+                         f"{h['prior_entropy']:.3f} |")
     lines += ["", "Does XDC beat the method by more than the spread over seeds (linear probe, "
               "video-level top-1)?", "", "| comparison | video | audio |", "|---|---|---|"]
     for name, per_modality in comparisons.items():
@@ -537,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-arch", choices=("r2plus1d_18", "r3d_18"), help="video encoder")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="pretraining config overrides, e.g. cluster.pca_dim=32 optim.total_epochs=12")
-    parser.add_argument("--probes", default="linear,fc", help="probe modes: linear,fc (default) or linear")
+    parser.add_argument("--probes", default="linear,fc,knn",
+                        help="probe modes among linear, fc, knn (kNN: no training, DINO's weighted votes)")
     parser.add_argument("--data-dir", type=Path,
                         help="the rendered videos (default OUT/data); share one between runs of the same data")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
@@ -552,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown or not methods:
         parser.error(f"--methods: unknown {unknown}; choose among {','.join(METHODS)}")
     probes = [m for m in args.probes.split(",") if m]
-    if not probes or set(probes) - {"linear", "fc"}:
-        parser.error("--probes: linear and/or fc")
+    if not probes or set(probes) - set(PROBES):
+        parser.error(f"--probes: among {','.join(PROBES)}")
     settings = FULL
     if args.hard:
         settings = merge(settings, HARD)
@@ -572,8 +587,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # written into pretrain.yaml (and the finetune config's model section)
         settings = merge(settings, {"pretrain": OmegaConf.to_container(
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in extra.items()]))})
-    if probes != ["linear", "fc"]:
-        settings = merge(settings, {"probes": probes})
+    settings = merge(settings, {"probes": probes})
     seeds = args.seeds or settings["seeds"]
     name = "avdigits" + ("_hard" if args.hard else "") + ("_quick" if args.quick else "")
     out = args.out or REPO / "runs" / name
