@@ -1,8 +1,15 @@
 """Audio-visual digits: does XDC learn what the paper says it learns, on real recordings?
 
-    python benchmarks/avdigits.py [--quick] [--seeds 0 1 2] [--jobs 2] [--out runs/avdigits]
+    python benchmarks/avdigits.py [--quick] [--hard] [--seeds 0 1 2] [--jobs 2] [--out runs/avdigits]
+    python benchmarks/avdigits.py --hard --methods scratch,rand,sdc,xdc --seeds 0 \
+        [--first-features random] [--video-arch r3d_18] [--set cluster.pca_dim=32 ...]
 
 On 2 CPU cores: 59 min (7 methods x 3 seeds), `--quick` 6.5 min (one seed); docs/RESULTS.md.
+
+`--hard`: the digit is small (about a third of the frame) and drifts over a cluttered background
+of random brightness (ink lighter or darker than it); videos last 1.6 s and the spoken word sits
+at a random time in them, so a 1-s clip may cut it; the soundtrack carries noise whose level,
+colour and hum depend on the speaker (a nuisance, and an unseen one for the test speaker).
 
 Data: every spoken digit of ../shared/data/fsdd (4 speakers, real recordings, 8 kHz) becomes a
 short video whose soundtrack is the recording and whose frames show a real handwritten digit of
@@ -102,6 +109,84 @@ def render_digit(image: np.ndarray, rng: np.random.Generator, num_frames: int, s
     return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def hard_background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float]:
+    """size×size float in [0, 1]: a random brightness, a smooth texture and a few random bars
+    (clutter), and that brightness."""
+    import torch
+    import torch.nn.functional as F
+
+    brightness = float(rng.uniform(0.1, 0.9))
+    coarse = torch.from_numpy(rng.normal(0.0, 1.0, (1, 1, 6, 6)).astype(np.float32))
+    texture = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
+    background = brightness + 0.08 * texture
+    for _ in range(int(rng.integers(2, 6))):  # clutter: bars of other brightness, either orientation
+        long_side, short_side = int(rng.integers(size // 6, size // 2)), int(rng.integers(1, 4))
+        h, w = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
+        y, x = int(rng.integers(0, size - h + 1)), int(rng.integers(0, size - w + 1))
+        background[y:y + h, x:x + w] = brightness + rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.25)
+    return np.clip(background, 0.0, 1.0), brightness
+
+
+def render_hard_digit(image: np.ndarray, rng: np.random.Generator, num_frames: int, size: int) -> np.ndarray:
+    """T×size×size×3 uint8 (--hard): a handwritten 8x8 digit about half the frame high,
+    drifting in a straight line between two random places over a cluttered background of random
+    brightness; its ink is lighter than a dark background, darker than a light one."""
+    import torch
+    import torch.nn.functional as F
+
+    background, brightness = hard_background(rng, size)
+    side = int(round(rng.uniform(0.42, 0.55) * size))
+    alpha = F.interpolate(torch.from_numpy(image.astype(np.float32) / 16.0)[None, None], size=(side, side),
+                          mode="bilinear", align_corners=False)[0, 0].numpy().clip(0, 1)
+    ink = brightness + (1.0 if brightness < 0.5 else -1.0) * rng.uniform(0.45, 0.6)
+    start, end = rng.uniform(0, size - side, 2), rng.uniform(0, size - side, 2)  # top-left corners
+    frames = np.repeat(background[None], num_frames, axis=0)
+    for t in range(num_frames):
+        a = t / max(1, num_frames - 1)
+        top, left = np.round((1 - a) * start + a * end).astype(int)
+        patch = frames[t, top:top + side, left:left + side]
+        frames[t, top:top + side, left:left + side] = patch * (1 - alpha) + ink * alpha
+    frames = frames * 255 + rng.normal(0, 4, frames.shape)
+    return np.repeat(np.clip(frames, 0, 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def speaker_noise(speaker: str, seed: int = 0) -> dict:
+    """--hard: the noise of a speaker's recordings (deterministic from the name and the data
+    seed): mean SNR, colour (spectral tilt) and mains-like hum frequency and share."""
+    import zlib
+
+    rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+    return {"snr_db": float(rng.uniform(3.0, 10.0)), "tilt": float(rng.uniform(-1.0, 1.0)),
+            "hum_hz": float(rng.uniform(60.0, 400.0)), "hum_share": float(rng.uniform(0.2, 0.6))}
+
+
+def hard_audio(samples: np.ndarray, rate: int, num_samples: int, profile: dict,
+               rng: np.random.Generator) -> np.ndarray:
+    """--hard soundtrack: the word at a random time of the `num_samples` (not centred, so a
+    shorter clip may cut it), in coloured noise + hum at the speaker's SNR (± 3 dB per video)."""
+    out = np.zeros(num_samples, np.float32)
+    if samples.size >= num_samples:
+        word = fit_audio(samples, num_samples)
+        out[:] = word
+    else:
+        start = int(rng.integers(0, num_samples - samples.size + 1))
+        out[start:start + samples.size] = samples
+        word = samples
+    speech_rms = max(float(np.sqrt(np.mean(word.astype(np.float64) ** 2))), 1e-4)
+    spectrum = np.fft.rfft(rng.normal(0.0, 1.0, num_samples))
+    freqs = np.fft.rfftfreq(num_samples, 1.0 / rate)
+    spectrum *= np.maximum(freqs, 20.0) ** (profile["tilt"] / 2)  # tilt -1: pink-ish, +1: blue-ish
+    coloured = np.fft.irfft(spectrum, num_samples)
+    t = np.arange(num_samples) / rate
+    phase = rng.uniform(0, 2 * np.pi)
+    hum = sum(np.sin(2 * np.pi * h * profile["hum_hz"] * t + h * phase) / h for h in (1, 2, 3))
+    noise = (np.sqrt(1 - profile["hum_share"]) * coloured / coloured.std()
+             + np.sqrt(profile["hum_share"]) * hum / hum.std())
+    snr = profile["snr_db"] + rng.uniform(-3.0, 3.0)
+    mixed = out + noise * speech_rms / 10 ** (snr / 20)
+    return (mixed * 0.9 / max(np.abs(mixed).max(), 1e-6)).astype(np.float32)
+
+
 def fsdd_recordings(folder: Path) -> list[dict]:
     """Every `{digit}_{speaker}_{index}.wav` of the split's speakers, sorted."""
     if not folder.is_dir():
@@ -119,16 +204,24 @@ def fsdd_recordings(folder: Path) -> list[dict]:
 
 
 def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_digit: int | None,
-                  seed: int = 0) -> dict[str, Path]:
-    """Write the videos and labelled manifests once (`xdc scan` probes them); reused if present."""
+                  seed: int = 0, hard: bool = False) -> dict[str, Path]:
+    """Write the videos and labelled manifests once (`xdc scan` probes them); reused if present
+    (only when made with the same settings). `hard`: see the module docstring (--hard)."""
     from sklearn.datasets import load_digits
     from tqdm import tqdm
 
     from xdc.data.encode import write_video
 
     done = out / "dataset.json"
+    wanted = {"seconds": seconds, "fps": fps, "size": size, "per_speaker_digit": per_speaker_digit,
+              "seed": seed, "hard": hard}
     if done.is_file():
-        return {k: out / v for k, v in json.loads(done.read_text())["manifests"].items()}
+        made = json.loads(done.read_text())
+        known = {"seed": 0, "hard": False} | made  # folders written before those keys existed
+        differs = {k: (known[k], v) for k, v in wanted.items() if k in known and known[k] != v}
+        if differs:  # {key: (made with, wanted)}
+            raise SystemExit(f"{out} holds videos made with other settings {differs}: choose another folder")
+        return {k: out / v for k, v in made["manifests"].items()}
     rng = np.random.default_rng(seed)
     digits = load_digits()
     # Each class's images, shuffled once, then cut into disjoint train/val/test pools.
@@ -152,16 +245,22 @@ def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_
         samples, rate = read_wav(item["path"])
         pool = pools[item["split"], item["digit"]]
         image = digits.images[pool[rng.integers(pool.size)]]
-        frames = render_digit(image, rng, num_frames, size)
+        num_samples = int(round(seconds * rate))
+        if hard:
+            frames = render_hard_digit(image, rng, num_frames, size)
+            audio = hard_audio(samples, rate, num_samples, speaker_noise(item["speaker"], seed), rng)
+        else:
+            frames = render_digit(image, rng, num_frames, size)
+            audio = fit_audio(samples, num_samples)
         name = f"videos/{i:05d}.mp4"  # the name carries neither digit nor speaker
-        write_video(out / name, frames, fps, fit_audio(samples, int(round(seconds * rate))), rate)
+        write_video(out / name, frames, fps, audio, rate)
         labels.append({"path": name, "label": str(item["digit"]), "speaker": item["speaker"],
                        "split": item["split"], "source": item["path"].name})
     xdc("scan", str(out / "videos"), "-o", str(out / "scan.csv"), "--workers", "2")
     manifests = write_split_manifests(out, labels)
     # Names relative to `out` (as the manifests' own paths are), so the folder can be moved.
     done.write_text(json.dumps({"manifests": {k: v.name for k, v in manifests.items()},
-                                "videos": len(labels), "seconds": seconds, "fps": fps, "size": size}))
+                                "videos": len(labels)} | wanted))
     return manifests
 
 
@@ -242,7 +341,18 @@ QUICK = {
     # Two lrs: with 0.4 alone, fc on Scratch diverged to a constant prediction (measured).
     "fc": {"fc_lrs": [0.04, 0.4], "optim": {"epoch_size": 1000, "total_epochs": 2, "step_epochs": 2}},
 }
+# --hard (issue 14): a small drifting digit over clutter, 1.6-s videos cut into 1-s clips (8
+# frames, 32x32 from a 64x64 render), speaker-varying noise. Pretraining: 2 iterations of up to 6
+# epochs of 1000 clips, k = 32, hand-crafted start; 2 clips per video for clustering and probes.
+HARD = {
+    "data": {"seconds": 1.6, "size": 64, "hard": True},
+    "pretrain": {"data": {"eval_clips": 2},
+                 "cluster": {"clips_per_video": 2},
+                 "optim": {"warmup_epochs": 1, "step_epochs": 4, "total_epochs": 6}},
+    "finetune": {"data": {"eval_clips": 2}},
+}
 METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc", "superv")
+PROBES = ("linear", "fc", "knn")
 MODALITIES = ("video", "audio")
 
 
@@ -258,19 +368,19 @@ def write_yaml(tree: dict, path: Path) -> Path:
 
 
 def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], out: Path,
-             configs: dict[str, Path], cache_dir: Path, quiet: bool = False) -> dict:
+             configs: dict[str, Path], data_dir: Path, quiet: bool = False) -> dict:
     """Pretrain (unless Scratch), probe both encoders (linear and fc), analyse the clusters.
     `quiet`: the commands' output goes to `log.txt` in the run's folder (for parallel runs)."""
     folder = out / f"seed{seed}" / method
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "log.txt", "a") if quiet else contextlib.nullcontext() as log:
-        return _run_seed(seed, method, settings, manifests, folder, configs, cache_dir, out, log)
+        return _run_seed(seed, method, settings, manifests, folder, configs, data_dir, log)
 
 
 def _run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], folder: Path,
-              configs: dict[str, Path], cache_dir: Path, out: Path, log: TextIO | None) -> dict:
+              configs: dict[str, Path], data_dir: Path, log: TextIO | None) -> dict:
     result: dict = {"method": method, "seed": seed}
-    cache = f"data.cache_dir={json.dumps(str(cache_dir))}"
+    cache = f"data.cache_dir={json.dumps(str(data_dir / 'cache'))}"
     started = time.perf_counter()
     checkpoint = None
     if method != "scratch":
@@ -289,14 +399,14 @@ def _run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path]
         summary = json.loads((run_dir / "summary.json").read_text())
         result["pretrain_summary"] = summary["iterations"]
         if method != "superv":
-            result["iterations"] = pseudo_label_nmis(run_dir, out / "data")
+            result["iterations"] = pseudo_label_nmis(run_dir, data_dir)
             report = folder / "clusters"
             if not (report / "metrics.json").is_file():
                 xdc("clusters", str(run_dir), "--labels", str(manifests["pretrain_labeled"]), "-o",
                     str(report), "--no-media", log=log)
             result["clusters"] = json.loads((report / "metrics.json").read_text())
     source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--scratch"]
-    for mode in ("linear", "fc"):
+    for mode in settings.get("probes", PROBES):
         for modality in MODALITIES:
             probe = folder / f"{mode}_{modality}"
             if not (probe / "results.json").is_file():
@@ -342,9 +452,10 @@ def aggregate(results: list[dict]) -> dict:
         if not runs:
             continue
         row = {"seeds": len(runs)}
-        for mode in ("linear", "fc"):
+        for mode in PROBES:
             for modality in MODALITIES:
-                row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"]["top1_video"] for r in runs])
+                row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"]["top1_video"] for r in runs
+                                                      if f"{mode}_{modality}" in r])
         for modality in MODALITIES:
             for key in ("purity", "nmi", "empty_clusters"):
                 values = [r["clusters"][modality].get(key) for r in runs if "clusters" in r]
@@ -355,6 +466,13 @@ def aggregate(results: list[dict]) -> dict:
                 f"{modality}_{kind}": tuple(float(np.mean([its[i][modality][f"nmi_{kind}"] for its in with_iterations]))
                                             for i in (0, -1))
                 for modality in MODALITIES for kind in ("class", "nuisance")}
+        heads = [r["pretrain_summary"][-1].get("heads", {}) for r in runs if r.get("pretrain_summary")]
+        if heads and heads[0]:  # each head's last-epoch losses and chance levels, mean over seeds
+            # val_loss is null for runs without early stopping (no validation pass): nan in the table.
+            row["heads"] = {name: {key: float(np.mean([np.nan if h[name][key] is None else h[name][key]
+                                                       for h in heads]))
+                                   for key in ("train_loss", "val_loss", "chance", "prior_entropy")}
+                            for name in heads[0]}
         row["seconds"] = mean_std([r["seconds"] for r in runs])
         table[method] = row
     return table
@@ -378,15 +496,16 @@ def markdown(table: dict, comparisons: dict, header: str) -> str:
         return f"{value[0]:.3f} ± {value[1]:.3f}" if seeds > 1 else f"{value[0]:.3f}"  # no spread
 
     lines = [header, "",
-             "| method | video linear | audio linear | video fc | audio fc | video purity | video NMI | "
-             "audio purity | audio NMI | empty (v / a) | s per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | video linear | audio linear | video fc | audio fc | video kNN | audio kNN | "
+             "video purity | video NMI | audio purity | audio NMI | empty (v / a) | s per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
         n = row["seeds"]
         empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
                  if row.get("empty_clusters_video") else "–")  # mean over seeds
         lines.append(f"| {method} | {cell(row['linear_video'], n)} | {cell(row['linear_audio'], n)} | "
-                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['purity_video'], n)} | "
+                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['knn_video'], n)} | "
+                     f"{cell(row['knn_audio'], n)} | {cell(row['purity_video'], n)} | "
                      f"{cell(row['nmi_video'], n)} | {cell(row['purity_audio'], n)} | {cell(row['nmi_audio'], n)} | "
                      f"{empty} | {row['seconds'][0]:.0f} |")
     lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
@@ -398,6 +517,13 @@ def markdown(table: dict, comparisons: dict, header: str) -> str:
             lines.append(f"| {method} | {p['video_class'][0]:.3f} -> {p['video_class'][1]:.3f} | "
                          f"{p['audio_class'][0]:.3f} -> {p['audio_class'][1]:.3f} | "
                          f"{p['audio_nuisance'][0]:.3f} -> {p['audio_nuisance'][1]:.3f} |")
+    lines += ["", "Each head's loss at the last epoch of the last iteration, mean over seeds, beside chance: "
+              "ln k, and the entropy of its labels (what knowing only the cluster sizes scores):", "",
+              "| method | head | train | val | ln k | labels' entropy |", "|---|---|---|---|---|---|"]
+    for method, row in table.items():
+        for name, h in row.get("heads", {}).items():
+            lines.append(f"| {method} | {name} | {h['train_loss']:.3f} | {h['val_loss']:.3f} | {h['chance']:.3f} | "
+                         f"{h['prior_entropy']:.3f} |")
     lines += ["", "Does XDC beat the method by more than the spread over seeds (linear probe, "
               "video-level top-1)?", "", "| comparison | video | audio |", "|---|---|---|"]
     for name, per_modality in comparisons.items():
@@ -418,7 +544,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 800 videos, small budget (<= 15 min)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--hard", action="store_true",
+                        help="small drifting digits over clutter, 1.6-s videos, speaker-varying noise")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS),
+                        help=f"a subset of {','.join(METHODS)} (spaces or commas)")
+    parser.add_argument("--first-features", choices=("handcrafted", "random"),
+                        help="iteration 0 clusters: hand-crafted features or random encoders (the paper)")
+    parser.add_argument("--video-arch", choices=("r2plus1d_18", "r3d_18"), help="video encoder")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="pretraining config overrides, e.g. cluster.pca_dim=32 optim.total_epochs=12")
+    parser.add_argument("--probes", default="linear,fc,knn",
+                        help="probe modes among linear, fc, knn (kNN: no training, DINO's weighted votes)")
+    parser.add_argument("--data-dir", type=Path,
+                        help="the rendered videos (default OUT/data); share one between runs of the same data")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--jobs", type=int, default=2,
@@ -426,9 +564,35 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
-    settings = merge(FULL, QUICK) if args.quick else FULL
+    methods = [m for text in args.methods for m in text.split(",") if m]
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        parser.error(f"--methods: unknown {unknown}; choose among {','.join(METHODS)}")
+    probes = [m for m in args.probes.split(",") if m]
+    if not probes or set(probes) - set(PROBES):
+        parser.error(f"--probes: among {','.join(PROBES)}")
+    settings = FULL
+    if args.hard:
+        settings = merge(settings, HARD)
+    if args.quick:
+        settings = merge(settings, QUICK)
+    extra = {}
+    if args.first_features:
+        extra["cluster.first_features"] = args.first_features
+    if args.video_arch:
+        extra["model.video_arch"] = args.video_arch
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = value
+    if extra:  # written into pretrain.yaml (and the finetune config's model section)
+        settings = merge(settings, {"pretrain": OmegaConf.to_container(
+            OmegaConf.from_dotlist([f"{k}={v}" for k, v in extra.items()]))})
+    settings = merge(settings, {"probes": probes})
     seeds = args.seeds or settings["seeds"]
-    out = args.out or REPO / "runs" / ("avdigits_quick" if args.quick else "avdigits")
+    name = "avdigits" + ("_hard" if args.hard else "") + ("_quick" if args.quick else "")
+    out = args.out or REPO / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "settings.json"  # finished pieces are reused: only for the same settings
     if stamp.is_file() and json.loads(stamp.read_text()) != settings:
@@ -438,7 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     d = settings["data"]
-    manifests = build_dataset(out / "data", d["seconds"], d["fps"], d["size"], d["per_speaker_digit"])
+    data_dir = args.data_dir or out / "data"
+    manifests = build_dataset(data_dir, d["seconds"], d["fps"], d["size"], d["per_speaker_digit"],
+                              hard=d.get("hard", False))
     configs = {"pretrain": write_yaml(settings["pretrain"], out / "pretrain.yaml"),
                "finetune": write_yaml(merge({"data": settings["pretrain"]["data"],
                                              "model": settings["pretrain"]["model"]}, settings["finetune"]),
@@ -449,21 +615,21 @@ def main(argv: list[str] | None = None) -> int:
 
     data_cfg = load_config(configs["pretrain"]).data
     rows = [r for name in ("pretrain", "val", "test") for r in read_manifest(manifests[name])]
-    build_cache(rows, data_cfg, out / "data" / "cache")
+    build_cache(rows, data_cfg, data_dir / "cache")
 
     results = []
     results_path = out / "results.json"
-    pieces = [(seed, method) for seed in seeds for method in args.methods]
+    pieces = [(seed, method) for seed in seeds for method in methods]
     if args.jobs == 1:
         for seed, method in pieces:
             print(f"\n=== seed {seed}, {method} ({time.perf_counter() - started:.0f} s so far) ===", flush=True)
-            results.append(run_seed(seed, method, settings, manifests, out, configs, out / "data" / "cache"))
+            results.append(run_seed(seed, method, settings, manifests, out, configs, data_dir))
             results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
     else:  # independent runs side by side, one per core; each run's output in its own log.txt
         print(f"{len(pieces)} runs, {args.jobs} at a time; their output: {out}/seed*/*/log.txt", flush=True)
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = {pool.submit(run_seed, seed, method, settings, manifests, out, configs,
-                                   out / "data" / "cache", True): (seed, method) for seed, method in pieces}
+                                   data_dir, True): (seed, method) for seed, method in pieces}
             try:
                 for done, future in enumerate(as_completed(futures), 1):
                     seed, method = futures[future]
@@ -479,9 +645,11 @@ def main(argv: list[str] | None = None) -> int:
     table = aggregate(results)
     comparisons = {f"XDC vs {m.upper()}": {mod: beats(table, "xdc", m, f"linear_{mod}")
                                            for mod in MODALITIES}
-                   for m in args.methods if m not in ("xdc",)}
+                   for m in methods if m not in ("xdc",)}
     wall = time.perf_counter() - started
-    header = (f"avdigits{' --quick' if args.quick else ''}: seeds {seeds}, {len(rows)} videos; "
+    flags = "".join(f" {f}" for f, on in (("--hard", args.hard), ("--quick", args.quick)) if on)
+    flags += "".join(f" {k}={v}" for k, v in extra.items())
+    header = (f"avdigits{flags}: seeds {seeds}, {len(rows)} videos; "
               f"{wall / 60:.1f} min wall on {platform.node()} ({os.cpu_count()} CPUs, "
               f"{args.jobs} run(s) at a time, {args.threads} torch thread(s) each); mean ± std over seeds, video-level top-1 "
               f"on the test speaker")

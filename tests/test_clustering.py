@@ -454,3 +454,16 @@ def test_features_and_clusters_of_real_clips(tmp_path, clip_factory):
     result = cluster_features(audio_features, items, 5, 2, ClusterConfig(niter=5), seed=0)
     assert result.labels[4] == -1 and result.missing == 1
     assert nmi(result.labels[:4], np.array(tones)) == pytest.approx(1.0)  # the two tones apart
+
+
+def test_label_entropy_is_the_loss_of_knowing_only_cluster_sizes():
+    from xdc.clustering import label_entropy
+
+    assert label_entropy(np.array([0, 1, 2, 3])) == pytest.approx(np.log(4))  # balanced: ln k
+    labels = np.array([0] * 90 + [1] * 10 + [-1] * 7)  # -1 (no features) left out
+    p = np.array([0.9, 0.1])
+    assert label_entropy(labels) == pytest.approx(-(p * np.log(p)).sum())
+    # the cross-entropy of always predicting the label frequencies is exactly that entropy
+    logits = torch.log(torch.tensor(p, dtype=torch.float32)).expand(100, 2)
+    loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels[labels >= 0]))
+    assert float(loss) == pytest.approx(label_entropy(labels), rel=1e-5)

@@ -322,3 +322,21 @@ def test_workers_draw_different_windows(clip_factory):
                         worker_init_fn=worker_init_fn)
     starts = [float(batch["start"][0]) for batch in loader]
     assert len(set(starts)) == 4, "each worker must have its own random stream"
+
+
+def test_per_clip_video_norm_removes_brightness():
+    from dataclasses import replace
+
+    from xdc.config import DataConfig
+    from xdc.data.transforms import eval_video_transform
+
+    cfg = replace(DataConfig(crop=8, short_side=8), video_norm="per_clip")
+    rng = np.random.default_rng(0)
+    pattern = rng.integers(0, 60, (4, 8, 8, 3))
+    dark, bright = pattern.astype(np.uint8), (pattern * 3 + 70).astype(np.uint8)  # brighter, more contrast
+    a, b = eval_video_transform(dark, cfg), eval_video_transform(bright, cfg)
+    assert a.mean(dim=(1, 2, 3)).abs().max() < 1e-5  # each channel: mean 0, std 1 over the clip
+    torch.testing.assert_close(a.std(dim=(1, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)  # the same clip once normalised
+    plain = eval_video_transform(dark, DataConfig(crop=8, short_side=8))
+    assert not torch.allclose(plain, eval_video_transform(bright, DataConfig(crop=8, short_side=8)))

@@ -63,6 +63,7 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
         for h in heads:
             entry = record["heads"][h.name]
             assert entry["chance"] == pytest.approx(np.log(h.num_classes))
+            assert 0 < entry["prior_entropy"] <= entry["chance"] + 1e-9  # unbalanced clusters: below ln k
             assert np.isfinite(entry["train_loss"]) and np.isfinite(entry["val_loss"])
         # the reduced loss is the mean of the heads' (optim.head_reduction defaults to mean)
         assert record["val_loss"] == pytest.approx(np.mean([e["val_loss"] for e in record["heads"].values()]))

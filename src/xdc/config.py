@@ -42,6 +42,7 @@ class DataConfig:
     win_ms: float = 25.0  # STFT window
     hop_ms: float = 10.0  # STFT hop
     audio_norm: str = "per_spectrogram"  # log-mel normalisation: per_spectrogram (mean 0, std 1) | none
+    video_norm: str = "dataset"  # dataset (video_mean/std) | per_clip (then each clip's own mean, std too)
     eval_clips: int = 10  # uniformly spaced clips per video in eval mode
     short_video: str = "loop"  # a video shorter than the clip: "loop" its frames or "pad" the last one
     video_stream: int = 0  # index among the file's video streams
@@ -233,6 +234,8 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
            cfg.audio_seconds, "> 0 or null")
     _check(cfg.hop_ms <= cfg.win_ms, f"{prefix}.hop_ms", cfg.hop_ms, f"<= win_ms ({cfg.win_ms})")
     _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
+    _check(cfg.video_norm in ("dataset", "per_clip"), f"{prefix}.video_norm", cfg.video_norm,
+           "dataset | per_clip")
     _check(cfg.audio_norm in ("per_spectrogram", "none"), f"{prefix}.audio_norm", cfg.audio_norm,
            "per_spectrogram | none")
     for key in ("video_stream", "audio_stream", "max_retries"):

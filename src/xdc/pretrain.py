@@ -484,6 +484,9 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
         state = {}
         labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
         train_videos, val_videos = labelled(train_idx, labels), shard(labelled(val_idx, labels))
+        # What a head that learns only the cluster sizes scores: chance, below ln k when unbalanced.
+        prior = {s.name: s.chance_loss if s.multilabel else clustering.label_entropy(labels[s.target][train_videos])
+                 for s in specs}
         # One loader per iteration, its workers kept across epochs; the sampler draws `epoch_size`
         # of `train_videos` per epoch (a distinct draw per epoch, the same after a resume).
         sampler = EpochSampler(len(train_videos), o.epoch_size, seed=cfg.seed, items=train_videos,
@@ -514,7 +517,8 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
                           skipped=record.get("skipped", 0) + train["skipped"] + (val["skipped"] if val else 0),
                           heads={s.name: {"train_loss": train["heads"][s.name],
                                           "val_loss": val and val["heads"][s.name],
-                                          "chance": s.chance_loss} for s in specs})
+                                          "chance": s.chance_loss, "prior_entropy": prior[s.name]}
+                                 for s in specs})
             log_epoch(writer, record, train, val, specs, epoch, o.total_epochs, global_step, stop)
             if train["skipped"] and train["skip_summary"]:
                 print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)

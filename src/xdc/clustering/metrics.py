@@ -105,3 +105,12 @@ def cluster_stats(labels: np.ndarray, k: int, previous: np.ndarray | None, truth
         stats["purity"] = purity(labels, truth)
         stats["nmi"] = nmi(labels, truth)
     return stats
+
+
+def label_entropy(labels: np.ndarray) -> float:
+    """Entropy (nats) of the label distribution (-1 = unlabelled, left out): the cross-entropy of a
+    head that has learned only the cluster sizes. Chance for a classifier is this, not ln k, when
+    the clusters are unbalanced."""
+    counts = np.bincount(np.asarray(labels)[np.asarray(labels) >= 0])
+    p = counts[counts > 0] / max(counts.sum(), 1)
+    return float(-(p * np.log(p)).sum())

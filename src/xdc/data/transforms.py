@@ -56,14 +56,26 @@ def to_float_cthw(video: torch.Tensor, mean, std) -> torch.Tensor:
     return out.sub_(mean).div_(std).contiguous()
 
 
+def normalise(video: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
+    """uint8 T×H×W×C -> float32 C×T×H×W: the dataset's mean and std per channel, then with
+    `video_norm=per_clip` each channel's own mean and std over the clip too (invariance to the
+    clip's brightness and contrast, as `audio_norm=per_spectrogram` gives the log-mels loudness
+    invariance)."""
+    clip = to_float_cthw(video, cfg.video_mean, cfg.video_std)
+    if cfg.video_norm == "per_clip":
+        mean = clip.mean(dim=(1, 2, 3), keepdim=True)
+        clip = (clip - mean) / clip.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
+    return clip
+
+
 def train_video_transform(video, cfg: DataConfig) -> torch.Tensor:
     """Random crop, random horizontal flip (cfg.flip), normalise."""
     clip = random_crop(as_tensor(video), cfg.crop)
     if cfg.flip:
         clip = random_flip(clip)
-    return to_float_cthw(clip, cfg.video_mean, cfg.video_std)
+    return normalise(clip, cfg)
 
 
 def eval_video_transform(video, cfg: DataConfig) -> torch.Tensor:
     """Centre crop, normalise."""
-    return to_float_cthw(center_crop(as_tensor(video), cfg.crop), cfg.video_mean, cfg.video_std)
+    return normalise(center_crop(as_tensor(video), cfg.crop), cfg)

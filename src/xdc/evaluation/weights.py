@@ -154,7 +154,7 @@ def superv_state_dict(arch: str, path: str | Path | None = None) -> dict[str, to
 
 # Input settings an encoder is tied to: fine-tuning with other values feeds it inputs unlike those
 # it learned from (a warning, not an error: it can be what one wants to study).
-INPUT_SETTINGS = ("n_mels", "audio_norm", "sample_rate", "win_ms", "hop_ms", "video_mean", "video_std")
+INPUT_SETTINGS = ("n_mels", "audio_norm", "sample_rate", "win_ms", "hop_ms", "video_mean", "video_std", "video_norm")
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def load_encoder(modality: str, model: ModelConfig, checkpoint: str | Path | Non
 
 # The input settings an exported encoder carries: what a clip must look like for it.
 EXPORTED_INPUT = ("frames", "fps", "short_side", "crop", "video_mean", "video_std", "sample_rate",
-                  "audio_seconds", "n_mels", "win_ms", "hop_ms", "audio_norm")
+                  "audio_seconds", "n_mels", "win_ms", "hop_ms", "audio_norm", "video_norm")
 
 
 def export_metadata(checkpoint: str | Path, modality: str, state_dict: dict[str, torch.Tensor]) -> dict:

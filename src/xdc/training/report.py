@@ -269,12 +269,14 @@ def _num(value: float | None, digits: int = 3) -> str:
 
 
 def heads_at_chance(summary: dict) -> list[str]:
-    """Heads whose validation loss stayed within CHANCE_MARGIN of ln k in every iteration."""
+    """Heads whose validation loss stayed within CHANCE_MARGIN of chance in every iteration:
+    the entropy of their labels (what knowing only the cluster sizes scores), at most ln k."""
     seen: dict[str, bool] = {}
     for record in summary["iterations"]:
         for name, head in record.get("heads", {}).items():
             loss = head["train_loss"] if head.get("val_loss") is None else head["val_loss"]  # no val pass
-            at_chance = loss >= (1 - CHANCE_MARGIN) * head["chance"]
+            chance = min(head["chance"], head.get("prior_entropy", head["chance"]))
+            at_chance = loss >= (1 - CHANCE_MARGIN) * chance
             seen[name] = seen.get(name, True) and at_chance
     return [name for name, stayed in seen.items() if stayed]
 
@@ -297,8 +299,10 @@ def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: 
         print("  " + ", ".join(parts))
         for name, head in r.get("heads", {}).items():
             print(f"    {name}: train {head['train_loss']:.3f}, val {_num(head.get('val_loss'))}, "
-                  f"chance {head['chance']:.3f}")
+                  f"chance {head['chance']:.3f} (ln k), {head.get('prior_entropy', head['chance']):.3f} "
+                  f"(labels' entropy)")
     stuck = heads_at_chance(summary)
     if stuck:
-        print(f"  heads that never left chance (val loss within {CHANCE_MARGIN:.0%} of ln k): {', '.join(stuck)}")
+        print(f"  heads that never left chance (val loss within {CHANCE_MARGIN:.0%} of their labels' entropy): "
+              f"{', '.join(stuck)}")
     sys.stdout.flush()
