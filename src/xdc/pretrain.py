@@ -20,45 +20,34 @@ docs/DESIGN.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import random
 import signal
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
-from xdc.clustering.features import describe_skipped
-from xdc.config import (ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, dotlist, load_config,
-                        save_config)
+from xdc.clustering.features import no_features_error
+from xdc.config import ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config, save_config
 from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
 from xdc.data.manifest import (ManifestError, describe_dropped, read_manifest, release_free_memory, usable_rows,
                               write_manifest)
-from xdc.errors import XdcError
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
-from xdc.models import audio_encoder, video_encoder
 from xdc.training import distributed as dist_utils
-from xdc.files import write_text_atomic
-from xdc.training.checkpoint import (CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason,
-                                     rank_rng_states, restore_rank_rng, save_checkpoint)
-from xdc.training.loop import PretrainModel, average_buffers, train_one_epoch, validation_loss, weights_digest
+from xdc.training.checkpoint import rank_rng_states, restore_rank_rng, save_checkpoint
+from xdc.training.loop import (PretrainModel, average_buffers, build_pretrain_model, train_one_epoch,
+                              validation_loss, weights_digest)
 from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
                                  rank_digests, tensorboard_writer)
+from xdc.training.resume import load_encoders, resume_state, take_run_folder
 from xdc.training.run_folder import RunFolder, RunFolderError
-from xdc.training.schedule import EarlyStopping, effective_lr, global_batch, make_scheduler, steps_per_epoch
+from xdc.training.schedule import EarlyStopping, effective_lr, make_scheduler, steps_per_epoch
 
-
-
-class RunError(XdcError):
-    """The run folder cannot start or resume the run asked for."""
 
 
 # ----------------------------------------------------------------------------------- the command
@@ -83,14 +72,14 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     """Config, usable manifest rows and run folder of a new run, or of the run to resume."""
     if args.resume is not None:
         if args.config or args.data or args.method or args.overrides:
-            raise RunError("--resume takes the run folder only: its config.yaml and rows.csv are reused")
+            raise RunFolderError("--resume takes the run folder only: its config.yaml and rows.csv are reused")
         run = RunFolder(args.resume)
         if not run.config.is_file():  # a run killed before its first checkpoint restarts from scratch
-            raise RunError(f"nothing to resume: {run.config} not found")
+            raise RunFolderError(f"nothing to resume: {run.config} not found")
         cfg = load_config(run.config)
         return cfg, read_manifest(run.rows, check_files=cfg.data.check_files), run.root
     if args.data is None or args.out is None:
-        raise RunError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
+        raise RunFolderError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
     cfg = load_config(args.config or default_pretrain_config(), overrides)
     manifest = read_manifest(args.data, drop_missing=getattr(args, "drop_missing", False),
@@ -106,29 +95,6 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
     return cfg, rows, args.out
 
 
-def rows_digest(rows: list[dict]) -> str:
-    digest = hashlib.sha1()
-    for row in rows:  # row by row: millions of rows never become one string
-        digest.update(json.dumps(row, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
-def same_run(run: RunFolder, cfg: PretrainConfig, rows: list[dict]) -> bool:
-    """Whether `run` already holds this run (same config, same usable rows): then launching it
-    again continues it. False for a new folder; RunError when it holds another run."""
-    if not run.config.is_file():
-        return False
-    recorded = run.config.read_text()
-    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(yaml.safe_load(recorded))))
-    if changed:
-        raise RunError(f"{run.root} holds another run (its config differs: {', '.join(changed[:5])}): "
-                       f"choose another --out, or continue it as it was with --resume {run.root}")
-    if not run.rows.is_file() or rows_digest(read_manifest(run.rows)) != rows_digest(rows):
-        raise RunError(f"{run.root} holds a run on other manifest rows than --data's: choose another --out, "
-                       f"or continue it as it was with --resume {run.root}")
-    return True
-
-
 def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
     """What would fail later, said before any work: too few videos for k, superv without labels."""
     method = METHODS[cfg.method]
@@ -137,7 +103,7 @@ def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
         if k > len(rows):
             raise ConfigError(f"cluster.k_{name}={k} is more than the {len(rows)} usable videos of the "
                               f"manifest: lower it (a few videos per cluster at least)")
-    if cfg.method == "superv" and any(row.get("label") in (None, "") for row in rows):
+    if cfg.method == "superv" and any(label in (None, "") for label in as_manifest(rows).text("label")):
         raise ConfigError("method superv needs a manifest with a `label` on every row "
                           "(e.g. `xdc scan --labels-from-dirs`)")
 
@@ -177,85 +143,6 @@ def shard(indices: np.ndarray) -> np.ndarray:
 def make_loader(dataset, cfg: PretrainConfig, device: torch.device, sampler=None) -> DataLoader:
     return clip_loader(dataset, cfg.optim.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                        pin_memory=device.type == "cuda")
-
-
-def build_model(cfg: PretrainConfig, device: torch.device) -> PretrainModel:
-    """Both encoders, the same initial weights on every rank (then each rank its own random
-    streams: DDP broadcasts rank 0's new heads)."""
-    torch.manual_seed(cfg.seed)
-    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width), audio_encoder(cfg.model.width))
-    seed = cfg.seed * 1000 + dist_utils.rank()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if cfg.model.sync_bn and dist_utils.is_distributed():
-        if device.type != "cuda":  # torch's SyncBatchNorm runs on GPUs only
-            print("model.sync_bn ignored on CPU: each rank keeps its own BatchNorm statistics",
-                  file=sys.stderr, flush=True)
-        else:
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if cfg.init_from:
-        load_encoders(model, load_checkpoint(cfg.init_from), cfg.init_from)
-    model.to(device)
-    if device.type == "cuda":
-        model.video_encoder.to(memory_format=torch.channels_last_3d)
-    return model
-
-
-def load_encoders(model: PretrainModel, state: dict, path: str | Path) -> None:
-    """Both encoders from a pretraining checkpoint; CheckpointError when `path` holds others."""
-    try:
-        model.video_encoder.load_state_dict(state["video_encoder"])
-        model.audio_encoder.load_state_dict(state["audio_encoder"])
-    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
-        raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
-                              f"{load_error_reason(err)}") from err
-
-
-# What a checkpoint must hold to resume from it (docs/DESIGN.md, Checkpoint); mid-iteration, more.
-RESUME_KEYS = ("video_encoder", "audio_encoder", "iteration", "epoch", "rng", "summary")
-MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "early_stop")
-
-
-def load_resume_checkpoint(path: Path) -> dict:
-    """A checkpoint that loads safely and holds what resuming reads (CheckpointError otherwise)."""
-    state = load_checkpoint(path)
-    needed = RESUME_KEYS + (MID_ITERATION_KEYS if isinstance(state, dict) and "labels" in state else ())
-    missing = [key for key in needed if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise CheckpointError(f"{path} is not a pretraining checkpoint: it has no {', '.join(missing)}")
-    return state
-
-
-def resume_state(run: RunFolder) -> dict:
-    """The checkpoint `--resume` continues from: last.pt, or when that cannot be read, the newest
-    readable iteration_NN.pt taken as the start of iteration NN + 1 (what last.pt holds once
-    iteration NN's training has ended: its encoders, summary, random state; no labels), said on
-    stderr."""
-    try:
-        return load_resume_checkpoint(run.last)
-    except CheckpointError as err:
-        problem = err
-    for iteration, path in run.iteration_checkpoints():
-        try:
-            state = load_resume_checkpoint(path)
-        except CheckpointError:
-            continue
-        if dist_utils.is_main():
-            print(f"{problem}; resuming from {path.name} instead: iteration {iteration + 1} starts "
-                  f"from its encoders", file=sys.stderr, flush=True)
-        kept = ("video_encoder", "audio_encoder", "summary", "config", "rng", "global_step")
-        return {**{key: state[key] for key in kept if key in state}, "iteration": iteration + 1, "epoch": 0}
-    raise CheckpointError(f"{problem}; no readable iteration checkpoint to fall back on: start a new run "
-                          f"(another --out)")
-
-
-def no_features_error(name: str, have: int, k: int, num_videos: int, skipped: list[tuple[int, str]]) -> XdcError:
-    """Why k-means cannot run: how many videos gave features, and why the others were skipped."""
-    return clustering.NoFeaturesError(
-        f"only {have} of the {num_videos} usable videos could be decoded for clustering, and cluster.k_{name}={k} "
-        f"needs at least {k} ({describe_skipped(skipped)}): re-encode or remove the broken files, or lower "
-        f"cluster.k_{name}")
 
 
 def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: PretrainConfig, iteration: int,
@@ -343,61 +230,21 @@ def save(path: Path, model: PretrainModel, cfg: PretrainConfig, position: dict, 
     dist_utils.barrier()
 
 
-def write_summary(run: RunFolder, cfg: PretrainConfig, summary: list[dict]) -> None:
-    if dist_utils.is_main():
-        write_text_atomic(run.summary, json.dumps({"method": cfg.method, "iterations": summary}, indent=2))
-
-
-def save_labels(run: RunFolder, iteration: int, method: Method, labels: dict[str, np.ndarray]) -> None:
-    """iterations/NN/labels_{video,audio}.npy (rank 0)."""
-    run.iteration_dir(iteration).mkdir(parents=True, exist_ok=True)
-    for modality, values in method.modality_labels(labels).items():
-        np.save(run.labels(iteration, modality), values)
-
-
 # ------------------------------------------------------------------------------------- the loop
 
 def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool = False) -> dict:
     """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary. A run
-    folder that already holds this run (`same_run`) is continued as with `resume`: relaunching the
-    same command is how torchrun --max-restarts and schedulers bring a run back.
-
-    Rank 0 holds the run folder's lock (`RunFolder.locked`) from before the first write to the
-    end; a full disk ends the run with DiskFullError (checkpoints are atomic: the last one is whole)."""
+    folder that already holds this run (`resume.same_run`) is continued as with `resume`:
+    relaunching the same command is how torchrun --max-restarts and schedulers bring a run back."""
     dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # ranks are known from here on
-    run = RunFolder(run_dir)
-    with ExitStack() as held:
-        failure = None
-        if dist_utils.is_main():
-            try:
-                held.enter_context(run.locked())
-                resume = resume or same_run(run, cfg, rows)
-                if not resume and run.last.exists():  # written since setup looked, by a run now ended
-                    raise RunError(f"{run.root} already holds a run: pass --resume {run.root} to continue it")
-            except XdcError as err:
-                failure = err
-        # Every rank learns whether rank 0 got the folder (and whether it continues a run there),
-        # rather than waiting for it at a barrier.
-        failed, resume = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None), float(resume)]))
-        if failed.item():
-            raise failure or RunFolderError(f"rank 0 could not take the run folder {run.root}")
-        resume = bool(resume.item())
-        try:
-            return _pretrain(cfg, rows, run_dir, resume)
-        except (OSError, RuntimeError) as err:
-            if not is_disk_full(err):
-                raise
-            kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
-                    f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
-                else "no checkpoint was written yet: free some space and start again"
-            raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
-                                f"{kept}") from err
+    rows = as_manifest(rows)
+    with take_run_folder(RunFolder(run_dir), cfg, rows, resume) as resume:
+        return _pretrain(cfg, rows, run_dir, resume)
 
 
 @logged_run  # RUN_DIR/log.txt, written once the folder is ours
 def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool) -> dict:
     # ============ set-up: device, run folder, data, method, model ============
-    rows = as_manifest(rows)
     release_free_memory()  # what reading and filtering the manifest freed: back to the OS
     device = dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)
     run = RunFolder(run_dir)
@@ -413,18 +260,14 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
     train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
     if len(val_idx) > cfg.optim.val_max_videos:  # a seeded subset: the loss needs no more at scale
         val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.optim.val_max_videos, replace=False))
-    model = build_model(cfg, device)
+    model = build_pretrain_model(cfg, device)
     steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
     lr = effective_lr(cfg.optim, dist_utils.world_size())
     writer = tensorboard_writer(run.tensorboard, cfg)
-    if dist_utils.is_main():
-        print(f"{dist_utils.world_size()} rank(s) × batch {cfg.optim.batch_size} = global batch "
-              f"{global_batch(cfg.optim, dist_utils.world_size())}; lr {lr:g} (optim.lr {cfg.optim.lr:g}, "
-              f"lr_scaling {cfg.optim.lr_scaling})", flush=True)
 
     # ============ a fresh start, or where the last checkpoint left off ============
     # (a run killed before its first checkpoint starts afresh, reusing the features it extracted)
-    state = resume_state(run) if resume and any(run.checkpoints.glob("*.pt")) else {}
+    state = resume_state(run) if resume else {}
     summary: list[dict] = json.loads(state.get("summary", "[]"))
     global_step = int(state.get("global_step", 0))
     if state:
@@ -446,7 +289,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
             labels, record = cluster(model, method, rows, cfg, iteration, device, run, truth)
             summary.append(record)
             if dist_utils.is_main():
-                save_labels(run, iteration, method, labels)
+                run.save_labels(iteration, method.modality_labels(labels))
                 log_clusters(writer, record, global_step)
         record = summary[-1]
 
@@ -479,7 +322,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
         # the number of ranks, and a run may resume on another.
         scheduler = make_scheduler(optimizer, o, steps, first_epoch, base_lr=lr)
         if not mid_iteration:
-            write_summary(run, cfg, summary)
+            run.write_summary(cfg.method, summary)
             save(run.last, model, cfg, {"iteration": iteration, "epoch": 0}, summary, training_state())
         state = {}
         labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
@@ -522,7 +365,7 @@ def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume
             log_epoch(writer, record, train, val, specs, epoch, o.total_epochs, global_step, stop)
             if train["skipped"] and train["skip_summary"]:
                 print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)
-            write_summary(run, cfg, summary)
+            run.write_summary(cfg.method, summary)
             save(run.last, model, cfg, {"iteration": iteration, "epoch": epoch + 1}, summary, training_state())
             if stop:
                 break

@@ -258,3 +258,12 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
     finally:
         for key, enc in encoders.items():
             enc.train(modes[key])
+
+
+def no_features_error(name: str, have: int, k: int, num_videos: int,
+                      skipped: list[tuple[int, str]]) -> NoFeaturesError:
+    """Why k-means cannot run: how many videos gave features, and why the others were skipped."""
+    return NoFeaturesError(
+        f"only {have} of the {num_videos} usable videos could be decoded for clustering, and cluster.k_{name}={k} "
+        f"needs at least {k} ({describe_skipped(skipped)}): re-encode or remove the broken files, or lower "
+        f"cluster.k_{name}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import ctypes
+import hashlib
 import io
 import logging
 import math
@@ -121,6 +122,21 @@ class Manifest:
 
     def __repr__(self) -> str:
         return f"Manifest({len(self)} rows{', sharded' if self.has_shards else ''})"
+
+    def digest(self, chunk: int = 1_000_000) -> str:
+        """A hash of the rows' values, column by column in chunks (millions of rows never become
+        one string): equal for two manifests with the same rows, however their columns are coded."""
+        digest = hashlib.sha1()
+        for name in self.column_names:
+            digest.update(name.encode())
+            for start in range(0, len(self), chunk):
+                part = self.text(name)[start:start + chunk] if name in CODED_COLUMNS else \
+                    self.columns[name][start:start + chunk]
+                if part.dtype.kind in "biuf":
+                    digest.update(np.ascontiguousarray(part).tobytes())
+                else:
+                    digest.update("\x1f".join(map(str, part.tolist())).encode())
+        return digest.hexdigest()
 
     def take(self, index) -> "Manifest":
         return Manifest({name: values[index] for name, values in self.columns.items()}, self.categories)

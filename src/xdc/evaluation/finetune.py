@@ -44,7 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from xdc.config import FINETUNE_MODES, FinetuneConfig, config_to_yaml, default_finetune_config, load_config
-from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader
+from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader, resolve_num_workers
 from xdc.data.manifest import class_indices, describe_dropped, read_manifest, usable_rows
 from xdc.errors import XdcError
 from xdc.evaluation.knn import RECALL_AT, knn_accuracy, knn_votes, recall, video_features
@@ -170,7 +170,7 @@ def print_finetune_plan(cfg: FinetuneConfig, encoder: nn.Module, modality: str, 
     one video's measured reading time."""
     per_clip = seconds_per_clip(encoder, modality, cfg.data, device, cfg.amp)
     per_video = seconds_to_decode(make_dataset(data.rows["train"], cfg, modality, "eval"))  # its eval clips
-    workers = max(1, cfg.data.num_workers)
+    workers = max(1, resolve_num_workers(cfg.data.num_workers))
     o, clips = cfg.optim, cfg.data.eval_clips
     videos = {name: len(rows) for name, rows in data.rows.items()}
     facts = [f"{len(data.classes)} classes; train/val/test {videos['train']}/{videos.get('val', 0)}/{videos['test']} "

@@ -9,16 +9,21 @@ every head (`HeadLosses`), since a mean over heads hides a head that learns noth
 from __future__ import annotations
 
 import hashlib
+import random
+import sys
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
-from xdc.progress import progress
 
 from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, head_losses, reduce_heads
-from xdc.models import ClassificationHead, autocast, flat_clips, to_device
+from xdc.models import ClassificationHead, audio_encoder, autocast, flat_clips, to_device, video_encoder
+from xdc.progress import progress
 from xdc.training import distributed as dist_utils
+from xdc.training.checkpoint import load_checkpoint
+from xdc.training.resume import load_encoders
 from xdc.training.schedule import sgd_step
 
 
@@ -181,3 +186,26 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
     if result["clips"] == 0:
         raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
     return result
+
+
+def build_pretrain_model(cfg, device: torch.device) -> PretrainModel:
+    """Both encoders of a PretrainConfig (`init_from`: a checkpoint's), the same initial weights
+    on every rank; then each rank its own random streams (DDP broadcasts rank 0's new heads)."""
+    torch.manual_seed(cfg.seed)
+    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width), audio_encoder(cfg.model.width))
+    seed = cfg.seed * 1000 + dist_utils.rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if cfg.model.sync_bn and dist_utils.is_distributed():
+        if device.type != "cuda":  # torch's SyncBatchNorm runs on GPUs only
+            print("model.sync_bn ignored on CPU: each rank keeps its own BatchNorm statistics",
+                  file=sys.stderr, flush=True)
+        else:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.init_from:
+        load_encoders(model, load_checkpoint(cfg.init_from), cfg.init_from)
+    model.to(device)
+    if device.type == "cuda":
+        model.video_encoder.to(memory_format=torch.channels_last_3d)
+    return model

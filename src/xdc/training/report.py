@@ -98,8 +98,8 @@ def print_plan(what: str, facts: list[str], compute: float, decoding: float, not
 def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> None:
     """The pretraining plan (rank 0): videos, iterations, epochs of clips, lr, clusters, device,
     and an estimate from the encoders' measured speed and one video's measured reading time."""
-    from xdc.data.datasets import AudioVideoClips
-    from xdc.training.schedule import effective_lr
+    from xdc.data.datasets import AudioVideoClips, resolve_num_workers
+    from xdc.training.schedule import effective_lr, global_batch
 
     if not dist_utils.is_main():
         return
@@ -111,13 +111,15 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> N
     seconds = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * val) * per_clip \
         + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
     # Clips are read by the DataLoader's workers of every rank, side by side.
-    decoding = clips * read / max(1, cfg.data.num_workers) / dist_utils.world_size()
+    decoding = clips * read / max(1, resolve_num_workers(cfg.data.num_workers)) / dist_utils.world_size()
     print_plan(f"{cfg.method} pretraining on {device} ({dist_utils.world_size()} process(es))", [
         f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
         f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
         f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), then "
-        f"up to {o.total_epochs} epochs of {o.epoch_size} clips (batch {o.batch_size} per rank, "
-        f"lr {effective_lr(o, dist_utils.world_size()):g})"],
+        f"up to {o.total_epochs} epochs of {o.epoch_size} clips",
+        f"{dist_utils.world_size()} rank(s) × batch {o.batch_size} = global batch "
+        f"{global_batch(o, dist_utils.world_size())}; lr {effective_lr(o, dist_utils.world_size()):g} "
+        f"(optim.lr {o.lr:g}, lr_scaling {o.lr_scaling})"],
         seconds / dist_utils.world_size(), decoding, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
 
 

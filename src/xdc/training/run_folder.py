@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from xdc.errors import XdcError
+from xdc.files import write_text_atomic
 
 _ITERATION_CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
 
@@ -135,3 +137,16 @@ class RunFolder:
             for tmp in self.root.rglob(".*.tmp"):  # only a dead writer leaves one: we hold the lock
                 tmp.unlink(missing_ok=True)
             yield  # the lock goes with the handle's close
+
+    def write_summary(self, method: str, iterations: list[dict]) -> None:
+        """summary.json (rank 0 only: the other ranks' records lack the cluster statistics)."""
+        from xdc.training import distributed as dist_utils
+
+        if dist_utils.is_main():
+            write_text_atomic(self.summary, json.dumps({"method": method, "iterations": iterations}, indent=2))
+
+    def save_labels(self, iteration: int, labels: dict) -> None:
+        """iterations/NN/labels_<modality>.npy, one array per modality."""
+        self.iteration_dir(iteration).mkdir(parents=True, exist_ok=True)
+        for modality, values in labels.items():
+            np.save(self.labels(iteration, modality), values)

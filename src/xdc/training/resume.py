@@ -1,0 +1,117 @@
+"""Where a pretraining run continues from: the run folder taken by rank 0 (lock), the same command
+launched again (`same_run`: a scheduler or `torchrun --max-restarts` relaunching it), `--resume`
+(`resume_state`, falling back to the newest readable iteration checkpoint), and the encoders a
+checkpoint holds. The contracts: docs/DESIGN.md, "Run folder" and "Checkpoint"."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import yaml
+
+from xdc.config import PretrainConfig, config_to_yaml, dotlist
+from xdc.data.manifest import Manifest, read_manifest
+from xdc.errors import XdcError
+from xdc.training import distributed as dist_utils
+from xdc.training.checkpoint import CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason
+from xdc.training.run_folder import RunFolder, RunFolderError
+
+# What a checkpoint must hold to resume from it; mid-iteration (with `labels`), more.
+RESUME_KEYS = ("video_encoder", "audio_encoder", "iteration", "epoch", "rng", "summary")
+MID_ITERATION_KEYS = ("labels", "heads", "head_specs", "optimizer", "early_stop")
+
+
+def same_run(run: RunFolder, cfg: PretrainConfig, rows: Manifest) -> bool:
+    """Whether `run` already holds this run (same config, same usable rows): then launching it
+    again continues it. False for a new folder; RunFolderError when it holds another run."""
+    if not run.config.is_file():
+        return False
+    recorded = run.config.read_text()
+    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(yaml.safe_load(recorded))))
+    if changed:
+        raise RunFolderError(f"{run.root} holds another run (its config differs: {', '.join(changed[:5])}): "
+                             f"choose another --out, or continue it as it was with --resume {run.root}")
+    if not run.rows.is_file() or read_manifest(run.rows, check_files="none").digest() != rows.digest():
+        raise RunFolderError(f"{run.root} holds a run on other manifest rows than --data's: choose another "
+                             f"--out, or continue it as it was with --resume {run.root}")
+    return True
+
+
+@contextmanager
+def take_run_folder(run: RunFolder, cfg: PretrainConfig, rows: Manifest, resume: bool) -> Iterator[bool]:
+    """Rank 0 holds the folder's lock for the whole run; every rank learns whether it got it and
+    whether a run there is continued (yields that). A full disk ends the run with DiskFullError
+    (checkpoints are atomic: the last one is whole)."""
+    with ExitStack() as held:
+        failure = None
+        if dist_utils.is_main():
+            try:
+                held.enter_context(run.locked())
+                resume = resume or same_run(run, cfg, rows)
+                if not resume and run.last.exists():  # written since setup looked, by a run now ended
+                    raise RunFolderError(f"{run.root} already holds a run: pass --resume {run.root} to continue it")
+            except XdcError as err:
+                failure = err
+        # Every rank learns the outcome rather than waiting for rank 0 at a barrier.
+        failed, resumed = dist_utils.all_reduce_sum(torch.tensor([float(failure is not None), float(resume)]))
+        if failed.item():
+            raise failure or RunFolderError(f"rank 0 could not take the run folder {run.root}")
+        try:
+            yield bool(resumed.item())
+        except (OSError, RuntimeError) as err:
+            if not is_disk_full(err):
+                raise
+            kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
+                    f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
+                else "no checkpoint was written yet: free some space and start again"
+            raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
+                                f"{kept}") from err
+
+
+def load_encoders(model, state: dict, path: str | Path) -> None:
+    """Both encoders from a pretraining checkpoint; CheckpointError when `path` holds others."""
+    try:
+        model.video_encoder.load_state_dict(state["video_encoder"])
+        model.audio_encoder.load_state_dict(state["audio_encoder"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
+                              f"{load_error_reason(err)}") from err
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """A checkpoint that loads safely and holds what resuming reads (CheckpointError otherwise)."""
+    state = load_checkpoint(path)
+    needed = RESUME_KEYS + (MID_ITERATION_KEYS if isinstance(state, dict) and "labels" in state else ())
+    missing = [key for key in needed if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a pretraining checkpoint: it has no {', '.join(missing)}")
+    return state
+
+
+def resume_state(run: RunFolder) -> dict:
+    """The checkpoint a resumed run continues from: last.pt, or when that cannot be read, the
+    newest readable iteration_NN.pt taken as the start of iteration NN + 1 (what last.pt holds once
+    iteration NN's training has ended: its encoders, summary, random state; no labels), said on
+    stderr. An empty dict when no checkpoint was written (a run killed before its first one)."""
+    if not any(run.checkpoints.glob("*.pt")):
+        return {}
+    try:
+        return load_resume_checkpoint(run.last)
+    except CheckpointError as err:
+        problem = err
+    for iteration, path in run.iteration_checkpoints():
+        try:
+            state = load_resume_checkpoint(path)
+        except CheckpointError:
+            continue
+        if dist_utils.is_main():
+            print(f"{problem}; resuming from {path.name} instead: iteration {iteration + 1} starts "
+                  f"from its encoders", file=sys.stderr, flush=True)
+        kept = ("video_encoder", "audio_encoder", "summary", "config", "rng", "global_step")
+        return {**{key: state[key] for key in kept if key in state}, "iteration": iteration + 1, "epoch": 0}
+    raise CheckpointError(f"{problem}; no readable iteration checkpoint to fall back on: start a new run "
+                          f"(another --out)")
