@@ -28,7 +28,7 @@ print("torch", torch.__version__, "torchvision", torchvision.__version__, "cuda"
       "faiss", faiss.__version__, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))
 from xdc.clustering.kmeans import use_gpu_default
 print("faiss sees", faiss.get_num_gpus(), "GPU(s); k-means on the GPU:", use_gpu_default(),
-      "(pip install 'xdc[gpu]': docs/SCALE_DISTRIBUTED.md)")
+      "(pip install 'xdc[gpu]': docs/SCALE.md)")
 EOF
 
 step "xdc demo --quick on $device"

@@ -33,7 +33,7 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 # TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: the workers get their own store. With the agent's store
 # shared, each agent names a restart by its own restart count, which differs between agents when
 # one restarts for a failure and the other for the new rendezvous: the relaunched ranks then read
-# the dead ones' addresses (pytorch/pytorch#135712). docs/SCALE_DISTRIBUTED.md says the same.
+# the dead ones' addresses (pytorch/pytorch#135712). docs/SCALE.md says the same.
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1",
            PYTHONPATH=os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")])))
 TIMEOUT = 240  # seconds for one run

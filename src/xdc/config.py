@@ -117,7 +117,7 @@ class OptimConfig:
 
 @dataclass
 class DistConfig:
-    """torch.distributed settings (docs/SCALE_DISTRIBUTED.md)."""
+    """torch.distributed settings (docs/SCALE.md)."""
 
     # How long a collective waits for the slowest rank before the job fails (and torchrun
     # --max-restarts relaunches it): rank 0 alone fits PCA and k-means while the others wait.

@@ -6,7 +6,7 @@
 
 Running the same command again continues the run in --out when its config and manifest rows are
 the ones recorded there (refused otherwise): that is what lets `torchrun --max-restarts` or a
-scheduler bring a crashed or preempted job back (docs/SCALE_DISTRIBUTED.md).
+scheduler bring a crashed or preempted job back (docs/SCALE.md).
 
 Each iteration: (a) features of every video (iteration 0: freshly initialised encoders after a
 BatchNorm recompute, or hand-crafted features), (b) k-means on the feature sets the method asks

@@ -57,7 +57,7 @@ class ClusterResult:
 
 def use_gpu_default() -> bool:
     """GPU k-means when CUDA is there and this faiss build has GPU support (`pip install
-    'xdc[gpu]'`, docs/SCALE_DISTRIBUTED.md); otherwise the CPU path, silently."""
+    'xdc[gpu]'`, docs/SCALE.md); otherwise the CPU path, silently."""
     return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
@@ -75,7 +75,7 @@ def flat_index(d: int, use_gpu: bool | None = None):
         return index
     if not use_gpu_default():
         raise RuntimeError("use_gpu=True, but CUDA or a faiss build with GPU support is missing "
-                           "(pip install 'xdc[gpu]': docs/SCALE_DISTRIBUTED.md)")
+                           "(pip install 'xdc[gpu]': docs/SCALE.md)")
     device = torch.cuda.current_device()
     return faiss.index_cpu_to_gpu(_gpu_resources(device), device, index)
 

@@ -49,7 +49,7 @@ def warn_shared_store() -> None:
     if (env.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and int(env.get("TORCHELASTIC_MAX_RESTARTS", 0)) > 0
             and int(env.get("GROUP_WORLD_SIZE", 1)) > 1 and rank() == 0):
         print("warning: torchrun --max-restarts over several nodes needs TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
-              "where torchrun starts, or a restart may fail to connect (docs/SCALE_DISTRIBUTED.md)",
+              "where torchrun starts, or a restart may fail to connect (docs/SCALE.md)",
               file=sys.stderr, flush=True)
 
 
