@@ -55,20 +55,21 @@ class DecodeError(RuntimeError):
         return type(self), (self.path, self.what)
 
 
-def open_media(path):
-    """`av.open` of a file, or of a sample in a tar shard (`ShardMember`): PyAV reads and seeks
-    a bounded view of the tar's bytes, which the container's reference keeps open (CPython
-    closes it with the container)."""
-    if isinstance(path, ShardMember):
-        return av.open(open_member(path))
-    return av.open(str(path))
-
-
 @dataclass
 class Clip:
     video: np.ndarray  # T×H×W×3 uint8 RGB, upright, short side = cfg.short_side
     audio: np.ndarray | None  # float32 mono samples at cfg.sample_rate; None: the file has no audio
     start: float  # seconds from the video stream's first frame
+
+
+def open_container(path):
+    """`av.open` of a file, or of a sample in a tar shard (`ShardMember`: PyAV reads and seeks a
+    bounded view of the tar's bytes, which the container's reference keeps open); DecodeError when
+    it is not media (zero bytes, text, unreadable...)."""
+    try:
+        return av.open(open_member(path) if isinstance(path, ShardMember) else str(path))
+    except Exception as err:
+        raise DecodeError(path, f"cannot open: {err}") from err
 
 
 def decode_clip(path, start: float, cfg: DataConfig, with_audio: bool = True,
@@ -83,10 +84,7 @@ def decode_clips(path, starts, cfg: DataConfig, with_audio: bool = True,
     starts = [max(0.0, float(s)) for s in starts]
     if not starts:
         return []
-    try:
-        container = open_media(path)
-    except Exception as err:  # zero bytes, not media, unreadable...
-        raise DecodeError(path, f"cannot open: {err}") from err
+    container = open_container(path)
     with container:
         try:
             return _decode(container, path, starts, cfg, with_audio, threads)
@@ -99,10 +97,7 @@ def decode_clips(path, starts, cfg: DataConfig, with_audio: bool = True,
 def decode_audio_windows(path, starts, cfg: DataConfig) -> list[np.ndarray]:
     """Mono float32 windows of `cfg.audio_window_seconds` at `starts` (seconds from the audio
     stream's start) of a file that may have no video stream (ESC-50's wav files, say)."""
-    try:
-        container = open_media(path)
-    except Exception as err:
-        raise DecodeError(path, f"cannot open: {err}") from err
+    container = open_container(path)
     with container:
         stream = _pick_stream(container.streams.audio, cfg.audio_stream, "audio", path)
         t0 = _stream_start(stream)
@@ -115,10 +110,7 @@ def decode_audio_windows(path, starts, cfg: DataConfig) -> list[np.ndarray]:
 def media_duration(path, cfg: DataConfig | None = None) -> float:
     """Seconds of the video stream: from the header, else by reading packet timestamps (no decode)."""
     stream_index = cfg.video_stream if cfg is not None else 0
-    try:
-        container = open_media(path)
-    except Exception as err:
-        raise DecodeError(path, f"cannot open: {err}") from err
+    container = open_container(path)
     with container:
         stream = _pick_stream(container.streams.video, stream_index, "video", path)
         t0 = _stream_start(stream)
