@@ -277,3 +277,30 @@ def test_all_rows_unusable_says_why(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "0 usable video(s) of 3" in err and "2 skip: cannot open" in err and "bad duration 'nan'" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_ids_kept_as_path_ends_or_text(tmp_path):
+    """Ids are stored as "the path's last n characters" when they are (the usual case), as text
+    otherwise; rows, the CSV, digests and slices see the same ids either way."""
+    ids = ["sub/a.mp4", "other.mp4", None, "é/c.mp4", "./d.mp4", "x/e.mp4", "f.mp4"]
+    paths = [tmp_path / "sub" / "a.mp4", tmp_path / "b.mp4", tmp_path / "n.mp4", tmp_path / "é" / "c.mp4",
+             "./d.mp4", "./x/e.mp4", "rel/f.mp4"]
+    rows = [_row(str(p), duration=1.0, id=i) for p, i in zip(paths, ids)]
+    manifest = Manifest.from_rows(rows)
+    assert list(manifest) == rows and [r["id"] for r in manifest[::-1]] == ids[::-1]
+    codes = manifest.columns["id"]
+    assert codes.dtype == np.int32 and codes[0] == len("sub/a.mp4") and codes[1] < 0 and codes[2] == 0
+    path = write_manifest(manifest, tmp_path / "m.csv")
+    with open(path, newline="") as handle:
+        assert [line[-1] for line in list(csv.reader(handle))[1:]] == [i or "" for i in ids]
+    back = read_manifest(path, check_files="none")
+    assert [r["id"] for r in back] == ids and [r["id"] for r in back[np.array([6, 1, 3])]] == [ids[6], ids[1], ids[3]]
+    assert back.columns["id"][0] == len("sub/a.mp4") and back.columns["id"][3] == len("é/c.mp4")
+    assert back.columns["id"][1] < 0 and back.columns["id"][6] == len("f.mp4")
+    by_hand = tmp_path / "hand.csv"  # "./d.mp4" is read as <folder>/d.mp4: its id no longer ends the path
+    by_hand.write_text("path,status,id\n./d.mp4,ok,./d.mp4\n./x/e.mp4,ok,x/e.mp4\n")
+    hand = read_manifest(by_hand, check_files="none")
+    assert [r["id"] for r in hand] == ["./d.mp4", "x/e.mp4"] and hand[0]["path"] == str(tmp_path / "d.mp4")
+    as_text = dict(back.columns, id=np.array([i or "" for i in ids], dtype=manifest_module.STRINGS))
+    assert Manifest(as_text, back.categories).digest() == back.digest()
+    assert back.ids().tolist() == [i or "" for i in ids]

@@ -4,12 +4,12 @@ On disk it is a CSV (`COLUMNS`, plus `SHARD_COLUMNS` for a sharded manifest): `N
 cell and booleans are `true`/`false`. `id` names a video whatever file holds it (`xdc scan`
 writes its path relative to the scanned folder; `xdc prepare` carries it to the copies and
 shards), so labels of the originals match rows of prepared copies. In the program it is a
-`Manifest`: one numpy array per column (paths and ids as numpy variable-width strings, numbers
-as float64/int32/int16/int8, repeated texts such as `status`, `reason`, `label` as codes into a
-list of their values), read in chunks without building a dict per row. A `Manifest` still
-behaves as the list of row dicts the callers knew (`len`, `m[i]` -> dict built on demand,
-iteration); the hot paths (reading, usable rows, writing, the dataset's per-item lookups) use
-the columns.
+`Manifest`: one numpy array per column (paths as numpy variable-width strings, numbers as
+float64/int32/int16/int8, repeated texts such as `status`, `reason`, `label` as codes into a list
+of their values, ids as codes for "the path's last n characters": see `encode_ids`), read in
+chunks without building a dict per row. A `Manifest` still behaves as the list of row dicts the
+callers knew (`len`, `m[i]` -> dict built on demand, iteration); the hot paths (reading, usable
+rows, writing, the dataset's per-item lookups) use the columns.
 
 `read_manifest` resolves relative paths against the manifest's folder (so a manifest can travel
 with its videos) without resolving symlinks (a row keeps the path the user gave), validates the
@@ -51,6 +51,7 @@ INT_DTYPES = {"offset": np.int64, "size": np.int64, "width": np.int16, "height":
               "rotation": np.int16, "audio_channels": np.int16}
 CODE_DTYPES = {"status": np.int8, "video_codec": np.int16}  # other coded columns: int32
 STRINGS = np.dtypes.StringDType()
+ID_DTYPE = np.int32  # the `id` column's codes (`encode_ids`)
 
 MAX_LISTED = 10  # missing paths named in an error before "... and N more"
 MAX_DURATION = 7 * 24 * 3600.0  # seconds; a longer "video" is a broken header
@@ -92,7 +93,12 @@ class Manifest:
     """Manifest rows as columns (see the module docstring); `m[i]` is row i as a dict,
     `m[indices]` (a slice, index array or boolean mask) a new Manifest of those rows."""
 
-    def __init__(self, columns: dict[str, np.ndarray], categories: dict[str, list[str]]):
+    def __init__(self, columns: dict[str, np.ndarray], categories: dict[str, Any]):
+        if "id" in columns and columns["id"].dtype != ID_DTYPE:  # ids as text (e.g. benchmarks/scale.py)
+            columns = dict(columns)
+            columns["id"], others = encode_ids(columns["path"], np.asarray(columns["id"], dtype=STRINGS))
+            categories = dict(categories, id=others)
+        categories.setdefault("id", np.array([], dtype=STRINGS))
         self.columns, self.categories = columns, categories
 
     @property
@@ -130,8 +136,12 @@ class Manifest:
         for name in self.column_names:
             digest.update(name.encode())
             for start in range(0, len(self), chunk):
-                part = self.text(name)[start:start + chunk] if name in CODED_COLUMNS else \
-                    self.columns[name][start:start + chunk]
+                if name in CODED_COLUMNS:
+                    part = self.text(name)[start:start + chunk]
+                elif name == "id":
+                    part = self.take(slice(start, start + chunk)).ids()
+                else:
+                    part = self.columns[name][start:start + chunk]
                 if part.dtype.kind in "biuf":
                     digest.update(np.ascontiguousarray(part).tobytes())
                 else:
@@ -152,7 +162,7 @@ class Manifest:
         if name == "path":
             return str(cell)
         if name == "id":
-            return str(cell) or None
+            return self._id(int(cell), i) or None
         if name in CODED_COLUMNS:
             return self.categories[name][cell] if cell >= 0 else None
         if name in FLOAT_COLUMNS:
@@ -163,6 +173,20 @@ class Manifest:
 
     def path(self, i: int) -> str:
         return str(self.columns["path"][i])
+
+    def _id(self, code: int, i: int) -> str:
+        if code >= 0:  # the path's last `code` characters
+            path = self.path(i)
+            return path[len(path) - code:]
+        return str(self.categories["id"][-1 - code])
+
+    def ids(self) -> np.ndarray:
+        """The `id` column as text (numpy strings, "" for none), decoded from its codes."""
+        codes, paths = self.columns["id"], self.columns["path"]
+        suffix = codes >= 0
+        out = np.strings.slice(paths, np.strings.str_len(paths) - np.where(suffix, codes, 0), None)
+        out[~suffix] = self.categories["id"][-1 - codes[~suffix]]
+        return out
 
     def source(self, i: int) -> str | ShardMember:
         """What a decoder opens for row i: its file, or its member of a shard."""
@@ -227,7 +251,7 @@ class Manifest:
             names = [_relative(c, base) for c in self.categories["shard"]]
             return _quoted(np.array(names + [""], dtype=STRINGS))[values]
         if name == "id":
-            return _quoted(values)
+            return _quoted(self.ids())
         if name == "path":
             relative = ~np.strings.startswith(values, "/")
             if relative.any():  # paths given relative to the working directory
@@ -267,6 +291,22 @@ def _quoted(cells: np.ndarray) -> np.ndarray:
     return cells
 
 
+def encode_ids(paths: np.ndarray, ids: np.ndarray, first_other: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, other ids) for the `id` column (`paths`, `ids`: both numpy strings or both UTF-8
+    bytes). An id is usually the end of its row's path (`xdc scan` writes the path relative to
+    the scanned folder): code n >= 0 stands for the path's last n characters (0: no id), 4 bytes
+    a row instead of a second string (~47 bytes a row at 65M rows: the manifest's memory target
+    met or missed). Other ids (e.g. prepared copies) get code -1 - k, k counting from
+    `first_other`, and are returned in order (`categories["id"]`)."""
+    suffix = np.strings.endswith(paths, ids)  # an empty id is a suffix: code 0
+    if ids.dtype.kind == "S" and ids.view(np.uint8).max(initial=0) >= 128:  # UTF-8 bytes: count characters
+        ids = ids.astype(STRINGS)
+    codes = np.strings.str_len(ids).astype(ID_DTYPE)
+    others = ids[~suffix].astype(STRINGS)
+    codes[~suffix] = -1 - (first_other + np.arange(len(others), dtype=ID_DTYPE))
+    return codes, others
+
+
 def _relative(path: str, base: str | None) -> str:
     path = os.path.abspath(path)
     return path[len(base):] if base is not None and path.startswith(base) else path
@@ -303,6 +343,8 @@ class _Builder:
         self.rows = 0
         self.bad_durations = 0
         self.hashes: list[np.ndarray] = []
+        self.other_ids: list[np.ndarray] = []  # ids that are not the end of their path (encode_ids)
+        self.num_other_ids = 0
 
     def add(self, cells: dict[str, np.ndarray]) -> None:
         first_line = self.rows + 2  # the header is line 1
@@ -327,25 +369,37 @@ class _Builder:
 
     def _parse(self, name: str, cells: np.ndarray, first_line: int) -> np.ndarray:
         if name == "path":
-            text = np.strings.strip(cells.astype(STRINGS))
-            empty = text == ""
+            self._raw_paths = np.strings.strip(cells)  # bytes: numpy's string ops are several times faster
+            empty = self._raw_paths == b""
             if empty.any():
                 raise ManifestError(f"{self.source}:{first_line + int(np.argmax(empty))}: empty path")
-            text = text if self.base is None else _resolve(text, self.base)
+            text = self._raw_paths if self.base is None else _resolve(self._raw_paths, self.base)
             # Hashes find duplicate paths without sorting strings (_drop_duplicates).
-            self.hashes.append(np.fromiter(map(hash, text.tolist()), dtype=np.int64, count=len(text)))
-            return text
-        if name == "id":  # one per video, like the path: numpy strings, "" when empty
-            return np.strings.strip(cells.astype(STRINGS))
+            self.hashes.append(_hashes(text))
+            return text.astype(STRINGS)  # decodes UTF-8
+        if name == "id":  # one per video: a code for the end of the path (parsed first, see COLUMNS)
+            # Compared as bytes to the path as written; resolving only adds a prefix, except that it
+            # drops a leading "./": such rows keep their id as text (rare).
+            raw = np.where(np.strings.startswith(self._raw_paths, b"./"), b"", self._raw_paths)
+            codes, others = encode_ids(raw, np.strings.strip(cells), self.num_other_ids)
+            if len(others):
+                self.other_ids.append(others)
+                self.num_other_ids += len(others)
+            return codes
         if name in CODED_COLUMNS:
             return self._map(name, cells, lambda text: self._code(name, text) if text else -1,
                              CODE_DTYPES.get(name, np.int32), first_line)
         if name in BOOL_COLUMNS:
             return self._map(name, cells, _parse_bool, np.int8, first_line)
-        empty = np.strings.strip(cells) == b""
+        empty = cells == b""  # no strip (a pass over every cell): float() strips; a blank cell fails below
         try:
-            numbers = np.where(empty, b"nan", cells).astype(np.float64)
-        except ValueError:  # the slow way names the culprit
+            if cells.dtype.itemsize == 8:  # short cells (rates, sizes, durations): each distinct one once
+                distinct, inverse = _distinct(cells)
+                numbers = np.where(distinct == b"", b"nan", distinct).astype(np.float64)[inverse]
+            else:
+                numbers = np.where(empty, b"nan", cells).astype(np.float64)
+        except ValueError:  # blank cells, or a bad one: the slow way parses them, names the culprit
+            empty = np.strings.strip(cells) == b""
             numbers = self._map(name, cells, _parse_number, np.float64, first_line)
         if name == "duration":
             self._check_durations(numbers, cells, empty)
@@ -387,6 +441,8 @@ class _Builder:
         if self.base is not None and "shard" in self.categories:
             self.categories["shard"] = [c if os.path.isabs(c) else os.path.join(self.base, c)
                                         for c in self.categories["shard"]]
+        self.categories["id"] = (np.concatenate(self.other_ids) if self.other_ids
+                                 else np.array([], dtype=STRINGS))
         if self.bad_durations:
             log.warning("%s: %d row(s) with a bad duration (NaN, inf, <= 0 or over 7 days) skipped",
                         self.source, self.bad_durations)
@@ -414,8 +470,10 @@ def _parse_number(text: str) -> float:
 
 
 def _empty_column(name: str) -> np.ndarray:
-    if name in ("path", "id"):
+    if name == "path":
         return np.array([], dtype=STRINGS)
+    if name == "id":
+        return np.array([], dtype=ID_DTYPE)
     if name in CODED_COLUMNS:
         return np.array([], dtype=CODE_DTYPES.get(name, np.int32))
     if name in BOOL_COLUMNS:
@@ -426,15 +484,16 @@ def _empty_column(name: str) -> np.ndarray:
 
 
 def _resolve(paths: np.ndarray, base: Path) -> np.ndarray:
-    """Relative paths joined to `base` (a leading "./" dropped); absolute ones as given."""
-    relative = ~np.strings.startswith(paths, "/")
+    """Relative paths joined to `base` (a leading "./" dropped); absolute ones as given. UTF-8
+    bytes in and out (numpy's string ops are several times faster on bytes)."""
+    relative = ~np.strings.startswith(paths, b"/")
     if not relative.any():
         return paths
-    paths = paths.copy()
     rel = paths[relative]
-    dotted = np.strings.startswith(rel, "./")
-    rel[dotted] = np.strings.slice(rel[dotted], 2, None)
-    paths[relative] = np.strings.add(str(base) + os.sep, rel)
+    rel = np.where(np.strings.startswith(rel, b"./"), np.strings.slice(rel, 2, None), rel)
+    joined = np.strings.add((str(base) + os.sep).encode("utf-8"), rel)
+    paths = paths.astype(f"S{max(paths.dtype.itemsize, joined.dtype.itemsize)}")  # a copy, wide enough
+    paths[relative] = joined
     return paths
 
 
@@ -490,7 +549,7 @@ def _read_csv(handle, source: str, base: Path) -> tuple[Manifest, np.ndarray]:
             continue
         blank = np.zeros(len(columns[0]), dtype="S1")
         builder.add({name: columns[where[name]] if name in where else blank for name in names})
-    hashes = np.concatenate(builder.hashes) if builder.hashes else np.array([], dtype=np.int64)
+    hashes = np.concatenate(builder.hashes) if builder.hashes else np.array([], dtype=np.uint64)
     return builder.finish(), hashes
 
 
@@ -499,7 +558,7 @@ def _split(chunk: bytes, width: int) -> list[np.ndarray] | None:
     line, `width` cells on every line): separator positions found by numpy, cells gathered as
     fixed-width bytes. Otherwise the csv module."""
     buf = np.frombuffer(chunk, dtype=np.uint8)
-    if not (buf == ord('"')).any():
+    if b'"' not in chunk:  # a C scan, no array of the chunk's size
         seps = np.flatnonzero((buf == ord(",")) | (buf == ord("\n")))
         if len(seps) % width == 0:
             ends = seps.reshape(-1, width)
@@ -516,7 +575,10 @@ def _split(chunk: bytes, width: int) -> list[np.ndarray] | None:
     return [_encoded(column) for column in zip(*rows)] if rows else None
 
 
-NARROW = 32  # cells up to this many bytes are gathered by numpy, wider ones sliced
+NARROW = 128  # cells up to this many bytes are gathered by numpy (typical paths too), wider ones sliced
+
+
+WORD_MASKS = np.array([(1 << (8 * n)) - 1 for n in range(9)], dtype="<u8")  # the first n bytes of a word
 
 
 def _cells(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -525,21 +587,46 @@ def _cells(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     NARROW padding bytes."""
     lengths = ends - starts
     size = max(8, int(lengths.max(initial=0)))
-    if size > NARROW:  # wide cells (paths): slicing the bytes costs less than a size-wide gather
+    if size > NARROW:  # very wide cells (long paths): slicing the bytes costs less than a size-wide gather
         data = buf.tobytes()
         return np.array([data[a:b] for a, b in zip(starts.tolist(), ends.tolist())], dtype=f"S{size}")
+    if size == 8:  # most columns: one unaligned 8-byte load per cell, the bytes after it masked off
+        words = np.ndarray((len(buf) - 7,), dtype="<u8", buffer=buf, strides=(1,))[starts]
+        words &= WORD_MASKS[lengths]
+        return words.view("S8")
     cells = np.lib.stride_tricks.sliding_window_view(buf, size)[starts]  # rows copied whole
-    cells *= np.arange(size, dtype=np.int32) < lengths[:, None]  # zero what follows the cell
+    keep = np.arange(size + 1)[:, None] > np.arange(size)  # keep[n]: the first n bytes
+    cells *= keep[lengths]  # zero what follows the cell (a gather of masks: no int64 compare per byte)
     return cells.view(f"S{size}").reshape(-1)
 
 
+def _hashes(cells: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each bytes cell, from its 8-byte words (vectorised: no Python str per cell)."""
+    words = max(1, -(-cells.dtype.itemsize // 8))
+    padded = np.ascontiguousarray(cells.astype(f"S{8 * words}")).view(np.uint64).reshape(len(cells), words)
+    hashes = padded[:, 0].copy()
+    for k in range(1, words):  # wraps around modulo 2**64
+        hashes *= np.uint64(0x9E3779B97F4A7C15)
+        hashes ^= padded[:, k]
+    return hashes
+
+
 def _distinct(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """np.unique(cells, return_inverse=True), as integers when the cells are 8 bytes wide."""
+    """np.unique(cells, return_inverse=True), without sorting the cells as strings (slow in
+    numpy): 8-byte cells as integers, wider ones (labels, reasons) by their `_hashes`, checked
+    against the cells (a collision falls back to np.unique)."""
     if cells.dtype.itemsize == 8:
         values, inverse = np.unique(cells.view(np.uint64), return_inverse=True)
         return values.view("S8"), inverse.reshape(-1)
-    values, inverse = np.unique(cells, return_inverse=True)
-    return values, inverse.reshape(-1)
+    _, first, inverse = np.unique(_hashes(cells), return_index=True, return_inverse=True)
+    values = cells[first]
+    if not (values[inverse] == cells).all():  # a collision
+        values, inverse = np.unique(cells, return_inverse=True)
+        return values, inverse.reshape(-1)
+    order = np.argsort(values)  # few values: sorted as np.unique gives them
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return values[order], rank[inverse.reshape(-1)]
 
 
 def _encoded(cells) -> np.ndarray:
