@@ -9,7 +9,6 @@ import json
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -26,38 +25,19 @@ class RunFolderError(XdcError):
     file in it cannot be read (pseudo-labels)."""
 
 
-@dataclass(frozen=True)
 class RunFolder:
-    root: Path
-
     def __init__(self, root: str | Path):
-        object.__setattr__(self, "root", Path(root))
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def rows(self) -> Path:
-        return self.root / "rows.csv"
-
-    @property
-    def log(self) -> Path:
-        """What the console showed (rank 0), progress bars left out; a resumed run appends."""
-        return self.root / "log.txt"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        """Written after clustering and after every epoch: where `--resume` continues from."""
-        return self.checkpoints / "last.pt"
+        self.root = Path(root)
+        self.config = self.root / "config.yaml"
+        self.rows = self.root / "rows.csv"  # the usable manifest rows the run trains on
+        self.log = self.root / "log.txt"  # what the console showed (rank 0); a resumed run appends
+        self.summary = self.root / "summary.json"
+        self.checkpoints = self.root / "checkpoints"
+        # Written after clustering and after every epoch: where a resumed run continues from.
+        self.last = self.checkpoints / "last.pt"
+        self.features = self.root / "features"  # the last extraction's float16 memmaps, per rank
+        self.tensorboard = self.root / "tb"
+        self.lock_file = self.root / ".lock"  # flock'ed by the process that runs in the folder
 
     def iteration_checkpoint(self, iteration: int) -> Path:
         """Written when an iteration's training ends: its encoders, heads and labels."""
@@ -99,19 +79,6 @@ class RunFolder:
             raise RunFolderError(f"{path} is not a pseudo-labels file (1-d integers), "
                                  f"found {getattr(labels, 'dtype', type(labels).__name__)}")
         return labels.astype(np.int64)
-
-    @property
-    def features(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tb"
-
-    @property
-    def lock_file(self) -> Path:
-        """Holds the PID of the process that runs in this folder (see `locked`)."""
-        return self.root / ".lock"
 
     @contextmanager
     def locked(self) -> Iterator[None]:
