@@ -50,7 +50,7 @@ def test_filterbank_rejects_bad_range():
 
 
 @pytest.mark.parametrize("freq", [1000.0, 3000.0])
-@pytest.mark.parametrize("normalize", ["none", "per_spectrogram"])
+@pytest.mark.parametrize("normalize", ["none", "per_spectrogram"])  # per_band flattens a steady tone
 def test_sine_peaks_in_its_mel_band(freq, normalize):
     spec = LogMel(RATE, n_mels=40, normalize=normalize)(tone(freq, 0.5))
     band = int(spec[0].mean(-1).argmax())
@@ -105,6 +105,25 @@ def test_per_spectrogram_normalisation():
     assert torch.count_nonzero(silence) == 0, "digital silence normalises to all zeros"
     raw_silence = LogMel(RATE, normalize="none")(torch.zeros(RATE))
     assert torch.allclose(raw_silence, torch.full_like(raw_silence, math.log(1e-6)))
+
+
+def test_per_band_normalisation_removes_a_stationary_hum():
+    """A recording's constant hum (a channel's colour) is gone after per-band normalisation:
+    the same tone burst under two different hums gives nearly the same log-mel, which it does
+    not with per_spectrogram."""
+    burst = torch.zeros(RATE)
+    burst[int(0.3 * RATE):int(0.6 * RATE)] = tone(1500, 0.3)
+    t = torch.arange(RATE) / RATE
+    hums = [0.05 * torch.sin(2 * math.pi * 120 * t), 0.05 * torch.sin(2 * math.pi * 4000 * t)]
+    noise = 1e-3 * torch.randn(RATE, generator=torch.Generator().manual_seed(0))
+    gaps = {}
+    for normalize in ("per_spectrogram", "per_band"):
+        module = LogMel(RATE, normalize=normalize)
+        a, b = (module(burst + hum + noise)[0] for hum in hums)
+        gaps[normalize] = float((a - b).abs().mean())
+    per_band = LogMel(RATE, normalize="per_band")(burst + hums[0] + noise)[0]
+    assert torch.allclose(per_band.mean(-1), torch.zeros(per_band.shape[0]), atol=1e-4)
+    assert gaps["per_band"] < 0.5 * gaps["per_spectrogram"], gaps
 
 
 def test_batched_input_matches_one_by_one():

@@ -41,7 +41,8 @@ class DataConfig:
     n_mels: int = 40
     win_ms: float = 25.0  # STFT window
     hop_ms: float = 10.0  # STFT hop
-    audio_norm: str = "per_spectrogram"  # log-mel normalisation: per_spectrogram (mean 0, std 1) | none
+    # log-mel normalisation: per_spectrogram (mean 0, std 1) | per_band (each mel band over time) | none
+    audio_norm: str = "per_spectrogram"
     video_norm: str = "dataset"  # dataset (video_mean/std) | per_clip (then each clip's own mean, std too)
     eval_clips: int = 10  # uniformly spaced clips per video in eval mode
     short_video: str = "loop"  # a video shorter than the clip: "loop" its frames or "pad" the last one
@@ -236,8 +237,8 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
     _check(cfg.video_norm in ("dataset", "per_clip"), f"{prefix}.video_norm", cfg.video_norm,
            "dataset | per_clip")
-    _check(cfg.audio_norm in ("per_spectrogram", "none"), f"{prefix}.audio_norm", cfg.audio_norm,
-           "per_spectrogram | none")
+    _check(cfg.audio_norm in ("per_spectrogram", "per_band", "none"), f"{prefix}.audio_norm",
+           cfg.audio_norm, "per_spectrogram | per_band | none")
     for key in ("video_stream", "audio_stream", "max_retries"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
     _check(cfg.num_workers == "auto" or (isinstance(cfg.num_workers, int) and cfg.num_workers >= 0),

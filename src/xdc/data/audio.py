@@ -94,11 +94,17 @@ def num_audio_frames(cfg: DataConfig) -> int:
     return 1 + window_samples(cfg) // hop_samples(cfg.sample_rate, cfg.hop_ms)
 
 
+NORMALIZATIONS = ("per_spectrogram", "per_band", "none")
+
+
 class LogMel(nn.Module):
     """waveform (..., samples) -> log-mel (..., 1, n_mels, frames).
 
     normalize: "per_spectrogram" (default) subtracts each spectrogram's mean and divides by its
     std, so recordings of any loudness look alike and digital silence becomes all zeros;
+    "per_band" does so for each mel band over the clip's frames (cepstral mean and variance
+    normalisation, the speech front-end's remedy for a microphone's colour and stationary noise
+    or hum, which otherwise tell recordings apart more than their words do);
     "none" keeps the raw log(mel + 1e-6) values.
     """
 
@@ -106,8 +112,8 @@ class LogMel(nn.Module):
                  hop_ms: float = 10.0, f_min: float = 0.0, f_max: float | None = None,
                  scale: str = "htk", normalize: str = "per_spectrogram"):
         super().__init__()
-        if normalize not in ("per_spectrogram", "none"):
-            raise ValueError(f"normalize must be 'per_spectrogram' or 'none', got {normalize!r}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
         self.win_length, self.n_fft = stft_sizes(sample_rate, win_ms)
         self.hop_length = hop_samples(sample_rate, hop_ms)
         self.normalize = normalize
@@ -128,9 +134,10 @@ class LogMel(nn.Module):
                           center=True, pad_mode="constant", return_complex=True)
         power = spec.real.square() + spec.imag.square()  # (B, freqs, frames)
         logmel = torch.log(torch.matmul(self.filters, power) + LOG_EPS)
-        if self.normalize == "per_spectrogram":
-            centred = logmel - logmel.mean(dim=(-2, -1), keepdim=True)
-            std = centred.std(dim=(-2, -1), keepdim=True)
+        if self.normalize != "none":
+            dims = (-2, -1) if self.normalize == "per_spectrogram" else (-1,)  # per_band: over time
+            centred = logmel - logmel.mean(dim=dims, keepdim=True)
+            std = centred.std(dim=dims, keepdim=True)
             # A flat spectrogram (digital silence) has no content: zeros, not rounding noise / tiny std.
             logmel = torch.where(std > 1e-4, centred / std.clamp_min(1e-4), torch.zeros_like(centred))
         return logmel.reshape(*lead, 1, *logmel.shape[-2:])
