@@ -56,6 +56,9 @@ def test_demo_end_to_end(tmp_path, capsys):
         for modality in ("video", "audio"):
             probe = entry["probe"][modality]
             assert 0.0 <= probe["top1_video"] <= 1.0 and probe["best_lr"] > 0
+            assert entry["knn"][modality]["mode"] == "knn" and 0.0 <= entry["knn"][modality]["top1_video"] <= 1.0
+            recall = entry["retrieval"][modality]
+            assert 0.0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1.0
         if method == "scratch":
             assert "clusters" not in entry
             continue
@@ -69,7 +72,8 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert diff == pytest.approx(results["methods"]["xdc"]["probe"]["video"]["top1_video"]
                                  - results["methods"]["sdc"]["probe"]["video"]["top1_video"], abs=1e-4)
     page = (out / "report.html").read_text()
-    for text in ("scratch", "sdc", "xdc", "video acc", "filters.png", "clusters/xdc/index.html"):
+    for text in ("scratch", "sdc", "xdc", "video acc", "video kNN", "audio R@1", "filters.png",
+                 "clusters/xdc/index.html"):
         assert text in page
     assert (out / "filters.png").stat().st_size > 1000 and (out / "clusters" / "xdc" / "index.html").is_file()
     # Pictures, and a cluster browser with media for every pretrained method, linked from the report.

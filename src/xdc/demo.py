@@ -6,7 +6,8 @@
 2. Decode every video once into a clip cache (xdc.data.cache) that all runs read.
 3. Pretrain RAND, SDC, MDC, CDC and XDC with the same budget (xdc.pretrain.pretrain).
 4. Evaluate each, plus Scratch (random encoders): a linear probe of both encoders on a held-out
-   split (xdc.evaluation.finetune, linear mode), cluster purity and NMI against the classes and
+   split (xdc.evaluation.finetune, linear mode), weighted kNN and retrieval recall@k on the same
+   split (knn and retrieval modes: no training), cluster purity and NMI against the classes and
    against the nuisances (xdc.reports.clusters), and conv1 filters (xdc.reports.filters).
 5. Write DIR/results.json and DIR/report.html, print the table.
 
@@ -144,22 +145,27 @@ def final_checkpoint(run_dir: Path, iterations: int) -> Path:
     return RunFolder(run_dir).iteration_checkpoint(iterations - 1)
 
 
+# How each method's encoders are evaluated: a linear probe (the paper's frozen-feature protocol),
+# and the two training-free views beside it, weighted kNN and retrieval (recall@k).
+PROBE_MODES = ("linear", "knn", "retrieval")
+
+
 def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str, list[dict]],
-                 out: Path) -> dict[str, dict]:
-    """Linear probe of both encoders (the finetune library in linear mode); per modality, its
-    results.json content. `checkpoint` None = Scratch (random encoders, seeded)."""
+                 out: Path, mode: str = "linear") -> dict[str, dict]:
+    """Evaluate both encoders in one finetune mode; per modality, its results.json content.
+    `checkpoint` None = Scratch (random encoders, seeded)."""
     from xdc.evaluation.finetune import finetune
     from xdc.evaluation.weights import load_encoder
 
     results = {}
     for modality in MODALITIES:
-        folder = out / modality
+        folder = out / (modality if mode == "linear" else f"{mode}_{modality}")
         if (folder / "results.json").is_file():
             results[modality] = json.loads((folder / "results.json").read_text())
             continue
         torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
         loaded = load_encoder(modality, cfg.model, checkpoint, data=cfg.data)
-        results[modality] = finetune(replace(cfg, model=loaded.model), loaded.encoder, modality,
+        results[modality] = finetune(replace(cfg, model=loaded.model, mode=mode), loaded.encoder, modality,
                                      splits["train"], splits["val"], splits["test"], folder, loaded.source)
     return results
 
@@ -182,13 +188,13 @@ def cluster_metrics(run_dir: Path, labeled: Path, out: Path, nuisance: dict[str,
 # ---------------------------------------------------------------------------------------- report
 
 def results_table(results: dict) -> list[list[str]]:
-    """One row per method: probe accuracy and cluster quality per modality."""
+    """One row per method: linear-probe, kNN and retrieval scores, cluster quality, per modality."""
     rows = []
     for method, r in results["methods"].items():
         row = [method]
-        for modality in MODALITIES:
-            probe = r.get("probe", {}).get(modality, {})
-            row.append(_fmt(probe.get("top1_video")))
+        for key, metric in (("probe", "top1_video"), ("knn", "top1_video"), ("retrieval", "recall@1")):
+            for modality in MODALITIES:
+                row.append(_fmt(r.get(key, {}).get(modality, {}).get(metric)))
         for modality in MODALITIES:
             c = r.get("clusters", {}).get(modality, {})
             row += [_fmt(c.get("purity")), _fmt(c.get("nmi")), _fmt(c.get("nmi_nuisance")),
@@ -197,7 +203,7 @@ def results_table(results: dict) -> list[list[str]]:
     return rows
 
 
-TABLE_HEADERS = ["method", "video acc", "audio acc",
+TABLE_HEADERS = ["method", "video acc", "audio acc", "video kNN", "audio kNN", "video R@1", "audio R@1",
                  "video purity", "video NMI", "video NMI nuisance", "video empty",
                  "audio purity", "audio NMI", "audio NMI nuisance", "audio empty"]
 
@@ -244,7 +250,10 @@ def write_report(out: Path, results: dict) -> Path:
         "strong nuisance with no class information (video: background colour and brightness; "
         "audio: loudness and background noise).</p>",
         "<p>Accuracies are video-level top-1 of a linear probe on frozen encoders, on held-out "
-        "videos (train/val/test split per class; lr chosen on val). Purity and NMI are the last "
+        "videos (train/val/test split per class; lr chosen on val). <em>kNN</em>: top-1 of a "
+        f"weighted vote of the {results['finetune_knn_k']} most similar training videos (cosine, "
+        "no training); <em>R@1</em>: the share of test videos whose most similar training video "
+        "has their class (retrieval). Purity and NMI are the last "
         "iteration's clusters against the classes; <em>NMI nuisance</em> is the NMI against the "
         "modality's own nuisance: high means the clusters follow the nuisance. Scratch has no "
         "clusters; RAND's labels are random by design.</p>",
@@ -320,7 +329,7 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
     results = {"data": {**asdict(cfg.synthetic), "videos": len(rows),
                         "probe": {k: len(v) for k, v in split.items()}},
                "pretrain_config": config_to_yaml(pretrain_cfg), "finetune_config": config_to_yaml(finetune_cfg),
-               "methods": {}, "cluster_pages": {}}
+               "finetune_knn_k": finetune_cfg.knn_k, "methods": {}, "cluster_pages": {}}
     truth = class_indices([r["label"] for r in labeled_rows])[1]
     for method in methods:
         say(f"{method}: " + ("no pretraining (random encoders); linear probe" if method == "scratch"
@@ -335,7 +344,9 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
             entry["iterations"] = iteration_nmis(run_dir, truth, nuisance)
             results["cluster_pages"][method] = f"clusters/{method}/index.html"
         probe_started = time.perf_counter()
-        entry["probe"] = probe_method(checkpoint, finetune_cfg, split, out / "probe" / method)
+        # "probe" is the linear probe's (what comparisons and plots read); kNN and retrieval beside it
+        for mode, key in zip(PROBE_MODES, ("probe", "knn", "retrieval")):
+            entry[key] = probe_method(checkpoint, finetune_cfg, split, out / "probe" / method, mode)
         entry["probe_seconds"] = round(time.perf_counter() - probe_started, 1)
         results["methods"][method] = entry
     runs = [m for m in ("xdc", "sdc") if m in methods]
