@@ -304,6 +304,31 @@ def test_features_of_train_batches_and_encode_needs_the_clip_axis(tmp_path):
         extract_features({"video": encoder}, [dict(train, video=no_clip_axis)], 2, tmp_path / "bad", cpu)
 
 
+def moving_bar(vertical: bool, x0: int, y0: int, background: float, frames=4, size=32) -> torch.Tensor:
+    """1×1×3×T×H×W: a bright bar (3×12 px) moving right by 2 px a frame over a flat background."""
+    video = torch.full((1, 1, 3, frames, size, size), background)
+    for t in range(frames):
+        x = x0 + 2 * t
+        if vertical:
+            video[..., t, y0:y0 + 12, x:x + 3] = 1.0
+        else:
+            video[..., t, y0:y0 + 3, x:x + 12] = 1.0
+    return video
+
+
+def test_hog_video_descriptor_follows_shape_not_place_or_background():
+    from xdc.clustering.handcrafted import descriptor_sizes, video_hog_descriptor
+
+    a = video_hog_descriptor(moving_bar(True, 2, 2, 0.1))
+    same_shape = video_hog_descriptor(moving_bar(True, 14, 16, 0.6))  # elsewhere, brighter background
+    other_shape = video_hog_descriptor(moving_bar(False, 2, 2, 0.1))  # same place and background
+    assert a.shape == (1, descriptor_sizes(40, "hog")["video"])
+    assert (a - same_shape).norm() < 0.5 * (a - other_shape).norm()
+    still = video_hog_descriptor(moving_bar(True, 2, 2, 0.1)[..., :1, :, :].expand(-1, -1, -1, 4, -1, -1))
+    shape, moving = still.view(2, 2, -1).unbind(1)  # per scale: HOG of the frames, of what moves
+    assert shape.abs().sum() > 0 and torch.all(moving == 0), "nothing moves: no motion HOG"
+
+
 def test_handcrafted_features(tmp_path):
     batch = video_eval_batch([0, 1, 2])
     batch["video"][1] = batch["video"][1, :, :, :1]  # item 1: a still picture (no motion)

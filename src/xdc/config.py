@@ -85,6 +85,9 @@ class ClusterConfig:
     pca_dim: int = 0  # 0 = no PCA; else PCA to this many dimensions before k-means
     whiten: bool = True  # PCA-whitening (DeepCluster) when pca_dim > 0
     first_features: str = "random"  # iteration 0: "random" encoders or "handcrafted" features
+    # the hand-crafted video descriptor: layout (colour thumbnail + motion grid) | hog (gradient
+    # orientations of the frames and of what moves; position- and colour-free). xdc.clustering.handcrafted
+    video_descriptor: str = "layout"
     clips_per_video: int = 1  # clips averaged into one feature per video
     reassign_empty: bool | None = None  # None = the method decides (SDC: yes)
     uniform_sampling: bool | None = None  # sample clips uniformly over clusters; None = method decides
@@ -291,14 +294,16 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
             _check(getattr(c, key) >= 2, f"{prefix}cluster.{key}", getattr(c, key), ">= 2")
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
+        _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
+               c.first_features, "random | handcrafted")
+        _check(c.video_descriptor in ("layout", "hog"), f"{prefix}cluster.video_descriptor",
+               c.video_descriptor, "layout | hog")
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)
             _check(c.pca_dim <= size, f"{prefix}cluster.pca_dim", c.pca_dim,
                    f"<= {size}, the smallest feature size clustered (8·model.width per encoder, the "
                    f"hand-crafted sizes with first_features=handcrafted)")
-        _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
-               c.first_features, "random | handcrafted")
     else:
         _check(cfg.mode in FINETUNE_MODES, f"{prefix}mode", cfg.mode, " | ".join(FINETUNE_MODES))
         _check(cfg.knn_k >= 1, f"{prefix}knn_k", cfg.knn_k, ">= 1")
@@ -318,7 +323,7 @@ def smallest_feature_size(cfg: PretrainConfig) -> int:
 
     stages = [{"video": 8 * cfg.model.width, "audio": 8 * cfg.model.width}]
     if cfg.cluster.first_features == "handcrafted":
-        stages.append(descriptor_sizes(cfg.data.n_mels))
+        stages.append(descriptor_sizes(cfg.data.n_mels, cfg.cluster.video_descriptor))
     for sizes in stages:
         sizes["joint"] = sizes["video"] + sizes["audio"]
     return min(sizes[name] for sizes in stages for name in METHODS[cfg.method].clusterings)

@@ -160,10 +160,10 @@ def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: Pretrai
 
         # Features a crashed attempt at this same extraction wrote are kept: only the rest is read.
         if iteration == 0 and cfg.cluster.first_features == "handcrafted":
-            key = "iteration 0: handcrafted"
+            key = f"iteration 0: handcrafted, video {cfg.cluster.video_descriptor}"
             todo = mine[~clustering.extracted(run.features, key, mine)]
             features = clustering.handcrafted_features(loader_of(todo), len(rows), run.features, indices=mine,
-                                                       key=key)
+                                                       key=key, video_descriptor=cfg.cluster.video_descriptor)
         else:
             encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
             if iteration == 0 and not cfg.init_from:
