@@ -77,6 +77,10 @@ def test_preprocess_l2_and_pca_whitening():
     assert unwhitened.max() / unwhitened.min() > 1.2  # without whitening they differ
     with pytest.raises(ValueError, match="pca_dim"):
         fit_pca(x, 64)
+    # Fewer points than dimensions asked for (a small dataset): the directions they span, and a warning.
+    with pytest.warns(UserWarning, match="only 10 videos to fit the PCA: keeping 9"):
+        few = fit_pca(x[:10], 16)
+    assert few.matrix.shape == (9, 32) and np.isfinite(apply_preprocessing(x, few)).all()
 
 
 def test_k_larger_than_points_is_a_clear_error():

@@ -91,11 +91,17 @@ class Projection:
 
 
 def fit_pca(sample: np.ndarray, pca_dim: int, whiten: bool = True) -> Projection:
-    """faiss.PCAMatrix on `sample`; whitening = eigen_power -0.5 (DeepCluster)."""
+    """faiss.PCAMatrix on `sample`; whitening = eigen_power -0.5 (DeepCluster). n points span at
+    most n - 1 directions: with fewer points than `pca_dim` + 1, PCA keeps those (and warns)."""
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     d = sample.shape[1]
     if not 0 < pca_dim <= d:
         raise ValueError(f"pca_dim={pca_dim} must be in [1, feature dim {d}]")
+    if len(sample) <= pca_dim:
+        kept = max(1, len(sample) - 1)
+        warnings.warn(f"cluster.pca_dim={pca_dim}, but only {len(sample)} videos to fit the PCA: "
+                      f"keeping {kept} dimensions")
+        pca_dim = kept
     pca = faiss.PCAMatrix(d, pca_dim, -0.5 if whiten else 0.0)
     pca.epsilon = 1e-6  # dead (always-zero) feature dims have zero variance: don't divide by 0
     pca.train(sample)
