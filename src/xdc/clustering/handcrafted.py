@@ -9,10 +9,12 @@ dataset items themselves:
   colour), plus the mean absolute frame difference pooled to a 4×4 grid (where things move):
   192 + 16 values;
 - video, `hog` (`cluster.video_descriptor`): histograms of oriented gradients (Dalal & Triggs;
-  the HOG of iDT) of the grey frames, over the whole frame and a 2×2 grid, once weighted by the
-  gradient's magnitude (shape) and once also by how much the pixel changes to the next frame (the
-  shape of what moves): 2 × 5 × 9 values. Unlike `layout`, they do not depend on where an object
-  is nor on the background's colour, which layout clusters follow when objects are small.
+  the HOG of iDT) of the grey frames over the whole frame, at full and half resolution, once
+  weighted by the gradient's magnitude (shape) and once also by how much the pixel changes to
+  the next frame (the shape of what moves): 2 scales × 2 × 18 values. Unlike `layout`, they
+  depend neither on where an object is nor on the background's colour, which layout clusters
+  follow when objects are small (avdigits --hard: NMI of the first video clusters with the
+  digit 0.17 against 0.06).
 The N clips of a video are averaged, as for encoder features.
 """
 
