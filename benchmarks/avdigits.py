@@ -352,7 +352,8 @@ HARD = {
     "finetune": {"data": {"eval_clips": 2}},
 }
 METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc", "superv")
-PROBES = ("linear", "fc", "knn")
+PROBES = ("linear", "fc", "knn", "retrieval")
+METRIC = {"retrieval": "recall@1"}  # what the table reports per probe mode; the others: top1_video
 MODALITIES = ("video", "audio")
 
 
@@ -454,7 +455,7 @@ def aggregate(results: list[dict]) -> dict:
         row = {"seeds": len(runs)}
         for mode in PROBES:
             for modality in MODALITIES:
-                row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"]["top1_video"] for r in runs
+                row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"][METRIC.get(mode, "top1_video")] for r in runs
                                                       if f"{mode}_{modality}" in r])
         for modality in MODALITIES:
             for key in ("purity", "nmi", "empty_clusters"):
@@ -496,16 +497,17 @@ def markdown(table: dict, comparisons: dict, header: str) -> str:
         return f"{value[0]:.3f} ± {value[1]:.3f}" if seeds > 1 else f"{value[0]:.3f}"  # no spread
 
     lines = [header, "",
-             "| method | video linear | audio linear | video fc | audio fc | video kNN | audio kNN | "
-             "video purity | video NMI | audio purity | audio NMI | empty (v / a) | s per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | video linear | audio linear | video fc | audio fc | video kNN | audio kNN | video R@1 | "
+             "audio R@1 | video purity | video NMI | audio purity | audio NMI | empty (v / a) | s per seed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, row in table.items():
         n = row["seeds"]
         empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
                  if row.get("empty_clusters_video") else "–")  # mean over seeds
         lines.append(f"| {method} | {cell(row['linear_video'], n)} | {cell(row['linear_audio'], n)} | "
                      f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['knn_video'], n)} | "
-                     f"{cell(row['knn_audio'], n)} | {cell(row['purity_video'], n)} | "
+                     f"{cell(row['knn_audio'], n)} | {cell(row['retrieval_video'], n)} | "
+                     f"{cell(row['retrieval_audio'], n)} | {cell(row['purity_video'], n)} | "
                      f"{cell(row['nmi_video'], n)} | {cell(row['purity_audio'], n)} | {cell(row['nmi_audio'], n)} | "
                      f"{empty} | {row['seconds'][0]:.0f} |")
     lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
@@ -553,8 +555,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video-arch", choices=("r2plus1d_18", "r3d_18"), help="video encoder")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="pretraining config overrides, e.g. cluster.pca_dim=32 optim.total_epochs=12")
-    parser.add_argument("--probes", default="linear,fc,knn",
-                        help="probe modes among linear, fc, knn (kNN: no training, DINO's weighted votes)")
+    parser.add_argument("--probes", default="linear,fc,knn,retrieval",
+                        help="probe modes among linear, fc, knn, retrieval (kNN: no training, DINO's "
+                             "weighted votes; retrieval: recall@1 of test videos among training videos)")
     parser.add_argument("--data-dir", type=Path,
                         help="the rendered videos (default OUT/data); share one between runs of the same data")
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
@@ -589,15 +592,15 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # written into pretrain.yaml (and the finetune config's model section)
         settings = merge(settings, {"pretrain": OmegaConf.to_container(
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in extra.items()]))})
-    settings = merge(settings, {"probes": probes})
     seeds = args.seeds or settings["seeds"]
     name = "avdigits" + ("_hard" if args.hard else "") + ("_quick" if args.quick else "")
     out = args.out or REPO / "runs" / name
     out.mkdir(parents=True, exist_ok=True)
     stamp = out / "settings.json"  # finished pieces are reused: only for the same settings
-    if stamp.is_file() and json.loads(stamp.read_text()) != settings:
+    if stamp.is_file() and {k: v for k, v in json.loads(stamp.read_text()).items() if k != "probes"} != settings:
         raise SystemExit(f"{out} holds runs with other settings: choose another --out (or delete it)")
-    stamp.write_text(json.dumps(settings, indent=1))
+    stamp.write_text(json.dumps(settings, indent=1))  # probes only add pieces: not part of the stamp
+    settings = merge(settings, {"probes": probes})
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every `xdc` process
     started = time.perf_counter()
 
