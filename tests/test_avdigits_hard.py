@@ -77,3 +77,24 @@ def test_hard_audio_places_the_word_at_random_times_in_speaker_noise(avdigits):
     assert max(starts) - min(starts) > 0.1 * rate
     silent_part = outs[0][np.r_[0:200, -200:0]]
     assert silent_part.std() > 0.01  # noise everywhere, not only under the word
+
+
+def test_table_has_each_probe_and_the_margins_against_the_spread(avdigits):
+    """aggregate + markdown: mean ± std over seeds per probe (retrieval as recall@1), and the
+    XDC-vs-RAND verdict uses the larger std of the two."""
+    def run(method, seed, top1, recall):
+        return {"method": method, "seed": seed, "seconds": 1.0,
+                **{f"{mode}_{m}": {"top1_video": top1, "recall@1": recall}
+                   for mode in ("linear", "knn", "retrieval") for m in ("video", "audio")}}
+
+    results = [run("rand", 0, 0.20, 0.30), run("rand", 1, 0.22, 0.34),
+               run("xdc", 0, 0.40, 0.50), run("xdc", 1, 0.30, 0.54)]
+    table = avdigits.aggregate(results)
+    assert table["xdc"]["retrieval_video"][0] == pytest.approx(0.52)
+    assert table["xdc"]["linear_audio"][0] == pytest.approx(0.35)
+    verdict = avdigits.beats(table, "xdc", "rand", "linear_video")
+    assert verdict["margin"] == pytest.approx(0.14) and verdict["spread"] == pytest.approx(0.0707, abs=1e-4)
+    assert verdict["wins"]
+    text = avdigits.markdown(table, {"XDC vs RAND": {"video": verdict, "audio": None}}, "header")
+    assert "| video R@1 | audio R@1 |" in text and "0.520 ± 0.028" in text
+    assert "yes (+0.140, spread 0.071)" in text
