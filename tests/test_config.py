@@ -109,6 +109,10 @@ def test_names_are_checked_against_the_owners_lists():
         load_config(None, ["model.video_arch=r50"], schema=FinetuneConfig)
     with pytest.raises(ConfigError, match="methods=.*expected a list of scratch"):
         load_config(None, ["methods=[superv]"], schema=DemoConfig)
+    with pytest.raises(ConfigError, match="video_descriptor='sift' is out of range: expected layout | hog"):
+        load_config(None, ["cluster.video_descriptor=sift"])
+    with pytest.raises(ConfigError, match="audio_norm='global' is out of range: expected per_spectrogram | per_band"):
+        load_config(None, ["data.audio_norm=global"])
 
 
 def test_dotlist_is_what_load_config_takes():

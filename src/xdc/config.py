@@ -221,7 +221,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
     for key in ("fps", "win_ms", "hop_ms"):
         _check(getattr(cfg, key) > 0, f"{prefix}.{key}", getattr(cfg, key), "> 0")
-    from xdc.data.audio import MIN_WINDOW_SAMPLES, stft_sizes  # the log-mel's own; imported late (torch)
+    from xdc.data.audio import MIN_WINDOW_SAMPLES, NORMALIZATIONS, stft_sizes  # the log-mel's own; late (torch)
 
     # A window of a few samples, or fewer frequency bins than mel bands, gives a constant log-mel.
     samples = cfg.sample_rate * cfg.win_ms / 1000
@@ -240,8 +240,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
     _check(cfg.video_norm in ("dataset", "per_clip"), f"{prefix}.video_norm", cfg.video_norm,
            "dataset | per_clip")
-    _check(cfg.audio_norm in ("per_spectrogram", "per_band", "none"), f"{prefix}.audio_norm",
-           cfg.audio_norm, "per_spectrogram | per_band | none")
+    _check(cfg.audio_norm in NORMALIZATIONS, f"{prefix}.audio_norm", cfg.audio_norm, " | ".join(NORMALIZATIONS))
     for key in ("video_stream", "audio_stream", "max_retries"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
     _check(cfg.num_workers == "auto" or (isinstance(cfg.num_workers, int) and cfg.num_workers >= 0),
@@ -283,7 +282,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
     validate_optim(cfg.optim, f"{prefix}optim")
     _check(cfg.device in ("auto", "cpu", "cuda"), f"{prefix}device", cfg.device, "auto | cpu | cuda")
     if isinstance(cfg, PretrainConfig):
-        # Imported here: the methods import this module (ClusterConfig).
+        # Imported here: the methods import this module (ClusterConfig); the descriptors own their list.
+        from xdc.clustering.handcrafted import VIDEO_DESCRIPTORS
         from xdc.methods import METHODS
 
         _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
@@ -296,8 +296,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
         _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
                c.first_features, "random | handcrafted")
-        _check(c.video_descriptor in ("layout", "hog"), f"{prefix}cluster.video_descriptor",
-               c.video_descriptor, "layout | hog")
+        _check(c.video_descriptor in VIDEO_DESCRIPTORS, f"{prefix}cluster.video_descriptor",
+               c.video_descriptor, " | ".join(VIDEO_DESCRIPTORS))
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)
