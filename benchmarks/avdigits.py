@@ -17,7 +17,7 @@ the same class (scikit-learn's bundled `load_digits`, 8x8 scans) moving or zoomi
 real MP4 files (H.264 + AAC), then fed through the project's own commands:
 
     xdc scan -> xdc pretrain (Scratch, RAND, SDC, MDC, CDC, XDC, Superv) ->
-    xdc finetune (linear and fc) on a speaker-disjoint split -> xdc clusters
+    xdc finetune (linear, fc, knn, retrieval: --probes) on a speaker-disjoint split -> xdc clusters
 
 Split (speaker-disjoint): pretraining and probe training on george + jackson, validation (lr
 choice) on lucas, test on nicolas; handwritten images are split the same way, so no test image or
