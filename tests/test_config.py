@@ -111,6 +111,9 @@ def test_names_are_checked_against_the_owners_lists():
         load_config(None, ["methods=[superv]"], schema=DemoConfig)
     with pytest.raises(ConfigError, match="video_descriptor='sift' is out of range: expected layout | hog"):
         load_config(None, ["cluster.video_descriptor=sift"])
+    with pytest.raises(ConfigError, match=r"data.crop=4 is out of range: expected >= 6 with cluster.video_descriptor=hog"):
+        load_config(None, ["cluster.first_features=handcrafted", "cluster.video_descriptor=hog", "data.crop=4",
+                           "data.short_side=8"])
     with pytest.raises(ConfigError, match="audio_norm='global' is out of range: expected per_spectrogram | per_band"):
         load_config(None, ["data.audio_norm=global"])
 

@@ -459,3 +459,15 @@ def test_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, av_manifest):
     assert line.startswith("xdc pretrain: the disk holding") and "is full" in line and "is intact" in line
     assert ".tmp" not in done.stdout  # atomic_file removed its partial file
     assert "video_encoder" in load_checkpoint(tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("text", ["", "optim: [lr\n", "just a string\n"])
+def test_an_unreadable_recorded_config_is_one_clear_error(tmp_path, text):
+    from xdc.config import load_config
+    from xdc.training.resume import same_run
+
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    run.config.write_text(text)
+    with pytest.raises(RunFolderError, match=r"config.yaml is not a readable config: choose another --out"):
+        same_run(run, load_config("tiny_cpu"), rows=None)

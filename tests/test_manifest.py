@@ -192,6 +192,20 @@ def test_duplicate_paths_are_removed_with_a_warning(tmp_path, caplog):
     assert "2 duplicate row(s) removed" in caplog.text
 
 
+def test_duplicates_are_found_across_chunks_of_other_widths(tmp_path, monkeypatch, caplog):
+    """A manifest is parsed in chunks, each as wide as its longest path: a path seen again after
+    a longer one is still a duplicate."""
+    names = ["a1.mp4", "a_much_longer_name_than_the_first_one.mp4", "a1.mp4"]
+    for name in names[:2]:
+        (tmp_path / name).write_bytes(b"x")
+    manifest = _csv(tmp_path / "m.csv", [_line(name) for name in names])
+    monkeypatch.setattr(manifest_module, "CHUNK_BYTES", 100)
+    with caplog.at_level(logging.WARNING):
+        rows = read_manifest(manifest)
+    assert [r["path"] for r in rows] == [str(tmp_path / n) for n in names[:2]]
+    assert "1 duplicate row(s) removed" in caplog.text
+
+
 def test_check_files_modes(tmp_path, monkeypatch):
     (tmp_path / "here.mp4").write_bytes(b"x")
     lines = [_line("here.mp4")] + [_line(f"gone_{i}.mp4") for i in range(30)]

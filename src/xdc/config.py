@@ -21,6 +21,7 @@ from typing import Any, Union
 from omegaconf import OmegaConf
 
 from xdc.errors import XdcError
+from xdc.files import write_text_atomic
 
 PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
 # The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
@@ -283,7 +284,7 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
     _check(cfg.device in ("auto", "cpu", "cuda"), f"{prefix}device", cfg.device, "auto | cpu | cuda")
     if isinstance(cfg, PretrainConfig):
         # Imported here: the methods import this module (ClusterConfig); the descriptors own their list.
-        from xdc.clustering.handcrafted import VIDEO_DESCRIPTORS
+        from xdc.clustering.handcrafted import HOG_MIN_SIZE, VIDEO_DESCRIPTORS
         from xdc.methods import METHODS
 
         _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
@@ -298,6 +299,9 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
                c.first_features, "random | handcrafted")
         _check(c.video_descriptor in VIDEO_DESCRIPTORS, f"{prefix}cluster.video_descriptor",
                c.video_descriptor, " | ".join(VIDEO_DESCRIPTORS))
+        hog_start = c.first_features == "handcrafted" and c.video_descriptor == "hog"
+        _check(not hog_start or cfg.data.crop >= HOG_MIN_SIZE, f"{prefix}data.crop", cfg.data.crop,
+               f">= {HOG_MIN_SIZE} with cluster.video_descriptor=hog")
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)
@@ -433,5 +437,5 @@ def config_to_yaml(cfg) -> str:
 
 
 def save_config(cfg, path: str | Path) -> None:
-    Path(path).write_text(config_to_yaml(cfg))
+    write_text_atomic(path, config_to_yaml(cfg))  # a run killed while writing leaves no half file
 

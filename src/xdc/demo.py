@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, replace
@@ -146,27 +147,37 @@ def final_checkpoint(run_dir: Path, iterations: int) -> Path:
 
 
 # How each method's encoders are evaluated: a linear probe (the paper's frozen-feature protocol),
-# and the two training-free views beside it, weighted kNN and retrieval (recall@k).
-PROBE_MODES = ("linear", "knn", "retrieval")
+# and the two training-free views beside it, weighted kNN and retrieval (recall@k); results.json
+# keys each under its own name, the linear probe's under "probe" (what comparisons and plots read).
+PROBE_MODES = {"linear": "probe", "knn": "knn", "retrieval": "retrieval"}
 
 
 def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str, list[dict]],
-                 out: Path, mode: str = "linear") -> dict[str, dict]:
-    """Evaluate both encoders in one finetune mode; per modality, its results.json content.
-    `checkpoint` None = Scratch (random encoders, seeded)."""
-    from xdc.evaluation.finetune import finetune
+                 out: Path) -> dict[str, dict[str, dict]]:
+    """Evaluate both encoders in every PROBE_MODES mode; {results key: {modality: results.json}}.
+    `checkpoint` None = Scratch (random encoders, seeded). The modes read the same frozen
+    features: the first mode's `features.pt` is shared with the others, not extracted again."""
+    from xdc.evaluation.finetune import FEATURES_FILE, finetune
     from xdc.evaluation.weights import load_encoder
 
-    results = {}
+    results: dict[str, dict[str, dict]] = {key: {} for key in PROBE_MODES.values()}
     for modality in MODALITIES:
-        folder = out / (modality if mode == "linear" else f"{mode}_{modality}")
-        if (folder / "results.json").is_file():
-            results[modality] = json.loads((folder / "results.json").read_text())
-            continue
-        torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
-        loaded = load_encoder(modality, cfg.model, checkpoint, data=cfg.data)
-        results[modality] = finetune(replace(cfg, model=loaded.model, mode=mode), loaded.encoder, modality,
-                                     splits["train"], splits["val"], splits["test"], folder, loaded.source)
+        loaded = None
+        features = out / modality / FEATURES_FILE  # the linear probe's cache (extracted first)
+        for mode, key in PROBE_MODES.items():
+            folder = out / (modality if mode == "linear" else f"{mode}_{modality}")
+            if (folder / "results.json").is_file():
+                results[key][modality] = json.loads((folder / "results.json").read_text())
+                continue
+            if loaded is None:
+                torch.manual_seed(cfg.seed)  # Scratch: the same random encoder every run
+                loaded = load_encoder(modality, cfg.model, checkpoint, data=cfg.data)
+            if mode != "linear" and features.is_file() and not (folder / FEATURES_FILE).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(features, folder / FEATURES_FILE)
+            results[key][modality] = finetune(replace(cfg, model=loaded.model, mode=mode), loaded.encoder,
+                                              modality, splits["train"], splits["val"], splits["test"],
+                                              folder, loaded.source)
     return results
 
 
@@ -180,7 +191,7 @@ def cluster_metrics(run_dir: Path, labeled: Path, out: Path, nuisance: dict[str,
     metrics = cluster_report(run_dir, out, labeled, media=media, clips_per_cluster=2, max_clusters=6)
     for modality in MODALITIES:
         if modality in metrics:
-            clusters = np.load(RunFolder(run_dir).labels(metrics[modality]["iteration"], modality))
+            clusters = RunFolder(run_dir).read_labels(metrics[modality]["iteration"], modality)
             metrics[modality]["nmi_nuisance"] = float(nmi(clusters, nuisance[modality]))
     return metrics
 
@@ -344,9 +355,7 @@ def demo(out: Path, cfg: DemoConfig) -> dict:
             entry["iterations"] = iteration_nmis(run_dir, truth, nuisance)
             results["cluster_pages"][method] = f"clusters/{method}/index.html"
         probe_started = time.perf_counter()
-        # "probe" is the linear probe's (what comparisons and plots read); kNN and retrieval beside it
-        for mode, key in zip(PROBE_MODES, ("probe", "knn", "retrieval")):
-            entry[key] = probe_method(checkpoint, finetune_cfg, split, out / "probe" / method, mode)
+        entry.update(probe_method(checkpoint, finetune_cfg, split, out / "probe" / method))
         entry["probe_seconds"] = round(time.perf_counter() - probe_started, 1)
         results["methods"][method] = entry
     runs = [m for m in ("xdc", "sdc") if m in methods]
@@ -381,10 +390,12 @@ def write_plots(out: Path, results: dict, split: dict[str, list[dict]]) -> dict[
             plots.save(plots.line_plot({m: c for m, c in curves.items() if c}, "iteration", "NMI with the classes",
                                        f"{modality} clusters per iteration"), out / name)
             written[name] = f"NMI of the {modality} clusters with the classes, per iteration"
+    from xdc.evaluation.finetune import FEATURES_FILE
+
     panels = []
     for modality in MODALITIES:
         for method in methods:
-            cached = out / "probe" / method / modality / "features.pt"
+            cached = out / "probe" / method / modality / FEATURES_FILE
             if cached.is_file():
                 features = torch.load(cached, map_location="cpu", weights_only=True)
                 labels = [split["test"][int(i)]["label"] for i in features["test_index"]]
@@ -405,9 +416,8 @@ def iteration_nmis(run_dir: Path, truth: np.ndarray, nuisance: dict[str, np.ndar
     for iteration in run.iterations():
         record = {"iteration": iteration}
         for modality in MODALITIES:
-            path = run.labels(iteration, modality)
-            if path.is_file():
-                labels = np.load(path)
+            if run.labels(iteration, modality).is_file():
+                labels = run.read_labels(iteration, modality)
                 record[modality] = {"nmi_class": round(nmi(labels, truth), 3),
                                     "nmi_nuisance": round(nmi(labels, nuisance[modality]), 3)}
         out.append(record)

@@ -32,6 +32,7 @@ from .features import Features, run_extraction
 
 ORIENTATIONS = 18  # the hog video descriptor: unsigned orientation bins of 10 degrees
 HOG_SCALES = (1, 2)  # ... computed at full and half resolution (strokes of two widths)
+HOG_MIN_SIZE = 6  # frames at least this wide: the half-resolution frame has interior pixels
 
 
 def audio_descriptor(clips: torch.Tensor) -> torch.Tensor:
@@ -60,8 +61,9 @@ def video_hog_descriptor(clips: torch.Tensor) -> torch.Tensor:
     x = flat_clips(clips, "video").float()  # (B·N)×C×T×H×W, shape checked
     b, n = clips.shape[:2]
     t, h, w = x.shape[-3:]
-    if min(h, w) < 6:
-        raise ValueError(f"the hog video descriptor needs frames of at least 6×6 pixels, got {h}×{w}")
+    if min(h, w) < HOG_MIN_SIZE:
+        raise ValueError(f"the hog video descriptor needs frames of at least {HOG_MIN_SIZE} pixels a side, "
+                         f"got {h}×{w}")
     grey = x.mean(dim=1)  # (B·N)×T×H×W
     motion = (grey[:, 1:] - grey[:, :-1]).abs() if t > 1 else torch.zeros_like(grey)
     motion = torch.cat([motion, motion[:, -1:]], dim=1) if t > 1 else motion  # frame j: its change to j+1

@@ -25,7 +25,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -34,6 +33,7 @@ import numpy as np
 
 from xdc.data.shards import ShardMember
 from xdc.errors import XdcError
+from xdc.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -601,13 +601,15 @@ def _cells(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
 
 
 def _hashes(cells: np.ndarray) -> np.ndarray:
-    """A 64-bit hash of each bytes cell, from its 8-byte words (vectorised: no Python str per cell)."""
+    """A 64-bit hash of each bytes cell, from its 8-byte words (vectorised: no Python str per cell).
+    All-zero words (the padding of a wider array: cells hold no NUL) are skipped, so a cell hashes
+    the same in arrays of any width: chunks of one manifest are read at different widths."""
     words = max(1, -(-cells.dtype.itemsize // 8))
     padded = np.ascontiguousarray(cells.astype(f"S{8 * words}")).view(np.uint64).reshape(len(cells), words)
     hashes = padded[:, 0].copy()
     for k in range(1, words):  # wraps around modulo 2**64
-        hashes *= np.uint64(0x9E3779B97F4A7C15)
-        hashes ^= padded[:, k]
+        word = padded[:, k]
+        hashes = np.where(word != 0, (hashes * np.uint64(0x9E3779B97F4A7C15)) ^ word, hashes)
     return hashes
 
 
@@ -702,30 +704,22 @@ def _check_files(manifest: Manifest, source: Path, check_files: str, drop_missin
 
 
 def write_manifest(rows: Manifest | Iterable[dict[str, Any]], path: str | Path, relative: bool = True) -> Path:
-    """Write rows atomically (temp file + rename), column by column (no Python loop over rows).
+    """Write rows atomically (xdc.files.atomic_file), column by column (no Python loop over rows).
     Paths under the manifest's folder are written relative to it when `relative`, so the folder
     can be moved as a whole; symlinks are kept as given."""
     manifest = rows if isinstance(rows, Manifest) else Manifest.from_rows(rows)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     base = os.path.abspath(path.parent) + os.sep if relative else None
-    handle = tempfile.NamedTemporaryFile("w", newline="", encoding="utf-8", dir=path.parent,
-                                         prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(",".join(manifest.column_names) + "\n")
-            for start in range(0, len(manifest), CHUNK_ROWS):
-                part = manifest.take(slice(start, start + CHUNK_ROWS))
-                lines = None
-                for name in manifest.column_names:  # lines built column by column, in numpy
-                    cells = part.cells(name, base)
-                    lines = cells if lines is None else np.strings.add(np.strings.add(lines, ","), cells)
-                if lines is not None and len(lines):
-                    handle.write("\n".join(lines.tolist()) + "\n")
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as handle:
+        handle.write((",".join(manifest.column_names) + "\n").encode("utf-8"))
+        for start in range(0, len(manifest), CHUNK_ROWS):
+            part = manifest.take(slice(start, start + CHUNK_ROWS))
+            lines = None
+            for name in manifest.column_names:  # lines built column by column, in numpy
+                cells = part.cells(name, base)
+                lines = cells if lines is None else np.strings.add(np.strings.add(lines, ","), cells)
+            if lines is not None and len(lines):
+                handle.write(("\n".join(lines.tolist()) + "\n").encode("utf-8"))
     return path
 
 

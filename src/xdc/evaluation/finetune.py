@@ -379,11 +379,14 @@ def finetune_linear(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data
     return {**_swept(list(cfg.fc_lrs), val, best_lr, test), "skipped": cached["skipped"]}
 
 
+FEATURES_FILE = "features.pt"  # a run folder's frozen-encoder features (linear, knn, retrieval)
+
+
 def cached_features(encoder: nn.Module, subsets: dict[str, list[dict]], cfg: FinetuneConfig, modality: str,
                     device: torch.device, out_dir: Path) -> dict:
     """Frozen-encoder features of every subset (`<name>`: V×N×D, `<name>_index`: the dataset
     index of each of the V videos decoded, `skipped`), computed once and kept in `features.pt`."""
-    path = out_dir / "features.pt"
+    path = out_dir / FEATURES_FILE
     if path.is_file():
         state = load_checkpoint(path)
         state["skipped"] = json.loads(state["skipped"])

@@ -255,6 +255,15 @@ def cluster_section(modality: str, metrics: dict, ranked: list[dict], members: d
 
 # ------------------------------------------------------------------------------------- report
 
+def _row_labels(run: RunFolder, iteration: int, modality: str, num_rows: int) -> np.ndarray:
+    """An iteration's labels, one per row of rows.csv (ReportError otherwise)."""
+    labels = run.read_labels(iteration, modality)
+    if len(labels) != num_rows:
+        raise ReportError(f"{run.labels(iteration, modality)} has {len(labels)} labels but rows.csv has "
+                          f"{num_rows} rows")
+    return labels
+
+
 def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: str | Path | None = None,
                    iteration: int | None = None, clips_per_cluster: int = 3,
                    max_clusters: int | None = None, media: bool = True) -> dict:
@@ -282,12 +291,10 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         path = run.labels(iteration, modality)
         if not path.is_file():
             continue
-        clusters = run.read_labels(iteration, modality)
-        if len(clusters) != len(rows):
-            raise ReportError(f"{path} has {len(clusters)} labels but rows.csv has {len(rows)} rows")
+        clusters = _row_labels(run, iteration, modality, len(rows))
         k = num_clusters_of(run_dir, iteration, modality, clusters)
         before = run.labels(iteration - 1, modality)
-        previous = run.read_labels(iteration - 1, modality) if iteration and before.is_file() else None
+        previous = _row_labels(run, iteration - 1, modality, len(rows)) if iteration and before.is_file() else None
         metrics[modality], ranked = modality_report(clusters, names, k, previous)
         metrics[modality]["iteration"] = iteration
         (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")

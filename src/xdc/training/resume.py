@@ -30,8 +30,13 @@ def same_run(run: RunFolder, cfg: PretrainConfig, rows: Manifest) -> bool:
     again continues it. False for a new folder; RunFolderError when it holds another run."""
     if not run.config.is_file():
         return False
-    recorded = run.config.read_text()
-    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(yaml.safe_load(recorded))))
+    try:
+        recorded = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise RunFolderError(f"{run.config} is not a readable config: choose another --out, or delete the folder")
+    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(recorded)))
     if changed:
         raise RunFolderError(f"{run.root} holds another run (its config differs: {', '.join(changed[:5])}): "
                              f"choose another --out, or continue it as it was with --resume {run.root}")

@@ -49,11 +49,6 @@ class RunFolder:
                  if (m := _ITERATION_CHECKPOINT.match(p.name))]
         return sorted(found, reverse=True)
 
-    def final_checkpoint(self) -> Path | None:
-        """The newest iteration checkpoint, or None before the first iteration ends."""
-        found = self.iteration_checkpoints()
-        return found[0][1] if found else None
-
     def iteration_dir(self, iteration: int) -> Path:
         return self.root / "iterations" / f"{iteration:02d}"
 
