@@ -22,8 +22,13 @@ if _SRC.is_dir() and str(_SRC) not in sys.path:  # a source checkout that is not
 
 
 def _load(modality, weights, arch, width):
-    from xdc.evaluation.weights import WeightsError, load_strict, read_metadata, read_state_dict
     from xdc.models import audio_encoder, video_encoder
+    from xdc.models.weights import (
+        WeightsError,
+        load_strict,
+        read_metadata,
+        read_state_dict,
+    )
 
     meta = read_metadata(weights) if weights is not None else {}
     if meta.get("modality", modality) != modality:

@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.data.manifest import STRINGS, Manifest, read_manifest, release_free_memory, usable_rows, write_manifest
+from xdc.data.manifest import (
+    STRINGS,
+    Manifest,
+    read_manifest,
+    release_free_memory,
+    usable_rows,
+    write_manifest,
+)
 
 SCALES = {"kinetics_240k": 240_000, "audioset_2m": 2_000_000, "ig_kinetics_65m": 65_000_000}
 
@@ -132,9 +139,9 @@ def _cluster_rank(rank: int, world: int, init: str, sizes: list[int], dim: int, 
     import torch
     import torch.distributed as torch_dist
 
+    from xdc import distributed as dist
     from xdc.clustering import cluster_features
     from xdc.config import ClusterConfig
-    from xdc.training import distributed as dist
 
     torch.set_num_threads(1)
     torch_dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)

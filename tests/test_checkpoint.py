@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from xdc.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from xdc.training.schedule import EarlyStopping
 
 

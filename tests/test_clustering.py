@@ -11,6 +11,7 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
 from xdc.clustering import (
+    ari,
     cluster_features,
     cluster_sizes_summary,
     extract_features,
@@ -18,7 +19,6 @@ from xdc.clustering import (
     handcrafted_features,
     hungarian_accuracy,
     nmi,
-    ari,
     per_cluster_purity,
     purity,
     random_labels,
@@ -393,7 +393,7 @@ def _rank_main(rank, world, port, out_dir, features):
         np.save(out_dir / f"sizes{rank}.npy", result.sizes)
         np.save(out_dir / f"reassigned{rank}.npy", reassigned)
         # Arrays as tensors: rank r sends r + 1 rows (padded to the longest, cut back).
-        from xdc.training.distributed import all_gather_arrays, broadcast_array
+        from xdc.distributed import all_gather_arrays, broadcast_array
 
         gathered = all_gather_arrays(np.full((rank + 1, 3), rank, np.int64))
         np.save(out_dir / f"gathered{rank}.npy", np.concatenate(gathered))

@@ -51,7 +51,7 @@ def test_two_ranks_hold_the_same_pseudo_labels(av_manifest, tmp_path):
 
 
 def test_multi_node_restarts_on_the_shared_store_are_warned(monkeypatch, capsys):
-    from xdc.training.distributed import warn_shared_store
+    from xdc.distributed import warn_shared_store
 
     # What torchrun's agent puts in a worker's environment (2 nodes, --max-restarts 1).
     monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")

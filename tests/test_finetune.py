@@ -17,8 +17,9 @@ from xdc.data.scan import scan_paths
 from xdc.evaluation.finetune import FinetuneError, finetune, hold_out
 from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
 from xdc.evaluation.linear import accuracy
-from xdc.evaluation.weights import WeightsError, load_encoder
+from xdc.evaluation.weights import load_encoder
 from xdc.models import audio_encoder, encode, video_encoder
+from xdc.models.weights import WeightsError
 from xdc.reports.html import write_wav
 
 TINY = "tiny"
@@ -190,9 +191,9 @@ def test_hold_out_is_stratified_and_seeded():
 
 
 def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp_path):
+    from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml
     from xdc.models import audio_encoder
-    from xdc.training.checkpoint import save_checkpoint
 
     pre = PretrainConfig()
     pre.model.video_arch, pre.model.width = "r3d_18", 4
@@ -208,7 +209,7 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
     results = _results(out)
     assert (results["arch"], results["width"], results["checkpoint"]) == ("r3d_18", 4, str(ckpt))
     # The same checkpoint into an encoder of another width fails loudly, naming the width.
-    from xdc.evaluation.weights import WeightsError, load_strict, read_state_dict
+    from xdc.models.weights import WeightsError, load_strict, read_state_dict
     with pytest.raises(WeightsError, match="holds a width-4 encoder"):
         load_strict(video_encoder("r3d_18", 8), read_state_dict(ckpt))
 
@@ -216,7 +217,7 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
 def test_superv_baseline_reads_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
     import torchvision
 
-    from xdc.evaluation.weights import superv_weights_path
+    from xdc.models.weights import superv_weights_path
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     torch.manual_seed(7)
@@ -235,8 +236,8 @@ def test_superv_baseline_reads_torchvision_weights_from_the_hub_cache(tmp_path, 
 
 
 def test_load_encoder_reads_a_checkpoint_and_leaves_the_config_alone(tmp_path, capsys):
+    from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml
-    from xdc.training.checkpoint import save_checkpoint
 
     pre = PretrainConfig()
     pre.model.video_arch, pre.model.width, pre.data.n_mels = "r3d_18", 4, 32
@@ -333,8 +334,8 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
 def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(manifests, tmp_path, monkeypatch):
     """No --config on a machine without a GPU: the CPU-scale linear probe, not UCF101's schedule;
     train = test and a held-out val of one video per class are said, and kept in results.json."""
+    from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml, resolve_config
-    from xdc.training.checkpoint import save_checkpoint
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     pre = PretrainConfig()

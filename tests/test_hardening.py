@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import torch
 
+from xdc.checkpoint import load_checkpoint
 from xdc.cli import main
 from xdc.config import resolve_config
 from xdc.data.manifest import read_manifest, write_manifest
 from xdc.data.scan import probe_file
-from xdc.training.checkpoint import load_checkpoint
 from xdc.training.run_folder import RunFolder, RunFolderError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -382,7 +382,11 @@ def test_a_bad_override_is_blamed_on_the_override(capsys, av_manifest, tmp_path)
 
 
 def test_pca_limit_follows_the_features_clustered():
-    from xdc.clustering.handcrafted import audio_descriptor, descriptor_sizes, video_descriptor
+    from xdc.clustering.handcrafted import (
+        audio_descriptor,
+        descriptor_sizes,
+        video_descriptor,
+    )
     from xdc.config import ConfigError, load_config, smallest_feature_size
 
     assert video_descriptor(torch.rand(2, 1, 3, 4, 16, 16)).shape[1] == descriptor_sizes(40)["video"]

@@ -138,8 +138,8 @@ def test_clusters_command_line(run_dir, tmp_path, capsys):
 def test_filters_png_for_torchvision_and_our_checkpoints(tmp_path, arch):
     from PIL import Image
 
+    from xdc.checkpoint import save_checkpoint
     from xdc.models import video_encoder
-    from xdc.training.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     tv_file = tmp_path / "tv.pth"
@@ -160,8 +160,8 @@ def test_filters_png_for_torchvision_and_our_checkpoints(tmp_path, arch):
 
 
 def test_filters_rejects_an_audio_checkpoint(tmp_path):
-    from xdc.evaluation.weights import WeightsError
     from xdc.models import audio_encoder
+    from xdc.models.weights import WeightsError
 
     torch.save(audio_encoder(width=8).state_dict(), tmp_path / "audio.pth")
     with pytest.raises(WeightsError, match="no video stem"):

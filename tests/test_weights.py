@@ -7,10 +7,16 @@ import torch
 import torchvision
 from torch import nn
 
-from xdc.evaluation.weights import (WeightsError, export_encoder, load_strict, read_state_dict,
-                                    superv_state_dict, superv_weights_path)
+from xdc.checkpoint import save_checkpoint
+from xdc.evaluation.weights import export_encoder
 from xdc.models import audio_encoder, video_encoder
-from xdc.training.checkpoint import save_checkpoint
+from xdc.models.weights import (
+    WeightsError,
+    load_strict,
+    read_state_dict,
+    superv_state_dict,
+    superv_weights_path,
+)
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,18 @@ from typing import Any, Union
 
 from omegaconf import OmegaConf
 
+# The allowed values of each setting come from the module that implements it: the config sits
+# above data, models, clustering and methods (docs/DESIGN.md, "How the code is laid out").
+from xdc.clustering.handcrafted import HOG_MIN_SIZE, VIDEO_DESCRIPTORS, descriptor_sizes
+from xdc.data.audio import MIN_WINDOW_SAMPLES, NORMALIZATIONS, stft_sizes
+from xdc.data.decode import SHORT_VIDEO
+from xdc.data.manifest import CHECK_FILES
+from xdc.data.transforms import VIDEO_NORMS
+from xdc.distributed import DEVICES
 from xdc.errors import XdcError
 from xdc.files import write_text_atomic
+from xdc.methods import HEAD_REDUCTIONS, METHODS
+from xdc.models.video import VIDEO_ARCHS
 
 PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
 # The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
@@ -94,6 +104,11 @@ class ClusterConfig:
     uniform_sampling: bool | None = None  # sample clips uniformly over clusters; None = method decides
 
 
+# Settings whose code sits above the config own their lists here, and that code imports them.
+LR_SCALINGS = ("none", "linear")  # optim.lr_scaling: xdc.training.schedule.effective_lr
+FIRST_FEATURES = ("random", "handcrafted")  # cluster.first_features: what iteration 0 clusters
+
+
 @dataclass
 class OptimConfig:
     """Seed Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
@@ -146,7 +161,7 @@ class PretrainConfig:
     init_from: str | None = None
 
 
-FINETUNE_MODES = ("full", "fc", "linear", "knn", "retrieval")
+FINETUNE_MODES = ("full", "fc", "linear", "knn", "retrieval")  # xdc.evaluation: one module each
 
 
 @dataclass
@@ -222,8 +237,6 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
     for key in ("fps", "win_ms", "hop_ms"):
         _check(getattr(cfg, key) > 0, f"{prefix}.{key}", getattr(cfg, key), "> 0")
-    from xdc.data.audio import MIN_WINDOW_SAMPLES, NORMALIZATIONS, stft_sizes  # the log-mel's own; late (torch)
-
     # A window of a few samples, or fewer frequency bins than mel bands, gives a constant log-mel.
     samples = cfg.sample_rate * cfg.win_ms / 1000
     if samples < MIN_WINDOW_SAMPLES:
@@ -238,21 +251,17 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     _check(cfg.audio_seconds is None or cfg.audio_seconds > 0, f"{prefix}.audio_seconds",
            cfg.audio_seconds, "> 0 or null")
     _check(cfg.hop_ms <= cfg.win_ms, f"{prefix}.hop_ms", cfg.hop_ms, f"<= win_ms ({cfg.win_ms})")
-    _check(cfg.short_video in ("loop", "pad"), f"{prefix}.short_video", cfg.short_video, "loop | pad")
-    _check(cfg.video_norm in ("dataset", "per_clip"), f"{prefix}.video_norm", cfg.video_norm,
-           "dataset | per_clip")
+    _check(cfg.short_video in SHORT_VIDEO, f"{prefix}.short_video", cfg.short_video, " | ".join(SHORT_VIDEO))
+    _check(cfg.video_norm in VIDEO_NORMS, f"{prefix}.video_norm", cfg.video_norm, " | ".join(VIDEO_NORMS))
     _check(cfg.audio_norm in NORMALIZATIONS, f"{prefix}.audio_norm", cfg.audio_norm, " | ".join(NORMALIZATIONS))
     for key in ("video_stream", "audio_stream", "max_retries"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
     _check(cfg.num_workers == "auto" or (isinstance(cfg.num_workers, int) and cfg.num_workers >= 0),
            f"{prefix}.num_workers", cfg.num_workers, "auto or >= 0")
-    _check(cfg.check_files in ("auto", "all", "sample", "none"), f"{prefix}.check_files", cfg.check_files,
-           "auto | all | sample | none")
+    _check(cfg.check_files in CHECK_FILES, f"{prefix}.check_files", cfg.check_files, " | ".join(CHECK_FILES))
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
-    from xdc.models.video import VIDEO_ARCHS  # the models own the list; imported late (torch)
-
     _check(cfg.video_arch in VIDEO_ARCHS, f"{prefix}.video_arch", cfg.video_arch, " | ".join(VIDEO_ARCHS))
     _check(cfg.width >= 1, f"{prefix}.width", cfg.width, ">= 1")
 
@@ -268,9 +277,9 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
            f"in [0, total_epochs={cfg.total_epochs}]")
     _check(cfg.step_epochs >= 1, f"{prefix}.step_epochs", cfg.step_epochs, ">= 1")
     _check(0 < cfg.val_fraction < 1, f"{prefix}.val_fraction", cfg.val_fraction, "in (0, 1)")
-    _check(cfg.head_reduction in ("sum", "mean"), f"{prefix}.head_reduction", cfg.head_reduction,
-           "sum | mean")
-    _check(cfg.lr_scaling in ("none", "linear"), f"{prefix}.lr_scaling", cfg.lr_scaling, "none | linear")
+    _check(cfg.head_reduction in HEAD_REDUCTIONS, f"{prefix}.head_reduction", cfg.head_reduction,
+           " | ".join(HEAD_REDUCTIONS))
+    _check(cfg.lr_scaling in LR_SCALINGS, f"{prefix}.lr_scaling", cfg.lr_scaling, " | ".join(LR_SCALINGS))
     _check(cfg.reference_batch >= 1, f"{prefix}.reference_batch", cfg.reference_batch, ">= 1")
 
 
@@ -281,12 +290,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
     validate_data(cfg.data, f"{prefix}data")
     validate_model(cfg.model, f"{prefix}model")
     validate_optim(cfg.optim, f"{prefix}optim")
-    _check(cfg.device in ("auto", "cpu", "cuda"), f"{prefix}device", cfg.device, "auto | cpu | cuda")
+    _check(cfg.device in DEVICES, f"{prefix}device", cfg.device, " | ".join(DEVICES))
     if isinstance(cfg, PretrainConfig):
-        # Imported here: the methods import this module (ClusterConfig); the descriptors own their list.
-        from xdc.clustering.handcrafted import HOG_MIN_SIZE, VIDEO_DESCRIPTORS
-        from xdc.methods import METHODS
-
         _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
         _check(cfg.iterations >= 1, f"{prefix}iterations", cfg.iterations, ">= 1")
         _check(cfg.dist.timeout_minutes > 0, f"{prefix}dist.timeout_minutes", cfg.dist.timeout_minutes, "> 0")
@@ -295,8 +300,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
             _check(getattr(c, key) >= 2, f"{prefix}cluster.{key}", getattr(c, key), ">= 2")
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
-        _check(c.first_features in ("random", "handcrafted"), f"{prefix}cluster.first_features",
-               c.first_features, "random | handcrafted")
+        _check(c.first_features in FIRST_FEATURES, f"{prefix}cluster.first_features",
+               c.first_features, " | ".join(FIRST_FEATURES))
         _check(c.video_descriptor in VIDEO_DESCRIPTORS, f"{prefix}cluster.video_descriptor",
                c.video_descriptor, " | ".join(VIDEO_DESCRIPTORS))
         hog_start = c.first_features == "handcrafted" and c.video_descriptor == "hog"
@@ -322,9 +327,6 @@ def smallest_feature_size(cfg: PretrainConfig) -> int:
     """The smallest feature vector any clustering of `cfg.method` gets, over all iterations: an
     encoder gives 8·width values (docs/DESIGN.md, Encoders), CDC clusters [f_v; f_a], and
     iteration 0 may cluster hand-crafted features instead."""
-    from xdc.clustering.handcrafted import descriptor_sizes
-    from xdc.methods import METHODS
-
     stages = [{"video": 8 * cfg.model.width, "audio": 8 * cfg.model.width}]
     if cfg.cluster.first_features == "handcrafted":
         stages.append(descriptor_sizes(cfg.data.n_mels, cfg.cluster.video_descriptor))

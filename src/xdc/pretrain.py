@@ -32,23 +32,53 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
+from xdc import distributed as dist_utils
+from xdc.checkpoint import rank_rng_states, restore_rank_rng, save_checkpoint
 from xdc.clustering.features import no_features_error
-from xdc.config import ConfigError, PretrainConfig, config_to_yaml, default_pretrain_config, load_config, save_config
+from xdc.config import (
+    ConfigError,
+    PretrainConfig,
+    config_to_yaml,
+    default_pretrain_config,
+    load_config,
+    save_config,
+)
 from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
-from xdc.data.manifest import (ManifestError, describe_dropped, read_manifest, release_free_memory, usable_rows,
-                              write_manifest)
+from xdc.data.manifest import (
+    ManifestError,
+    describe_dropped,
+    read_manifest,
+    release_free_memory,
+    usable_rows,
+    write_manifest,
+)
 from xdc.methods import METHODS, MODALITIES, HeadSpec, Method, get_method
-from xdc.training import distributed as dist_utils
-from xdc.training.checkpoint import rank_rng_states, restore_rank_rng, save_checkpoint
-from xdc.training.loop import (PretrainModel, average_buffers, build_pretrain_model, train_one_epoch,
-                              validation_loss, weights_digest)
-from xdc.training.report import (log_clusters, log_epoch, logged_run, print_closing_summary, print_pretrain_plan,
-                                 rank_digests, tensorboard_writer)
-from xdc.training.resume import load_encoders, resume_state, take_run_folder
+from xdc.training.loop import (
+    PretrainModel,
+    average_buffers,
+    build_pretrain_model,
+    load_encoders,
+    train_one_epoch,
+    validation_loss,
+    weights_digest,
+)
+from xdc.training.monitor import (
+    log_clusters,
+    log_epoch,
+    logged_run,
+    print_closing_summary,
+    print_pretrain_plan,
+    rank_digests,
+    tensorboard_writer,
+)
+from xdc.training.resume import resume_state, take_run_folder
 from xdc.training.run_folder import RunFolder, RunFolderError
-from xdc.training.schedule import EarlyStopping, effective_lr, make_scheduler, steps_per_epoch
-
-
+from xdc.training.schedule import (
+    EarlyStopping,
+    effective_lr,
+    make_scheduler,
+    steps_per_epoch,
+)
 
 # ----------------------------------------------------------------------------------- the command
 

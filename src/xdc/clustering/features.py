@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from xdc.progress import progress
 
+from xdc import distributed as dist
 from xdc.errors import XdcError
 from xdc.files import atomic_file, write_text_atomic
 from xdc.models import autocast, encode, flat_clips, to_device
-from xdc.training import distributed as dist
+from xdc.progress import progress
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 

@@ -30,7 +30,7 @@ import faiss
 import numpy as np
 import torch
 
-from xdc.training import distributed as dist
+from xdc import distributed as dist
 
 PCA_FIT_POINTS = 100_000  # PCA is fitted on at most this many points
 SEED_POINTS_PER_CENTROID = 16  # k-means++ seeding looks at this many points per centroid

@@ -11,11 +11,14 @@ Frames are centred (`center=True`, zero padding): frame j describes the audio ar
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from xdc.config import DataConfig
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import DataConfig
+
 
 LOG_EPS = 1e-6  # floor added before the log: digital silence gives log(1e-6), not -inf
 MIN_WINDOW_SAMPLES = 16  # config validation: a shorter STFT window gives a near-constant log-mel

@@ -27,13 +27,16 @@ import math
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from xdc.progress import progress as progress_bar
 
-from xdc.config import DataConfig
 from xdc.data.decode import Clip, DecodeError, decode_clip, media_duration
 from xdc.files import atomic_file, write_text_atomic
+from xdc.progress import progress as progress_bar
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import DataConfig
 
 INDEX = "index.json"
 SETTINGS = ("fps", "short_side", "sample_rate", "video_stream", "audio_stream")

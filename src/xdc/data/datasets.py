@@ -19,19 +19,26 @@ import math
 import os
 import random
 from collections import Counter
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from xdc.config import DataConfig
+from xdc import distributed
 from xdc.data.audio import LogMel, window_samples
 from xdc.data.cache import cached_clips
-from xdc.data.decode import DecodeError, decode_audio_windows, decode_clips, media_duration
+from xdc.data.decode import (
+    DecodeError,
+    decode_audio_windows,
+    decode_clips,
+    media_duration,
+)
 from xdc.data.manifest import Manifest, describe_dropped, read_manifest, usable_rows
 from xdc.data.transforms import eval_video_transform, train_video_transform
-from xdc.training import distributed
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,18 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 
-from xdc.config import DataConfig
 from xdc.data.audio import window_samples
 from xdc.data.shards import ShardMember, open_member
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import DataConfig
+
+SHORT_VIDEO = ("loop", "pad")  # data.short_video: a video shorter than the clip (module docstring)
 
 SEEK_GAP_SECONDS = 3.0  # windows further apart than this are reached by a seek, not by decoding
 SKIP_MARGIN_SECONDS = 0.25  # non-reference frames further than this before a target are not decoded

@@ -6,10 +6,14 @@ worker (a numpy generator copied into forked workers would give every worker the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
-from xdc.config import DataConfig
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import DataConfig
+
 
 
 def as_tensor(video) -> torch.Tensor:
@@ -54,6 +58,9 @@ def to_float_cthw(video: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1, 1)
     return out.sub_(mean).div_(std).contiguous()
+
+
+VIDEO_NORMS = ("dataset", "per_clip")  # data.video_norm: what `normalise` does
 
 
 def normalise(video: torch.Tensor, cfg: DataConfig) -> torch.Tensor:

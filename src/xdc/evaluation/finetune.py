@@ -43,19 +43,47 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from xdc.config import FINETUNE_MODES, FinetuneConfig, config_to_yaml, default_finetune_config, load_config
-from xdc.data.datasets import AudioClips, AudioVideoClips, EpochSampler, clip_loader, resolve_num_workers
-from xdc.data.manifest import class_indices, describe_dropped, read_manifest, usable_rows
+from xdc.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from xdc.config import (
+    FINETUNE_MODES,
+    FinetuneConfig,
+    config_to_yaml,
+    default_finetune_config,
+    load_config,
+)
+from xdc.data.datasets import (
+    AudioClips,
+    AudioVideoClips,
+    EpochSampler,
+    clip_loader,
+    resolve_num_workers,
+)
+from xdc.data.manifest import (
+    class_indices,
+    describe_dropped,
+    read_manifest,
+    usable_rows,
+)
+from xdc.distributed import init_distributed
 from xdc.errors import XdcError
-from xdc.evaluation.knn import RECALL_AT, knn_accuracy, knn_votes, recall, video_features
+from xdc.evaluation.knn import (
+    RECALL_AT,
+    knn_accuracy,
+    knn_votes,
+    recall,
+    video_features,
+)
 from xdc.evaluation.linear import accuracy, clip_features, train_linear
 from xdc.evaluation.splits import split_manifests, stratified_split
 from xdc.evaluation.weights import load_encoder
 from xdc.models import MODALITIES, ClassificationHead, autocast, encode
 from xdc.progress import progress
-from xdc.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from xdc.training.distributed import init_distributed
-from xdc.training.report import TRAIN_COST, print_plan, seconds_per_clip, seconds_to_decode
+from xdc.training.monitor import (
+    TRAIN_COST,
+    print_plan,
+    seconds_per_clip,
+    seconds_to_decode,
+)
 from xdc.training.schedule import make_scheduler, sgd_step, steps_per_epoch
 
 SELECTION_METRIC = "top1_video"

@@ -14,16 +14,18 @@ The training loop builds the heads, trains them on the sum or mean of their cros
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xdc.config import ClusterConfig
 from xdc.models.device import MODALITIES
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import ClusterConfig
 
 
 @dataclass(frozen=True)

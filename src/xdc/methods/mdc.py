@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from xdc.config import ClusterConfig
+from typing import TYPE_CHECKING
+
 from xdc.methods.base import HeadSpec, Method
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import ClusterConfig
 
 
 class MDC(Method):

@@ -6,11 +6,15 @@ one), so it measures what training alone gives (augmentation invariances) withou
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from xdc.clustering import random_labels
-from xdc.config import ClusterConfig
 from xdc.methods.base import HeadSpec, Method
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import ClusterConfig
 
 
 class RAND(Method):

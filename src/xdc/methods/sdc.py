@@ -6,8 +6,12 @@ collapse; DeepCluster's two safeguards are on by default.
 
 from __future__ import annotations
 
-from xdc.config import ClusterConfig
+from typing import TYPE_CHECKING
+
 from xdc.methods.base import HeadSpec, Method
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import ClusterConfig
 
 
 class SDC(Method):

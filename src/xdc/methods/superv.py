@@ -6,12 +6,14 @@ then multi-label (a sigmoid per class, binary cross-entropy) instead of single-l
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from xdc.config import ClusterConfig
 from xdc.methods.base import MODALITIES, HeadSpec, Method
+
+if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
+    from xdc.config import ClusterConfig
 
 LABEL_SEPARATOR = "|"
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from xdc.errors import XdcError
-from xdc.evaluation.weights import WeightsError, read_state_dict
+from xdc.models.weights import WeightsError, read_state_dict
 
 
 def stem_filters(state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

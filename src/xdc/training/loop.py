@@ -12,18 +12,25 @@ import hashlib
 import random
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from xdc import distributed as dist_utils
+from xdc.checkpoint import CheckpointError, load_checkpoint, load_error_reason
 from xdc.data.datasets import SkipCounter
 from xdc.methods import HeadSpec, head_losses, reduce_heads
-from xdc.models import ClassificationHead, audio_encoder, autocast, flat_clips, to_device, video_encoder
+from xdc.models import (
+    ClassificationHead,
+    audio_encoder,
+    autocast,
+    flat_clips,
+    to_device,
+    video_encoder,
+)
 from xdc.progress import progress
-from xdc.training import distributed as dist_utils
-from xdc.training.checkpoint import load_checkpoint
-from xdc.training.resume import load_encoders
 from xdc.training.schedule import sgd_step
 
 
@@ -186,6 +193,16 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
     if result["clips"] == 0:
         raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
     return result
+
+
+def load_encoders(model, state: dict, path: str | Path) -> None:
+    """Both encoders from a pretraining checkpoint; CheckpointError when `path` holds others."""
+    try:
+        model.video_encoder.load_state_dict(state["video_encoder"])
+        model.audio_encoder.load_state_dict(state["audio_encoder"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
+                              f"{load_error_reason(err)}") from err
 
 
 def build_pretrain_model(cfg, device: torch.device) -> PretrainModel:

@@ -13,11 +13,11 @@ from typing import Iterator
 import torch
 import yaml
 
+from xdc import distributed as dist_utils
+from xdc.checkpoint import CheckpointError, DiskFullError, is_disk_full, load_checkpoint
 from xdc.config import PretrainConfig, config_to_yaml, dotlist
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import XdcError
-from xdc.training import distributed as dist_utils
-from xdc.training.checkpoint import CheckpointError, DiskFullError, is_disk_full, load_checkpoint, load_error_reason
 from xdc.training.run_folder import RunFolder, RunFolderError
 
 # What a checkpoint must hold to resume from it; mid-iteration (with `labels`), more.
@@ -75,16 +75,6 @@ def take_run_folder(run: RunFolder, cfg: PretrainConfig, rows: Manifest, resume:
                 else "no checkpoint was written yet: free some space and start again"
             raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
                                 f"{kept}") from err
-
-
-def load_encoders(model, state: dict, path: str | Path) -> None:
-    """Both encoders from a pretraining checkpoint; CheckpointError when `path` holds others."""
-    try:
-        model.video_encoder.load_state_dict(state["video_encoder"])
-        model.audio_encoder.load_state_dict(state["audio_encoder"])
-    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
-        raise CheckpointError(f"{path} does not hold encoders of this config (model.video_arch, model.width): "
-                              f"{load_error_reason(err)}") from err
 
 
 def load_resume_checkpoint(path: Path) -> dict:

@@ -102,7 +102,7 @@ class RunFolder:
 
     def write_summary(self, method: str, iterations: list[dict]) -> None:
         """summary.json (rank 0 only: the other ranks' records lack the cluster statistics)."""
-        from xdc.training import distributed as dist_utils
+        from xdc import distributed as dist_utils
 
         if dist_utils.is_main():
             write_text_atomic(self.summary, json.dumps({"method": method, "iterations": iterations}, indent=2))

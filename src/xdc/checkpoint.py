@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from xdc import distributed as dist_utils
 from xdc.errors import XdcError
 from xdc.files import atomic_file
-from xdc.training import distributed as dist_utils
 
 
 class CheckpointError(XdcError, FileNotFoundError):

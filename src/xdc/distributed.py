@@ -21,6 +21,9 @@ class DeviceError(XdcError):
     """The device asked for is not on this machine."""
 
 
+DEVICES = ("auto", "cpu", "cuda")  # the `device` setting: auto = CUDA when present
+
+
 def init_distributed(device: str = "auto", timeout_minutes: float | None = None) -> torch.device:
     """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); pick the device.
 

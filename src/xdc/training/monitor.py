@@ -19,8 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from xdc import distributed as dist_utils
 from xdc.methods import MODALITIES, HeadSpec
-from xdc.training import distributed as dist_utils
 from xdc.training.loop import weights_digest
 from xdc.training.run_folder import RunFolder
 
@@ -66,7 +66,7 @@ def seconds_per_clip(encoder: torch.nn.Module, modality: str, data, device: torc
 def seconds_to_decode(dataset, index: int = 0) -> float:
     """Measured seconds to read one item of `dataset` (decoding, resizing, log-mel); the random
     streams are put back as they were, so the run computes what it would have."""
-    from xdc.training.checkpoint import rng_state, set_rng_state
+    from xdc.checkpoint import rng_state, set_rng_state
 
     state = rng_state()
     try:
