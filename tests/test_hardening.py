@@ -422,7 +422,7 @@ def test_videos_undecodable_after_scan(tmp_path, capsys, clip_factory):
 
 def test_prepare_refuses_to_write_outside_out(tmp_path, clip_factory):
     """A manifest path with `..` is normalised: the copy lands under --out, never beside it."""
-    from xdc.data.manifest import ManifestError
+    from xdc.data.manifest_csv import ManifestError
     from xdc.data.prepare import output_path, prepare_manifest
 
     clip_factory("data/a/x.mp4", seconds=1.0)

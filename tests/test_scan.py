@@ -10,7 +10,8 @@ import pytest
 
 from xdc.cli import main as xdc_main
 from xdc.data.encode import write_video
-from xdc.data.manifest import COLUMNS, read_manifest
+from xdc.data.manifest import read_manifest
+from xdc.data.manifest_csv import COLUMNS
 from xdc.data.scan import ScanError, collect_files, probe_file, scan_paths, scan_with_counts
 
 # From ../shared/data/videos/SOURCES.md (measured there by a full decode).

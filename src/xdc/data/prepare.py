@@ -31,7 +31,8 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from xdc.data.manifest import ManifestError, read_manifest, write_manifest
+from xdc.data.manifest import read_manifest, write_manifest
+from xdc.data.manifest_csv import ManifestError
 from xdc.data.scan import clockwise_rotation, probe_file
 from xdc.data.shards import SHARD_PATTERN, ShardWriter, parse_size
 from xdc.errors import XdcError
