@@ -228,11 +228,13 @@ class Pretraining:
         train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
         if len(val_idx) > cfg.optim.val_max_videos:  # a seeded subset: the loss needs no more at scale
             val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.optim.val_max_videos, replace=False))
-        return cls(cfg, run, device, rows, get_method(cfg.method, list(rows.text("label")) if truth is not None else None),
-                   build_pretrain_model(cfg, device), train_set,
-                   AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1), train_idx, val_idx,
-                   effective_lr(cfg.optim, dist_utils.world_size()), steps_per_epoch(cfg.optim, dist_utils.world_size()),
-                   tensorboard_writer(run.tensorboard, cfg))
+        return cls(cfg=cfg, run=run, device=device, rows=rows,
+                   method=get_method(cfg.method, list(rows.text("label")) if truth is not None else None),
+                   model=build_pretrain_model(cfg, device), train_set=train_set,
+                   val_set=AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1),
+                   train_idx=train_idx, val_idx=val_idx, lr=effective_lr(cfg.optim, dist_utils.world_size()),
+                   steps=steps_per_epoch(cfg.optim, dist_utils.world_size()),
+                   writer=tensorboard_writer(run.tensorboard, cfg))
 
 
 def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
@@ -261,8 +263,9 @@ def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
               "digests": rank_digests(labels, [model.video_encoder, model.audio_encoder])}
     if dist_utils.is_main():  # only rank 0 writes the record
         modality_labels = method.modality_labels(labels)
-        # k-means' own empty count (before any reassignment) of the clustering behind each modality.
-        empty = {m: (results.get(m) or results.get("joint")).empty_clusters for m in modality_labels if results}
+        # k-means' own empty count (before any reassignment) of the clustering behind each modality
+        # (CDC's: the joint one; RAND and Superv cluster nothing).
+        empty = {m: (results.get(m) or results["joint"]).empty_clusters for m in modality_labels} if results else {}
         previous = {m: p.run.read_labels(iteration - 1, m) for m in MODALITIES} if iteration else {}
         record |= describe_clusters(modality_labels, method.modality_num_classes(cfg.cluster), previous,
                                     p.train_set.labels, empty)
@@ -374,13 +377,14 @@ def run_iteration(p: Pretraining, state: IterationState, summary: list[dict]) ->
         val = validation_loss(model, specs, val_loader, labels_t, device, cfg.amp, o.head_reduction) \
             if val_loader is not None else None
         stop = val is not None and early_stop.step(val["loss"])
-        summary = [*summary[:-1], epoch_record(summary[-1], epoch, train, val, stop, specs, prior)]
-        log_epoch(p.writer, summary[-1], train, val, specs, epoch, o.total_epochs, state.global_step + train["steps"], stop)
-        if train["skipped"] and train["skip_summary"]:
-            print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)
         state = replace(state, epoch=epoch + 1, global_step=state.global_step + train["steps"],
                         heads=model.heads.state_dict(), head_specs=specs, optimizer=optimizer.state_dict(),
                         early_stop=early_stop.state_dict())
+        record = epoch_record(summary[-1], epoch, train, val, stop, specs, prior)  # this iteration's, so far
+        summary = [*summary[:-1], record]
+        log_epoch(p.writer, record, train, val, specs, epoch, o.total_epochs, state.global_step, stop)
+        if train["skipped"] and train["skip_summary"]:
+            print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)
         save_checkpoints(run, model, cfg, state, summary, iteration_done=stop or epoch + 1 == o.total_epochs)
         if stop:
             break
