@@ -39,19 +39,41 @@ class Totals:
         return self.sums[name] / (self.weights[name] or 1)
 
 
+class _Sums:
+    """The running sums of one span: since the meter started, or since the latest interval did."""
+
+    def __init__(self, values: dict[str, tuple[int, ...]], counts: tuple[str, ...], device: torch.device | str):
+        self.values = {name: torch.zeros(shape, dtype=torch.float64, device=device) for name, shape in values.items()}
+        self.weights = dict.fromkeys(values, 0.0)
+        self.counts = dict.fromkeys(counts, 0.0)
+        self.device = device
+
+    def reduce(self) -> Totals:
+        """Summed over every rank: one all-reduce, one copy to the host."""
+        host = [*self.weights.values(), *self.counts.values()]
+        flat = torch.cat([v.reshape(-1) for v in self.values.values()]
+                         + [torch.tensor(host, dtype=torch.float64, device=self.device)])
+        flat = dist_utils.all_reduce_sum(flat).cpu()
+        sums, at = {}, 0
+        for name, value in self.values.items():
+            sums[name] = flat[at:at + value.numel()].reshape(value.shape)
+            at += value.numel()
+        host = flat[at:].tolist()
+        return Totals(sums, dict(zip(self.weights, host)), dict(zip(self.counts, host[len(self.weights):])))
+
+
 class MetricMeter:
     """Running sums of `values` (name -> shape) and host `counts` (names), declared up front so
     that every rank reduces the same layout, also a rank that added nothing."""
 
     def __init__(self, values: dict[str, tuple[int, ...]], counts: tuple[str, ...] = (),
                  device: torch.device | str = "cpu"):
-        zeros = {name: torch.zeros(shape, dtype=torch.float64, device=device) for name, shape in values.items()}
-        self.sums = zeros  # since the start: what `reduce()` gives
-        self.recent = {name: z.clone() for name, z in zeros.items()}  # since the last `reduce(recent=True)`
-        self.weights = {name: [0.0, 0.0] for name in values}  # [since the start, recent]
-        self.counts = {name: [0.0, 0.0] for name in counts}
+        self.span = (values, counts, device)
+        self.total = _Sums(*self.span)  # since the start
+        self.recent = _Sums(*self.span)  # since the last `reduce(recent=True)`
         # Per element of each value: the first update whose value was not finite (NONE: none yet).
-        self.first_nonfinite = {name: torch.full_like(z, NONE, dtype=torch.int64) for name, z in zeros.items()}
+        self.first_nonfinite = {name: torch.full(shape, NONE, dtype=torch.int64, device=device)
+                                for name, shape in values.items()}
         self.updates = 0
         self.data_seconds = self.compute_seconds = 0.0
 
@@ -59,10 +81,10 @@ class MetricMeter:
         """Add each value × `weight` to its running sums; nothing waits for the device."""
         for name, value in values.items():
             value = value.detach().double()
-            self.sums[name] += value * weight
-            self.recent[name] += value * weight
-            for part in (0, 1):
-                self.weights[name][part] += weight
+            weighted = value * weight
+            for sums in (self.total, self.recent):
+                sums.values[name] += weighted
+                sums.weights[name] += weight
             first = self.first_nonfinite[name]
             first.copy_(torch.where(torch.isfinite(value), first, first.clamp(max=self.updates)))
         self.updates += 1
@@ -70,32 +92,16 @@ class MetricMeter:
     def count(self, **numbers: float) -> None:
         """Add host numbers (e.g. samples skipped) to their counters."""
         for name, number in numbers.items():
-            for part in (0, 1):
-                self.counts[name][part] += number
+            self.total.counts[name] += number
+            self.recent.counts[name] += number
 
     def reduce(self, recent: bool = False) -> Totals:
-        """The sums since the start (or, with `recent`, since the last recent reduce, which
-        starts a new interval), over every rank: one all-reduce, one copy to the host. A
-        collective: every rank calls it at the same point."""
-        part = int(recent)
-        sums = self.recent if recent else self.sums
-        host = [self.weights[n][part] for n in sums] + [self.counts[n][part] for n in self.counts]
-        device = next(iter(sums.values())).device if sums else torch.device("cpu")
-        flat = torch.cat([s.reshape(-1) for s in sums.values()] + [torch.tensor(host, dtype=torch.float64, device=device)])
-        flat = dist_utils.all_reduce_sum(flat).cpu()
-        out, at = {}, 0
-        for name, s in sums.items():
-            out[name] = flat[at:at + s.numel()].reshape(s.shape)
-            at += s.numel()
-        host = flat[at:].tolist()
-        totals = Totals(out, dict(zip(sums, host[:len(sums)])), dict(zip(self.counts, host[len(sums):])))
-        if recent:
-            for name in sums:
-                self.recent[name].zero_()
-                self.weights[name][1] = 0.0
-            for name in self.counts:
-                self.counts[name][1] = 0.0
-        return totals
+        """The sums since the start, or with `recent` since the last recent reduce (which starts a
+        new interval), over every rank. A collective: every rank calls it at the same point."""
+        if not recent:
+            return self.total.reduce()
+        sums, self.recent = self.recent, _Sums(*self.span)
+        return sums.reduce()
 
     def first_nonfinite_update(self, name: str) -> tuple[int, int] | None:
         """(update, element) of the first value of `name` that was not finite on any rank (updates
