@@ -4,10 +4,14 @@ manifests). A reader, or a run killed mid-write, sees the old file or the new on
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+# atomic_file's temporary names: mkstemp's `.NAME.` + 8 random characters + `.tmp`.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def _umask() -> int:
@@ -41,3 +45,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_file(path) as handle:
         handle.write(text.encode("utf-8"))
     return Path(path)
+
+
+def leftover_temporaries(folder: str | Path) -> list[Path]:
+    """Files of `folder` (not below) named as `atomic_file` names its temporary files: what a
+    writer killed mid-write leaves. Only the folder's owner, holding its lock, may remove them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMPORARY.match(p.name) and p.is_file())
