@@ -14,10 +14,11 @@ import torch
 import yaml
 
 from xdc import distributed as dist_utils
-from xdc.checkpoint import CheckpointError, DiskFullError, is_disk_full, load_checkpoint
+from xdc.checkpoint import CheckpointError, load_checkpoint
 from xdc.config import PretrainConfig, config_to_yaml, dotlist
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import XdcError
+from xdc.files import DiskFullError, is_disk_full
 from xdc.training.run_folder import RunFolder, RunFolderError
 
 # What a checkpoint must hold to resume from it; mid-iteration (with `labels`), more.
