@@ -45,7 +45,7 @@ def disk_full_names(path: str | Path, remedy: str = "free some space and run the
     except (OSError, RuntimeError) as err:
         if not is_disk_full(err):
             raise
-        reason = getattr(err, "strerror", None) or "short write"
+        reason = getattr(err, "strerror", None) or "out of space"
         raise DiskFullError(f"the disk holding {path} is full ({reason}): {remedy}") from err
 
 
