@@ -140,7 +140,8 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
     if found.get("modality") != modality:
         advice = f"export it with --modality {found['modality']}" if found.get("modality") else \
             "give a pretrain checkpoint (checkpoints/*.pt) or a file xdc export wrote"
-        raise WeightsError(f"{checkpoint} holds {describe_encoder(found)}, not the {modality} encoder asked for: {advice}")
+        raise WeightsError(f"{checkpoint} holds {describe_encoder(found)}, not the {modality} encoder asked for: "
+                           f"{advice}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"state_dict": state, "xdc": export_metadata(checkpoint, modality, state)}, out)
