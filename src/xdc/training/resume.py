@@ -74,7 +74,9 @@ def take_run_folder(run: RunFolder, cfg: PretrainConfig, rows: Manifest, resume:
             kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
                     f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
                 else "no checkpoint was written yet: free some space and start again"
-            raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
+            # save_checkpoint already says DiskFullError: quote what the OS (or torch) said instead
+            cause = err.__cause__ if isinstance(err, DiskFullError) and err.__cause__ else err
+            raise DiskFullError(f"the disk holding {run.root} is full ({str(cause).splitlines()[0][:120]}); "
                                 f"{kept}") from err
 
 
