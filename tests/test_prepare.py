@@ -269,6 +269,16 @@ def test_other_settings_are_refused_and_the_same_ones_resume(tmp_path, capsys):
     assert "0 encoded, 2 reused" in capsys.readouterr().out
 
 
+def test_o_is_the_output_folder_and_a_manifest_name_there_is_refused(tmp_path, capsys):
+    """Issue 21.5: -o/--out is the output folder as in every command; `-o new.csv` (what -o meant
+    before) is one line pointing to --out-manifest, not a folder named new.csv."""
+    manifest = _small_manifest(tmp_path / "clips", clips=2)
+    capsys.readouterr()
+    assert xdc_main(["prepare", str(manifest), "--out", str(tmp_path / "p"), "-o", str(tmp_path / "new.csv")]) == 2
+    assert "give the new manifest with --out-manifest" in capsys.readouterr().err
+    assert not (tmp_path / "new.csv").exists() and not (tmp_path / "p").exists()
+
+
 def test_shard_size_help_shows_its_default_once():
     from xdc.cli import command_parser
 

@@ -282,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
                              sample_rate=args.sample_rate, fps=args.fps)
     if options.short_side < 2 or options.keyframe_seconds <= 0 or options.sample_rate < 1000:
         raise XdcError("--short-side must be >= 2, --keyframe-seconds > 0, --sample-rate >= 1000")
+    if Path(args.out).suffix.lower() == ".csv":  # `-o new.csv` named the manifest before -o meant --out
+        raise XdcError(f"-o/--out is the folder for the copies, not a manifest ({args.out}): give the new "
+                       f"manifest with --out-manifest")
     if args.shards:
         summary = prepare_shards(args.manifest, args.out, args.output, options, args.workers,
                                  shard_size=args.shard_size, drop_missing=args.drop_missing)
