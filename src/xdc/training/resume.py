@@ -18,17 +18,11 @@ import torch
 import yaml
 
 from xdc import distributed as dist_utils
-from xdc.checkpoint import (
-    CheckpointError,
-    DiskFullError,
-    is_disk_full,
-    load_checkpoint,
-    rank_rng_states,
-    save_checkpoint,
-)
+from xdc.checkpoint import CheckpointError, load_checkpoint, rank_rng_states, save_checkpoint
 from xdc.config import PretrainConfig, config_to_yaml, dotlist
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import XdcError
+from xdc.files import DiskFullError, is_disk_full
 from xdc.methods import HeadSpec
 from xdc.training.run_folder import RunFolder, RunFolderError
 
@@ -139,7 +133,9 @@ def take_run_folder(run: RunFolder, cfg: PretrainConfig, rows: Manifest, resume:
             kept = (f"the last checkpoint {run.last} is intact: free some space, then continue with "
                     f"`xdc pretrain --resume {run.root}`") if run.last.is_file() \
                 else "no checkpoint was written yet: free some space and start again"
-            raise DiskFullError(f"the disk holding {run.root} is full ({str(err).splitlines()[0][:120]}); "
+            # save_checkpoint already says DiskFullError: quote what the OS (or torch) said instead
+            cause = err.__cause__ if isinstance(err, DiskFullError) and err.__cause__ else err
+            raise DiskFullError(f"the disk holding {run.root} is full ({str(cause).splitlines()[0][:120]}); "
                                 f"{kept}") from err
 
 
