@@ -1,5 +1,6 @@
 """`xdc finetune` on small labelled manifests of real files made here: three classes that differ
-visibly (background colour) and audibly (tone), labels from their folders."""
+visibly (background colour) and audibly (tone), labels from their folders (conftest's
+`labelled_manifests`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ import torch
 
 from xdc.cli import main
 from xdc.config import FinetuneConfig, load_config
-from xdc.data.encode import write_video
-from xdc.data.manifest import write_manifest
-from xdc.data.scan import scan_paths
 from xdc.evaluation.finetune import finetune
 from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
 from xdc.evaluation.labelled import FinetuneError, hold_out
@@ -24,34 +22,6 @@ from xdc.models.weights import WeightsError
 from xdc.reports.html import write_wav
 
 TINY = "tiny"
-CLASSES = {"red_low": ((200, 30, 30), 300.0), "green_mid": ((30, 200, 30), 900.0),
-           "blue_high": ((30, 30, 200), 2400.0)}
-
-
-def make_labelled_clip(path, colour, tone, seed, seconds=1.0, fps=8.0, sample_rate=16000):
-    rng = np.random.default_rng(seed)
-    frames = np.empty((int(seconds * fps), 48, 64, 3), np.uint8)
-    frames[:] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
-    for t in range(len(frames)):  # a moving white square, as conftest.make_clip
-        x = (t * 5 + int(rng.integers(0, 20))) % 56
-        frames[t, 16:24, x:x + 8] = 255
-    time = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = 0.3 * np.sin(2 * np.pi * tone * (1 + 0.02 * rng.standard_normal()) * time)
-    return write_video(path, frames, fps, wave + 0.01 * rng.standard_normal(time.size), sample_rate)
-
-
-@pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    """train.csv (4 videos per class) and test.csv (2 per class) of real MP4s."""
-    root = tmp_path_factory.mktemp("labelled")
-    for subset, count in (("train", 4), ("test", 2)):
-        for label, (colour, tone) in CLASSES.items():
-            for i in range(count):
-                make_labelled_clip(root / subset / label / f"{i}.mp4", colour, tone,
-                                   seed=100 * count + 10 * list(CLASSES).index(label) + i)
-        write_manifest(scan_paths([root / subset], labels_from_dirs=True, progress=False),
-                       root / f"{subset}.csv")
-    return root
 
 
 def _results(out):
@@ -95,10 +65,10 @@ def test_encode_takes_clip_batches_to_features_per_clip():
             encode(video, clips["video"][:, 0], "video", cpu)
 
 
-def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):
+def test_linear_mode_cli_learns_the_classes(labelled_manifests, tmp_path):
     out = tmp_path / "linear"
     code = main(["finetune", "--scratch", "--config", TINY, "--mode", "linear",
-                 "--train", str(manifests / "train.csv"), "--test", str(manifests / "test.csv"),
+                 "--train", str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv"),
                  "--out", str(out), "fc_lrs=[0.1,1.0]", "optim.total_epochs=6", "optim.epoch_size=64"])
     assert code == 0
     results = _results(out)
@@ -112,11 +82,11 @@ def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])
-def test_fc_and_full_modes_sweep_and_resume(manifests, tmp_path, mode):
+def test_fc_and_full_modes_sweep_and_resume(labelled_manifests, tmp_path, mode):
     out = tmp_path / mode
     args = ["finetune", "--scratch", "--config", TINY, "--mode", mode,
-            "--train", str(manifests / "train.csv"), "--val", str(manifests / "test.csv"),
-            "--test", str(manifests / "test.csv"), "--out", str(out),
+            "--train", str(labelled_manifests / "train.csv"), "--val", str(labelled_manifests / "test.csv"),
+            "--test", str(labelled_manifests / "test.csv"), "--out", str(out),
             "lrs=[0.01,0.05]", "fc_lrs=[0.01,0.05]", "optim.total_epochs=1", "optim.epoch_size=8"]
     assert main(args) == 0
     results = _results(out)
@@ -159,29 +129,29 @@ def test_audio_modality_on_sound_files_without_video(tmp_path):
     assert (out / "esc50_1_test.csv").is_file()  # the probed split, reused when resuming
 
 
-def test_bad_inputs_fail_clearly(manifests, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_fail_clearly(labelled_manifests, tmp_path, monkeypatch, capsys):
     from xdc.data.manifest import read_manifest
 
     cfg = load_config(TINY, schema=FinetuneConfig)
-    train = read_manifest(manifests / "train.csv")
-    test = [dict(r, label="unseen") for r in read_manifest(manifests / "test.csv")]
+    train = read_manifest(labelled_manifests / "train.csv")
+    test = [dict(r, label="unseen") for r in read_manifest(labelled_manifests / "test.csv")]
     with pytest.raises(FinetuneError, match="not among the training classes: unseen"):
         finetune(cfg, video_encoder("r2plus1d_18", 8), "video", train, None, test, tmp_path / "a")
     with pytest.raises(FinetuneError, match="no label"):
         finetune(cfg, video_encoder("r2plus1d_18", 8), "video", [dict(r, label=None) for r in train],
                  None, train, tmp_path / "b")
     # A file that went bad after the scan: recorded as skipped in results.json, the rest evaluated.
-    broken = manifests.parent / "broken"
+    broken = labelled_manifests.parent / "broken"
     broken.mkdir(exist_ok=True)
     (broken / "bad.mp4").write_bytes(b"\x00not a video" * 100)
-    rows = read_manifest(manifests / "test.csv")
+    rows = read_manifest(labelled_manifests / "test.csv")
     bad_test = rows + [dict(rows[0], path=str(broken / "bad.mp4"))]
     results = finetune(cfg, video_encoder("r2plus1d_18", 8), "video", train, None, bad_test, tmp_path / "d")
     assert results["test_videos"] == len(rows) and "bad.mp4" in results["skipped"]["test"][0]
     # --superv without the weights file: a clear message saying where to put it, no download.
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    code = main(["finetune", "--superv", "--config", TINY, "--train", str(manifests / "train.csv"),
-                 "--test", str(manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
+    code = main(["finetune", "--superv", "--config", TINY, "--train", str(labelled_manifests / "train.csv"),
+                 "--test", str(labelled_manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
     assert code == 2 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
 
 
@@ -193,7 +163,7 @@ def test_hold_out_is_stratified_and_seeded():
     assert hold_out(rows, 0.2, seed=3)[1] == val
 
 
-def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp_path):
+def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(labelled_manifests, tmp_path):
     from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml
     from xdc.models import audio_encoder
@@ -206,7 +176,7 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
                            tmp_path / "last.pt")
     out = tmp_path / "out"
     code = main(["finetune", "--checkpoint", str(ckpt), "--config", TINY, "--mode", "linear",
-                 "--train", str(manifests / "train.csv"), "--test", str(manifests / "test.csv"),
+                 "--train", str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv"),
                  "--out", str(out), "fc_lrs=[0.1]"])
     assert code == 0
     results = _results(out)
@@ -307,10 +277,10 @@ def test_knn_votes_are_weighted_by_similarity():
 
 
 @pytest.mark.parametrize("mode", ["knn", "retrieval"])
-def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
+def test_knn_and_retrieval_modes_cli(labelled_manifests, tmp_path, mode):
     out = tmp_path / mode
-    args = ["finetune", "--scratch", "--config", TINY, "--mode", mode, "--train", str(manifests / "train.csv"),
-            "--test", str(manifests / "test.csv"), "--out", str(out)]
+    args = ["finetune", "--scratch", "--config", TINY, "--mode", mode, "--train", str(labelled_manifests / "train.csv"),
+            "--test", str(labelled_manifests / "test.csv"), "--out", str(out)]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == mode and results["checkpoint"] == "scratch" and results["test_videos"] == 6
@@ -326,7 +296,7 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
         assert results["recall@1"] >= 0.8
     # A val manifest is scored too; other settings into the same folder are refused.
     with_val = tmp_path / f"{mode}_val"
-    assert main(args[:-1] + [str(with_val), "--val", str(manifests / "test.csv"), "knn_k=3"]) == 0
+    assert main(args[:-1] + [str(with_val), "--val", str(labelled_manifests / "test.csv"), "knn_k=3"]) == 0
     results = json.loads((with_val / "results.json").read_text())
     assert results["val"]["videos"] == 6 and results["val_source"] == "val manifest"
     key = "top1_video" if mode == "knn" else "recall@1"
@@ -334,7 +304,7 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
     assert main(args + ["knn_k=5"]) == 2
 
 
-def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(manifests, tmp_path, monkeypatch):
+def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(labelled_manifests, tmp_path, monkeypatch):
     """No --config on a machine without a GPU: the CPU-scale linear probe, not UCF101's schedule;
     train = test and a held-out val of one video per class are said, and kept in results.json."""
     from xdc.checkpoint import save_checkpoint
@@ -348,7 +318,7 @@ def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(man
                             "audio_encoder": audio_encoder(16).state_dict(), "config": config_to_yaml(pre)},
                            tmp_path / "ckpt.pt")
     out = tmp_path / "out"
-    train = str(manifests / "train.csv")
+    train = str(labelled_manifests / "train.csv")
     assert main(["finetune", "--checkpoint", str(ckpt), "--train", train, "--test", train, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == "linear" and results["eval_clips"] == 3 and results["width"] == 16

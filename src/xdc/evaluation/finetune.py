@@ -126,8 +126,8 @@ def evaluate(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     finished = folder.read_json(folder.results) if same else None
     if finished is not None:
-        print(f"{what}: reusing the finished results (same encoder, rows and settings): {closing_line(finished, folder)}",
-              flush=True)
+        print(f"{what}: reusing the finished results (same encoder, rows and settings): "
+              f"{closing_line(finished, folder)}", flush=True)
         return finished
 
     torch.manual_seed(cfg.seed)

@@ -114,8 +114,8 @@ def input_warnings(data: Labelled, cfg: FinetuneConfig) -> list[str]:
                         f"whatever the encoder (label videos of at least two classes)")
     test_classes = {row["label"] for row in data.rows["test"]}
     if len(test_classes) == 1 and len(data.classes) > 1:
-        warnings.append(f"the test videos are all of one class ({test_classes.pop()}): a score says how often "
-                        f"that class is predicted, not how well classes are told apart (compare it with majority 1.000)")
+        warnings.append(f"the test videos are all of one class ({test_classes.pop()}): a score says how often that "
+                        f"class is predicted, not how well classes are told apart (compare it with majority 1.000)")
     lrs, val = swept_lrs(cfg), data.rows.get("val", [])
     per_class = Counter(row["label"] for row in val)
     few = [name for name in data.classes if per_class[name] < MIN_VAL_PER_CLASS]
