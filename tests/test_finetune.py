@@ -13,9 +13,7 @@ import torch
 from xdc.cli import main
 from xdc.config import FinetuneConfig, load_config
 from xdc.evaluation.finetune import finetune
-from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
-from xdc.evaluation.labelled import FinetuneError, hold_out
-from xdc.evaluation.scores import accuracy
+from xdc.evaluation.labelled import FinetuneError
 from xdc.evaluation.weights import load_encoder
 from xdc.models import audio_encoder, encode, video_encoder
 from xdc.models.weights import WeightsError
@@ -34,16 +32,6 @@ def _results(out):
     assert "top5_video" not in results  # 5 classes or fewer: the true one is always among the top 5
     assert results["chance"] == 1 / len(results["classes"])
     return results
-
-
-def test_accuracy_video_level_averages_softmax_over_clips():
-    # Video 0: clips say class 1, 1, 0 but clip 2 is very sure of class 0 -> the average picks 0.
-    logits = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [9.0, 0.0, 0.0]],
-                           [[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 2.0]]])
-    scores = accuracy(logits, torch.tensor([0, 2]))
-    assert scores["top1_clip"] == pytest.approx(4 / 6)
-    assert scores["top1_video"] == 1.0
-    assert accuracy(logits, torch.tensor([1, 2]))["top1_video"] == 0.5
 
 
 def test_encode_takes_clip_batches_to_features_per_clip():
@@ -155,14 +143,6 @@ def test_bad_inputs_fail_clearly(labelled_manifests, tmp_path, monkeypatch, caps
     assert code == 2 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
 
 
-def test_hold_out_is_stratified_and_seeded():
-    rows = [{"path": f"{c}{i}", "label": c} for c in "ab" for i in range(10)] + [{"path": "c0", "label": "c"}]
-    train, val = hold_out(rows, 0.2, seed=3)
-    assert sorted(r["label"] for r in val) == ["a", "a", "b", "b"]  # the single "c" video stays in train
-    assert len(train) + len(val) == len(rows)
-    assert hold_out(rows, 0.2, seed=3)[1] == val
-
-
 def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(labelled_manifests, tmp_path):
     from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml
@@ -235,47 +215,6 @@ def test_load_encoder_reads_a_checkpoint_and_leaves_the_config_alone(tmp_path, c
         load_encoder("video", cfg.model, checkpoint=odd)
 
 
-def _clustered(per_class, num_classes=4, dim=16, noise=0.3, seed=0):
-    """Clip features V×N×D around one random direction per class (the same for every seed), and
-    the labels V."""
-    centres = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(100 + seed)
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    return centres[labels][:, None] + noise * torch.randn(len(labels), 3, dim, generator=g), labels
-
-
-def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels(monkeypatch):
-    from xdc.evaluation import knn
-
-    train, train_labels = _clustered(30)
-    test, test_labels = _clustered(10, seed=1)
-    train, test = video_features(train), video_features(test)
-    assert torch.allclose(train.norm(dim=1), torch.ones(len(train)))
-    votes = knn_votes(train, train_labels, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels) == {"top1_video": 1.0}  # no top-5 of 4 classes
-    monkeypatch.setattr(knn, "CHUNK", 7)  # test videos in chunks: the same neighbours
-    assert torch.equal(knn_votes(train, train_labels, test, 4, k=20, temperature=0.07), votes)
-    assert recall(train, train_labels, test, test_labels) == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0}
-    shuffled = train_labels[torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(2))]
-    votes = knn_votes(train, shuffled, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels)["top1_video"] < 0.6
-    assert recall(train, shuffled, test, test_labels)["recall@1"] < 0.6
-
-
-def test_knn_votes_are_weighted_by_similarity():
-    # One neighbour of class 0 at cosine 1, two of class 1 at cosine 0.8: with DINO's T = 0.07
-    # the close one outvotes the two (e^(1/T) > 2·e^(0.8/T)); with a large T the majority wins.
-    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6]])
-    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
-    votes = knn_votes(train, labels, query, 2, k=3, temperature=0.07)
-    assert votes.argmax().item() == 0
-    torch.testing.assert_close(votes[0], torch.tensor([np.exp(1 / 0.07), 2 * np.exp(0.8 / 0.07)], dtype=torch.float32))
-    assert knn_votes(train, labels, query, 2, k=3, temperature=100.0).argmax().item() == 1
-    assert knn_votes(train, labels, query, 2, k=1, temperature=100.0).argmax().item() == 0
-    # Retrieval: the nearest is class 0, so a class-1 query misses at 1 and hits at 5 (k capped at 3).
-    assert recall(train, labels, query, torch.tensor([1])) == {"recall@1": 0.0, "recall@5": 1.0, "recall@10": 1.0}
-
-
 @pytest.mark.parametrize("mode", ["knn", "retrieval"])
 def test_knn_and_retrieval_modes_cli(labelled_manifests, tmp_path, mode):
     out = tmp_path / mode
@@ -326,3 +265,32 @@ def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(lab
     shared, few = results["warnings"]
     assert shared.startswith("12 of the 12 test videos are also train/val videos")
     assert few.startswith("the lr is chosen on 3 validation video(s) for 3 classes")
+
+
+def test_one_class_test_set_is_warned_and_scores_sit_beside_chance_and_majority(labelled_manifests, tmp_path,
+                                                                               capsys):
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    rows = [row for row in read_manifest(labelled_manifests / "test.csv") if row["label"] == "red_low"]
+    one_class = write_manifest(rows, tmp_path / "one_class.csv", relative=False)
+    out = tmp_path / "knn"
+    assert main(["finetune", "--scratch", "--config", TINY, "--mode", "knn", "--train",
+                 str(labelled_manifests / "train.csv"), "--test", str(one_class), "--out", str(out)]) == 0
+    console = capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    assert (results["chance"], results["majority"]) == (1 / 3, 1.0)
+    warning = "the test videos are all of one class (red_low)"
+    assert [w for w in results["warnings"] if w.startswith(warning)] and f"warning: {warning}" in console.err
+    assert console.out.strip().splitlines()[-1].endswith(f"on 2 videos (chance 0.333, majority 1.000) -> {out}/results.json")
+
+
+def test_an_lr_that_diverges_is_left_out_and_when_all_do_it_is_one_line(labelled_manifests, tmp_path, capsys):
+    args = ["finetune", "--scratch", "--config", TINY, "--mode", "linear", "--train",
+            str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv")]
+    assert main([*args, "--out", str(tmp_path / "some"), "fc_lrs=[0.1,1e30]"]) == 0
+    results = json.loads((tmp_path / "some" / "results.json").read_text())
+    assert results["best_lr"] == 0.1 and results["val"]["1e+30"]["diverged"].startswith("training loss nan")
+    assert "lr 1e+30: diverged (training loss nan at epoch " in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "all"), "fc_lrs=[1e30]"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("xdc finetune: every lr diverged (lr 1e+30")
