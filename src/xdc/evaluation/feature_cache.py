@@ -15,7 +15,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from xdc.checkpoint import load_checkpoint, save_checkpoint
+from xdc.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from xdc.clustering.features import clip_features
 from xdc.config import FinetuneConfig
 from xdc.data.datasets import clip_loader
@@ -57,12 +57,15 @@ def cached_features(encoder: nn.Module, subsets: dict[str, list[dict]], cfg: Fin
     index of each of the V videos decoded, `skipped`), kept in `features.pt` with `key`
     (`features_key`), and read back from there when it was made with the same key."""
     if folder.features.is_file():
-        state = load_checkpoint(folder.features)
-        if state.get("made_from") == key:
+        try:
+            state = load_checkpoint(folder.features)
+        except CheckpointError:
+            state = {}  # unreadable (or refused): made again below, never loaded unsafely
+        if isinstance(state, dict) and state.get("made_from") == key:
             print(f"  reusing {folder.features.name} (same encoder, rows and clip settings)", flush=True)
             return {**state, "skipped": json.loads(state["skipped"])}
-        print(f"  {folder.features.name} was made from another encoder, other rows or clip settings: "
-              f"extracting again", flush=True)
+        print(f"  {folder.features.name} was made from another encoder, other rows or clip settings (or is "
+              f"unreadable): extracting again", flush=True)
     state, skipped = {}, {}
     for name, rows in subsets.items():
         state[name], state[f"{name}_index"], skipped[name] = eval_features(encoder, rows, cfg, modality, device,

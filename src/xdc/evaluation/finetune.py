@@ -105,7 +105,8 @@ def closing_line(results: dict, folder: FinetuneFolder) -> str:
 
 def evaluate(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows: list[dict],
              val_rows: list[dict] | None, test_rows: list[dict], folder: FinetuneFolder, source: str) -> dict:
-    """`finetune` without its log (the caller's)."""
+    """What `finetune` does, inside the log and full-disk guard its callers hold (`finetune`, and
+    `run`, whose log starts before the encoder is loaded)."""
     if modality not in MODALITIES:
         raise FinetuneError(f"modality must be video or audio, got {modality!r}")
     started = time.perf_counter()
@@ -149,9 +150,9 @@ def evaluate(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
                           for name, items in results["skipped"].items() if items}
     folder.write_json(folder.results, results)
     writer = folder.writer("summary")
-    for key in TEST_METRICS:
-        if key in results:
-            writer.add_scalar(f"test/{key}", results[key], 0)
+    for metric in TEST_METRICS:
+        if metric in results:
+            writer.add_scalar(f"test/{metric}", results[metric], 0)
     writer.close()
     print(f"{what} done in {results['seconds']:.0f} s: {closing_line(results, folder)}", flush=True)
     return results

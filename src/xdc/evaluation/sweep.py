@@ -12,6 +12,7 @@ non-finite is left out of the choice, said in one line.
 from __future__ import annotations
 
 import copy
+from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
@@ -95,14 +96,13 @@ def run_on_clips(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: L
         encoder.load_state_dict(initial)
         torch.manual_seed(cfg.seed)
         model = Classifier(encoder, len(data.classes), frozen).to(device)
-        writer = folder.writer(lr_dir.name)
-        train_classifier(model, train_set, data.labels["train"], cfg, modality, lr, lr_dir, device, writer)
-        save_checkpoint({"model": model.trained_state()}, lr_dir / "model.pt")
-        (lr_dir / "last.pt").unlink(missing_ok=True)
-        result, skipped["val"] = clip_scores(model.encoder, model.fc, data.rows["val"], data.labels["val"], cfg,
-                                             modality, device, f"val lr {lr:g}")
-        writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
-        writer.close()
+        with closing(folder.writer(lr_dir.name)) as writer:
+            train_classifier(model, train_set, data.labels["train"], cfg, modality, lr, lr_dir, device, writer)
+            save_checkpoint({"model": model.trained_state()}, lr_dir / "model.pt")
+            (lr_dir / "last.pt").unlink(missing_ok=True)
+            result, skipped["val"] = clip_scores(model.encoder, model.fc, data.rows["val"], data.labels["val"], cfg,
+                                                 modality, device, f"val lr {lr:g}")
+            writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
         return result
 
     val, best_lr = lr_sweep(lrs, folder, fit)
@@ -138,13 +138,12 @@ def run_linear(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Lab
         return {**accuracy(logits, data.labels[name][index]), "videos": len(index)}
 
     def fit(lr: float, lr_dir: Path) -> dict:
-        writer = folder.writer(lr_dir.name)
-        head = train_linear(train_features, train_labels, len(data.classes), lr, cfg.optim, device,
-                            cfg.seed, writer, desc=f"linear lr {lr:g}")
-        save_checkpoint({"fc": head.state_dict(), "feature_mean": mean, "feature_std": std}, lr_dir / "model.pt")
-        result = scores(head, "val")
-        writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
-        writer.close()
+        with closing(folder.writer(lr_dir.name)) as writer:
+            head = train_linear(train_features, train_labels, len(data.classes), lr, cfg.optim, device,
+                                cfg.seed, writer, desc=f"linear lr {lr:g}")
+            save_checkpoint({"fc": head.state_dict(), "feature_mean": mean, "feature_std": std}, lr_dir / "model.pt")
+            result = scores(head, "val")
+            writer.add_scalar(f"val/{SELECTION_METRIC}", result[SELECTION_METRIC], 0)
         return result
 
     lrs = swept_lrs(cfg)
