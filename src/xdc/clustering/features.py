@@ -28,7 +28,6 @@ import torch
 import torch.nn as nn
 
 from xdc import distributed as dist
-from xdc.data.datasets import SkipCounter
 from xdc.errors import XdcError
 from xdc.files import atomic_file, write_text_atomic
 from xdc.models import autocast, encode, flat_clips, to_device
@@ -167,13 +166,14 @@ def extracted(out_dir: str | Path, key: str | None, indices: np.ndarray, keys=("
 FeatureFns = dict[str, Callable[[torch.Tensor], torch.Tensor]]
 
 
-def feature_batches(feature_fns: FeatureFns, loader, skips: SkipCounter,
+def feature_batches(feature_fns: FeatureFns, loader, skipped: list[tuple[int, str]],
                     desc: str = "features") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
     """The one loop from a loader's batches to features: per batch that holds items, (their dataset
-    indices, {key: feature_fns[key](batch[key] as B×N×clip)}). Items the batches skipped go to
-    `skips`; a batch whose every item was skipped yields nothing. A progress bar on rank 0."""
+    indices, {key: feature_fns[key](batch[key] as B×N×clip)}). The (index, reason) of every item
+    the batches skipped are appended to `skipped`; a batch whose every item was skipped yields
+    nothing. A progress bar on rank 0."""
     for batch in progress(loader, desc=desc, disable=not dist.is_main(), leave=False, dynamic_ncols=True):
-        skips.add(batch)
+        skipped.extend((int(index), str(reason)) for index, reason in batch.get("skipped", ()))
         if "index" not in batch or len(batch["index"]) == 0:
             continue
         yield np.asarray(batch["index"], dtype=np.int64), {name: fn(batch[name]) for name, fn in feature_fns.items()}
@@ -238,9 +238,9 @@ def run_extraction(feature_fns: FeatureFns, loader, num_items: int, out_dir: str
         with atomic_file(present_path) as handle:
             np.save(handle, present)
 
-    skips = SkipCounter()
+    skipped: list[tuple[int, str]] = []
     saved = time.monotonic()
-    for index, features in feature_batches(feature_fns, loader, skips, desc):
+    for index, features in feature_batches(feature_fns, loader, skipped, desc):
         if index.min() < 0 or index.max() >= num_items or (row_of[index] < 0).any():
             bad = index[(index < 0) | (index >= num_items)]
             bad = bad if len(bad) else index[row_of[index] < 0]
@@ -261,7 +261,6 @@ def run_extraction(feature_fns: FeatureFns, loader, num_items: int, out_dir: str
         if key is not None and time.monotonic() - saved >= save_every_s:
             save_present()
             saved = time.monotonic()
-    skipped = [(int(i), str(reason)) for i, reason in skips.skipped]
     if not arrays:
         raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skipped)}): re-encode "
                               f"or remove the broken files")
@@ -293,17 +292,16 @@ def clip_features(encoder: nn.Module, loader, modality: str, device, amp: bool,
     """(features V×N×D float32 on CPU, dataset indices V, skipped [(index, reason)]) of the videos an
     eval-mode loader yields, every clip kept (evaluation: clip- and video-level scores); eval mode,
     no grad. Videos that could not be decoded are left out and listed."""
-    features, indices = [], []
-    skips = SkipCounter()
+    features, indices, skipped = [], [], []
     with eval_mode({modality: encoder}):
         for index, batch in feature_batches({modality: clip_encoder(encoder, modality, device, amp)}, loader,
-                                            skips, desc):
+                                            skipped, desc):
             features.append(batch[modality].cpu())
             indices.append(torch.as_tensor(index))
     if not features:
-        raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skips.skipped)}): "
+        raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skipped)}): "
                               f"re-encode or remove the broken files")
-    return torch.cat(features), torch.cat(indices), skips.skipped
+    return torch.cat(features), torch.cat(indices), skipped
 
 
 def no_features_error(name: str, have: int, k: int, num_videos: int,
