@@ -142,7 +142,7 @@ def test_user_errors_share_one_base_and_one_exit_code(tmp_path, capsys):
     from xdc.data.manifest_csv import ManifestError
     from xdc.data.scan import ScanError
     from xdc.demo import DemoError
-    from xdc.evaluation.finetune import FinetuneError
+    from xdc.evaluation.labelled import FinetuneError
     from xdc.evaluation.splits import SplitError
     from xdc.models.weights import WeightsError
     from xdc.reports.clusters import ReportError

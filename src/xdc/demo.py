@@ -157,7 +157,8 @@ def probe_method(checkpoint: Path | None, cfg: FinetuneConfig, splits: dict[str,
     """Evaluate both encoders in every PROBE_MODES mode; {results key: {modality: results.json}}.
     `checkpoint` None = Scratch (random encoders, seeded). The modes read the same frozen
     features: the first mode's `features.pt` is shared with the others, not extracted again."""
-    from xdc.evaluation.finetune import FEATURES_FILE, finetune
+    from xdc.evaluation.finetune import finetune
+    from xdc.evaluation.finetune_folder import FEATURES_FILE
     from xdc.evaluation.weights import load_encoder
 
     results: dict[str, dict[str, dict]] = {key: {} for key in PROBE_MODES.values()}
@@ -390,7 +391,7 @@ def write_plots(out: Path, results: dict, split: dict[str, list[dict]]) -> dict[
             plots.save(plots.line_plot({m: c for m, c in curves.items() if c}, "iteration", "NMI with the classes",
                                        f"{modality} clusters per iteration"), out / name)
             written[name] = f"NMI of the {modality} clusters with the classes, per iteration"
-    from xdc.evaluation.finetune import FEATURES_FILE
+    from xdc.evaluation.finetune_folder import FEATURES_FILE
 
     panels = []
     for modality in MODALITIES:
