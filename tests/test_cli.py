@@ -1,13 +1,21 @@
-"""One vocabulary across commands: every option explained, an example per command, `-o/--out`
-for what a command writes, the old spellings still accepted."""
+"""One vocabulary across commands: every option explained with its default shown once, an example
+per command, `-o/--out` for what a command writes, one metavar style, and `xdc --help` that
+starts with what the tool does for its user."""
 
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
-from xdc.cli import COMMANDS, command_parser
+from xdc.cli import COMMANDS, command_parser, main
+
+
+def rendered_help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
+    """An option's help as `--help` prints it (defaults appended by the formatter)."""
+    formatter = parser._get_formatter()
+    return formatter._expand_help(action) if action.help else ""
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
@@ -16,23 +24,30 @@ def test_every_option_has_help_and_every_command_an_example(name):
     assert parser.epilog.startswith("example:\n  xdc " + name)
     for action in parser._actions:
         assert action.help, f"xdc {name}: {action.dest} has no help"
+        text = rendered_help(parser, action)
+        assert text.count("default:") <= 1, f"xdc {name} {action.dest}: default shown twice: {text}"
         if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
-            assert "(default: " in parser._get_formatter()._get_help_string(action), action.dest
-    outs = [a for a in parser._actions if "--out" in a.option_strings]
-    assert outs, f"xdc {name} has no --out"
-    assert "-o" in outs[0].option_strings
+            assert "(default: " in text, action.dest
+        if action.metavar is not None and action.dest != "overrides" and name != "demo":  # demo: M1,M2 lists
+            assert re.fullmatch(r"[A-Z_]+", action.metavar), f"xdc {name}: metavar {action.metavar}"
+        if action.choices and action.option_strings:  # the values in the help, one metavar in the usage
+            assert action.metavar and all(str(choice) in text for choice in action.choices), action.dest
 
 
-def test_old_and_new_spellings_mean_the_same():
-    _, scan = command_parser("scan")
-    assert scan.parse_args(["v", "--output", "a.csv"]).output == scan.parse_args(["v", "-o", "a.csv"]).output \
-        == scan.parse_args(["v", "--out", "a.csv"]).output == "a.csv"
-    _, prepare = command_parser("prepare")
-    assert prepare.parse_args(["m.csv", "-o", "d"]).out == prepare.parse_args(["m.csv", "--out", "d"]).out == "d"
-    assert prepare.parse_args(["m.csv", "-o", "d", "--out-manifest", "n.csv"]).output == "n.csv"
-    _, export = command_parser("export")
-    assert export.parse_args(["c.pt", "-o", "f.pth"]).checkpoint == "c.pt"
-    assert export.parse_args(["--checkpoint", "c.pt", "-o", "f.pth"]).checkpoint_option == "c.pt"
+@pytest.mark.parametrize("name", [name for name in COMMANDS if name != "demo"])
+def test_out_is_what_every_command_writes(name):
+    _, parser = command_parser(name)
+    usage = parser.format_help()
+    assert "-o OUT, --out OUT" in usage, usage
+    assert "--output" not in usage and "OUTPUT" not in usage
+
+
+@pytest.mark.parametrize(("name", "dest", "default"), [("pretrain", "method", "xdc"), ("finetune", "mode", "linear")])
+def test_options_that_default_to_the_config_say_so(name, dest, default):
+    _, parser = command_parser(name)
+    action = next(a for a in parser._actions if a.dest == dest)
+    text = rendered_help(parser, action)
+    assert "default: the config's" in text and default in text.split("default:")[1]
 
 
 def test_pretrain_method_help_names_every_method():
@@ -43,8 +58,21 @@ def test_pretrain_method_help_names_every_method():
     assert all(name in method.help for name in METHODS) and len(METHODS) == 6
 
 
-def test_export_takes_the_checkpoint_once(tmp_path, capsys):
-    from xdc.cli import main
+def test_export_takes_the_checkpoint_as_finetune_does(tmp_path, capsys):
+    _, export = command_parser("export")
+    assert export.parse_args(["--checkpoint", "c.pt", "-o", "f.pth"]).checkpoint == "c.pt"
+    with pytest.raises(SystemExit) as exit_:  # the positional spelling is gone: argparse says what is missing
+        main(["export", "c.pt", "-o", str(tmp_path / "f.pth")])
+    assert exit_.value.code == 2
+    assert "the following arguments are required: --checkpoint" in capsys.readouterr().err
 
-    assert main(["export", "-o", str(tmp_path / "f.pth")]) == 2
-    assert "give the checkpoint once" in capsys.readouterr().err
+
+def test_top_level_help_starts_with_what_the_tool_does(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    description = text.split("\n\n", 2)[1]
+    assert description.startswith("Learn video and audio encoders from your own unlabelled videos")
+    assert "add_arguments" not in text and "module" not in text
+    for name in ("scan", "prepare", "pretrain", "clusters", "finetune", "export", "demo"):
+        assert f"xdc {name} " in text

@@ -68,7 +68,7 @@ DEMO_PRETRAIN = PretrainConfig(
     cluster=ClusterConfig(k_video=12, k_audio=12, k_joint=12, max_points_per_centroid=64,
                           first_features="handcrafted", clips_per_video=2),
     optim=OptimConfig(epoch_size=400, batch_size=16, warmup_epochs=1, step_epochs=3, total_epochs=4,
-                      patience=2))
+                      patience=2, reference_batch=16))  # reference_batch: the plan's batch warning only
 DEMO_FINETUNE = FinetuneConfig(
     mode="linear", lrs=[0.01, 0.1, 1.0], fc_lrs=[0.01, 0.1, 1.0], data=replace(DEMO_DATA, eval_clips=4),
     model=ModelConfig(width=8),

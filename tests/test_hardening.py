@@ -355,7 +355,7 @@ def test_hostile_files_refused_at_every_entry_point(run_copy, tmp_path, capsys, 
     torch.save({"video_encoder": Hostile(marker), "audio_encoder": Hostile(marker), "config": "x"}, evil)
     finetune = ["--train", av_manifest, "--test", av_manifest, "--config", "tiny", "--out", tmp_path / "ft"]
     cases = [("finetune", ["--checkpoint", evil, *finetune]), ("finetune", ["--weights", evil, *finetune]),
-             ("export", [evil, "-o", tmp_path / "x.pth"]), ("filters", [evil, "-o", tmp_path / "f.png"]),
+             ("export", ["--checkpoint", evil, "-o", tmp_path / "x.pth"]), ("filters", [evil, "-o", tmp_path / "f.png"]),
              ("pretrain", ["--config", TINY, "--data", av_manifest, "--out", tmp_path / "r2", *SMALL,
                            f"init_from={evil}"])]
     for command, argv in cases:

@@ -169,8 +169,11 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
     assert pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv") == 2
     assert "superv needs a manifest with a `label`" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "k",
-                    "cluster.k_audio=9") == 2  # 8 videos
-    assert "cluster.k_audio=9 is more than the 8 usable videos" in capsys.readouterr().err
+                    "cluster.k_video=9", "cluster.k_audio=12", "cluster.k_joint=99") == 2  # 8 videos
+    # Both of XDC's ks at once (k_joint is CDC's), each with a value that works; nothing written.
+    assert "xdc pretrain: cluster.k_video=9, cluster.k_audio=12: more clusters than the 8 usable videos of " \
+        "the manifest: give cluster.k_video=2 cluster.k_audio=2 (or `auto`: " in capsys.readouterr().err
+    assert not (tmp_path / "k").exists()
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "x", "optim.lr=-1") == 2
     assert "optim.lr=-1.0 is out of range" in capsys.readouterr().err
     assert pretrain("--config", TINY, "--data", tmp_path / "none.csv", "--out", tmp_path / "y") == 2
@@ -201,11 +204,12 @@ def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:
     return write_manifest(rows, folder / "manifest.csv")
 
 
-def test_undecodable_video_is_counted_not_fatal(av_manifest, tmp_path):
+def test_undecodable_video_is_counted_not_fatal(av_manifest, tmp_path, capsys):
     out = tmp_path / "run"
     manifest = broken_copy(av_manifest, tmp_path)
-    with pytest.warns(UserWarning, match="1 of 8 items have no features"):
-        assert pretrain("--config", TINY, "--data", manifest, "--out", out, *FAST, "iterations=1") == 0
+    assert pretrain("--config", TINY, "--data", manifest, "--out", out, *FAST, "iterations=1") == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "have no features" in line]
+    assert len(warned) == 1 and warned[0].startswith("warning: extract features: 1 of 8 items have no features")
     record = json.loads((out / "summary.json").read_text())["iterations"][0]
     assert record["skipped_clustering"] == 1
     assert record["video"]["unlabelled"] == 1 and record["audio"]["unlabelled"] == 1

@@ -110,9 +110,9 @@ def test_export_command(tmp_path):
 
     ckpt = save_checkpoint({"video_encoder": video_encoder("r2plus1d_18", 8).state_dict(),
                             "audio_encoder": audio_encoder(8).state_dict()}, tmp_path / "last.pt")
-    assert main(["export", str(ckpt), "-o", str(tmp_path / "a.pth"), "--modality", "audio"]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "a.pth"), "--modality", "audio"]) == 0
     assert load_strict(audio_encoder(8), read_state_dict(tmp_path / "a.pth"))
-    assert main(["export", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "b.pth")]) == 2
+    assert main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "b.pth")]) == 2
 
 
 def test_export_names_what_the_hub_needs_and_honours_the_umask(tmp_path):
@@ -131,7 +131,7 @@ def test_export_names_what_the_hub_needs_and_honours_the_umask(tmp_path):
                            tmp_path / "last.pt")
     old = os.umask(0o022)
     try:
-        assert main(["export", str(ckpt), "--modality", "video", "-o", str(tmp_path / "f.pth")]) == 0
+        assert main(["export", "--checkpoint", str(ckpt), "--modality", "video", "-o", str(tmp_path / "f.pth")]) == 0
     finally:
         os.umask(old)
     assert (tmp_path / "f.pth").stat().st_mode & 0o777 == 0o644
@@ -165,14 +165,14 @@ def test_export_of_an_export_is_checked_against_its_weights(tmp_path, capsys):
     from xdc.models.weights import read_metadata
 
     video = tmp_path / "v.pth"
-    assert main(["export", str(_checkpoint_with_config(tmp_path)), "--modality", "video", "-o", str(video)]) == 0
+    assert main(["export", "--checkpoint", str(_checkpoint_with_config(tmp_path)), "--modality", "video", "-o", str(video)]) == 0
     capsys.readouterr()
-    assert main(["export", str(video), "--modality", "audio", "-o", str(tmp_path / "a.pth")]) == 2
+    assert main(["export", "--checkpoint", str(video), "--modality", "audio", "-o", str(tmp_path / "a.pth")]) == 2
     err = capsys.readouterr().err
     assert err == (f"xdc export: {video} holds a video encoder (r2plus1d_18, width 8), not the audio encoder "
                    f"asked for: export it with --modality video\n")
     assert not (tmp_path / "a.pth").exists()
-    assert main(["export", str(video), "--modality", "video", "-o", str(tmp_path / "again.pth")]) == 0
+    assert main(["export", "--checkpoint", str(video), "--modality", "video", "-o", str(tmp_path / "again.pth")]) == 0
     assert read_metadata(tmp_path / "again.pth") == read_metadata(video)
     assert read_metadata(video)["frames"] == 4
 
@@ -188,7 +188,7 @@ def test_a_mislabelled_file_is_one_sentence_for_export_and_the_hub(tmp_path, cap
     meta = {"modality": "video", "arch": "r2plus1d_18", "width": 8, **label}
     torch.save({"state_dict": video_encoder("r2plus1d_18", 8).state_dict(), "xdc": meta}, bad)
     capsys.readouterr()
-    assert main(["export", str(bad), "--modality", "video", "-o", str(tmp_path / "x.pth")]) == 2
+    assert main(["export", "--checkpoint", str(bad), "--modality", "video", "-o", str(tmp_path / "x.pth")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "its weights are a video encoder (r2plus1d_18, width 8)'s" in err
     repo = Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_export_on_a_full_disk_names_the_path(tmp_path):
     ckpt = _checkpoint_with_config(tmp_path)
     mount = tmp_path / "disk"
     mount.mkdir()
-    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && {sys.executable} -m xdc.cli export {ckpt} "
+    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && {sys.executable} -m xdc.cli export --checkpoint {ckpt} "
               f"-o {mount}/v.pth; echo rc=$?; ls -a {mount}")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)

@@ -14,6 +14,7 @@ import errno
 import importlib
 import sys
 
+from xdc.console import console_log
 from xdc.errors import XdcError
 
 COMMANDS = {
@@ -26,6 +27,22 @@ COMMANDS = {
     "export": ("xdc.evaluation.weights", "write a checkpoint's encoder with its architecture and input settings"),
     "demo": ("xdc.demo", "generate built-in data and compare all methods on it"),
 }
+# What `xdc --help` says first: what the tool does for its user, and the path through it.
+ABOUT = """\
+Learn video and audio encoders from your own unlabelled videos: each modality's clusters
+teach the other (XDC, Alwassel et al., NeurIPS 2020; baselines SDC, MDC, CDC and the RAND
+control), then see what they learned and take the weights to any PyTorch code.
+
+From a folder of videos (README.md, "Your own videos"):
+  xdc scan my_videos --labels-from-dirs -o labelled.csv   list and probe the files
+  xdc prepare labelled.csv -o prepared                    optional: copies that decode fast
+  xdc pretrain --data prepared/manifest.csv -o runs/xdc   prints its plan and time first
+  xdc clusters runs/xdc --labels labelled.csv -o report   what went together, with purity
+  xdc finetune --checkpoint CHECKPOINT ... -o probe       a probe's accuracy beside chance
+  xdc export --checkpoint CHECKPOINT -o xdc_video.pth     weights for torch.hub, torchvision
+Or everything on built-in data: xdc demo -o demo_out
+
+-o/--out is what every command writes; `xdc COMMAND --help` shows its options and defaults."""
 # One example per command, shown at the end of its --help (README.md has the whole path).
 EXAMPLES = {
     "scan": "xdc scan my_videos --labels-from-dirs -o manifest.csv",
@@ -36,7 +53,7 @@ EXAMPLES = {
                 "      --train train.csv --val val.csv --test test.csv --out results/xdc",
     "clusters": "xdc clusters runs/xdc --labels manifest.csv --out report/xdc",
     "filters": "xdc filters runs/xdc/checkpoints/iteration_02.pt runs/sdc/checkpoints/iteration_02.pt -o filters.png",
-    "export": "xdc export runs/xdc/checkpoints/iteration_02.pt --modality video -o xdc_video.pth",
+    "export": "xdc export --checkpoint runs/xdc/checkpoints/iteration_02.pt --modality video -o xdc_video.pth",
     "demo": "xdc demo --quick --out demo_out",
 }
 
@@ -80,7 +97,7 @@ def command_parser(name: str) -> tuple[object, argparse.ArgumentParser]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="xdc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="xdc", description=ABOUT, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"xdc {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in COMMANDS.items():
@@ -92,17 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     name = argv[0]
     module, command = command_parser(name)
     args = command.parse_args(argv[1:])
-    try:
-        return int(module.run(args) or 0)
-    except XdcError as err:
-        message = str(err)
-    except OSError as err:
-        if err.errno not in USER_OS_ERRORS:
-            raise
-        message = f"{err.strerror}: {err.filename}" if err.filename else str(err)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]  # one line, always
-    print(f"xdc {name}: {' / '.join(lines)}", file=sys.stderr)
-    return USER_ERROR
+    with console_log():  # from the first line on: a command's log.txt holds what the console showed
+        try:
+            return int(module.run(args) or 0)
+        except XdcError as err:
+            message = str(err)
+        except OSError as err:
+            if err.errno not in USER_OS_ERRORS:
+                raise
+            message = f"{err.strerror}: {err.filename}" if err.filename else str(err)
+        lines = [line.strip() for line in message.splitlines() if line.strip()]  # one line, always
+        print(f"xdc {name}: {' / '.join(lines)}", file=sys.stderr)
+        return USER_ERROR
 
 
 if __name__ == "__main__":

@@ -88,9 +88,9 @@ class ModelConfig:
 
 @dataclass
 class ClusterConfig:
-    k_video: int = 64  # the paper's Kinetics setting (seed Tables 6-7)
-    k_audio: int = 128
-    k_joint: int = 128  # CDC clusters the concatenated features
+    k_video: Union[int, str] = 64  # the paper's Kinetics k (seed Tables 6-7); "auto": xdc.training.sizes
+    k_audio: Union[int, str] = 128
+    k_joint: Union[int, str] = 128  # CDC clusters the concatenated features
     niter: int = 20
     max_points_per_centroid: int = 256  # faiss subsamples k * this many points to train centroids
     pca_dim: int = 0  # 0 = no PCA; else PCA to this many dimensions before k-means
@@ -105,6 +105,7 @@ class ClusterConfig:
 
 
 # Settings whose code sits above the config own their lists here, and that code imports them.
+AUTO = "auto"  # cluster.k_*: xdc.training.sizes
 LR_SCALINGS = ("none", "linear")  # optim.lr_scaling: xdc.training.schedule.effective_lr
 FIRST_FEATURES = ("random", "handcrafted")  # cluster.first_features: what iteration 0 clusters
 
@@ -114,6 +115,7 @@ class OptimConfig:
     """Seed Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
 
     epoch_size: int = 1_000_000
+    epoch_passes: int = 0  # pretraining: epochs of min(epoch_size, this × usable videos); 0 = off
     batch_size: int = 32  # per GPU (per rank): the global batch is batch_size × ranks
     lr: float = 0.01
     # Goyal et al.'s linear rule: "linear" trains at lr × global batch / reference_batch; "none"
@@ -269,6 +271,7 @@ def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
     for key in ("epoch_size", "batch_size", "total_epochs", "patience", "val_max_videos"):
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
+    _check(cfg.epoch_passes >= 0, f"{prefix}.epoch_passes", cfg.epoch_passes, ">= 0 (0 = off)")
     # Bounds far above any useful value (the paper's lr is at most 0.04), so that a typo such as
     # lr=1e6 or inf is refused here rather than diverging after an hour. NaN fails every comparison.
     _check(0 < cfg.lr <= 10, f"{prefix}.lr", cfg.lr, "in (0, 10]: a larger lr makes the loss diverge")
@@ -299,7 +302,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
         _check(cfg.dist.timeout_minutes > 0, f"{prefix}dist.timeout_minutes", cfg.dist.timeout_minutes, "> 0")
         c = cfg.cluster
         for key in ("k_video", "k_audio", "k_joint"):
-            _check(getattr(c, key) >= 2, f"{prefix}cluster.{key}", getattr(c, key), ">= 2")
+            k = getattr(c, key)
+            _check(k == AUTO or (isinstance(k, int) and k >= 2), f"{prefix}cluster.{key}", k, f">= 2 or {AUTO}")
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
         _check(c.first_features in FIRST_FEATURES, f"{prefix}cluster.first_features",
@@ -316,6 +320,7 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
                    f"<= {size}, the smallest feature size clustered (8·model.width per encoder, the "
                    f"hand-crafted sizes with first_features=handcrafted)")
     else:
+        _check(cfg.optim.epoch_passes == 0, f"{prefix}optim.epoch_passes", cfg.optim.epoch_passes, "0 (pretraining only)")
         _check(cfg.mode in FINETUNE_MODES, f"{prefix}mode", cfg.mode, " | ".join(FINETUNE_MODES))
         _check(cfg.knn_k >= 1, f"{prefix}knn_k", cfg.knn_k, ">= 1")
         _check(cfg.knn_temperature > 0, f"{prefix}knn_temperature", cfg.knn_temperature, "> 0")

@@ -44,12 +44,14 @@ from xdc.clustering.pseudo_labels import (
     iteration_features,
 )
 from xdc.config import (
+    AUTO,
     ConfigError,
     PretrainConfig,
     default_pretrain_config,
     load_config,
     save_config,
 )
+from xdc.console import run_log
 from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
 from xdc.data.manifest import (
     Manifest,
@@ -74,7 +76,6 @@ from xdc.training.monitor import (
     log_clusters,
     log_epoch,
     log_training,
-    logged_run,
     print_closing_summary,
     print_pretrain_plan,
     rank_digests,
@@ -93,19 +94,22 @@ from xdc.training.schedule import (
     make_scheduler,
     steps_per_epoch,
 )
+from xdc.training.sizes import K_RULE, auto_k, fit_to_data
 
 # ----------------------------------------------------------------------------------- the command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
+    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
                         "default: dc_kinetics on a GPU, cpu otherwise)")
-    parser.add_argument("--data", type=Path, help="manifest CSV written by `xdc scan`")
-    parser.add_argument("-o", "--out", type=Path, help="run folder to create, or to continue when it holds this "
+    parser.add_argument("--data", type=Path, metavar="MANIFEST",
+                        help="manifest CSV written by `xdc scan` or `xdc prepare` (a new run needs it)")
+    parser.add_argument("-o", "--out", type=Path, metavar="OUT", help="run folder to create, or to continue when it holds this "
                         "same run (same config and manifest rows)")
-    parser.add_argument("--method", choices=tuple(METHODS), help=f"overrides the config's `method`: "
-                        f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's labels)")
-    parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                        help="continue an interrupted run from RUN_DIR/checkpoints/last.pt")
+    parser.add_argument("--method", choices=tuple(METHODS), metavar="METHOD",
+                        help=f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's "
+                        f"labels) (default: the config's `method`: xdc, superv in superv_*)")
+    parser.add_argument("--resume", type=Path, metavar="RUN",
+                        help="continue an interrupted run from RUN/checkpoints/last.pt")
     parser.add_argument("--drop-missing", action="store_true",
                         help="rows whose file is gone become skip rows instead of stopping the start")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -123,7 +127,7 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         cfg = load_config(run.config)
         return cfg, read_manifest(run.rows, check_files=cfg.data.check_files), run.root
     if args.data is None or args.out is None:
-        raise RunFolderError("xdc pretrain needs --data MANIFEST and --out RUN_DIR (or --resume RUN_DIR)")
+        raise RunFolderError("xdc pretrain needs --data MANIFEST and --out OUT (or --resume RUN)")
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
     cfg = load_config(args.config or default_pretrain_config(), overrides)
     manifest = read_manifest(args.data, drop_missing=getattr(args, "drop_missing", False),
@@ -141,11 +145,13 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
 def check_inputs(cfg: PretrainConfig, rows: list[dict]) -> None:
     """What would fail later, said before any work: too few videos for k, superv without labels."""
     method = METHODS[cfg.method]
-    for name in method.clusterings:
-        k = method().num_clusters(name, cfg.cluster)
-        if k > len(rows):
-            raise ConfigError(f"cluster.k_{name}={k} is more than the {len(rows)} usable videos of the "
-                              f"manifest: lower it (a few videos per cluster at least)")
+    ks = {name: method().num_clusters(name, cfg.cluster) for name in method.clusterings}
+    too_many = {name: k for name, k in ks.items() if k != AUTO and k > len(rows)}
+    if too_many:  # all at once, each with a value that fits
+        given = ", ".join(f"cluster.k_{name}={k}" for name, k in too_many.items())
+        fits = " ".join(f"cluster.k_{name}={auto_k(name, len(rows))}" for name in too_many)
+        raise ConfigError(f"{given}: more clusters than the {len(rows)} usable videos of the manifest: "
+                          f"give {fits} (or `auto`: {K_RULE})")
     if cfg.method == "superv" and any(label in (None, "") for label in as_manifest(rows).text("label")):
         raise ConfigError("method superv needs a manifest with a `label` on every row "
                           "(e.g. `xdc scan --labels-from-dirs`)")
@@ -280,12 +286,14 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     relaunching the same command is how torchrun --max-restarts and schedulers bring a run back."""
     device = dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # ranks are known from here on
     rows = as_manifest(rows)
-    with take_run_folder(RunFolder(run_dir), cfg, rows, resume) as resumed:
-        return _pretrain(cfg, rows, run_dir, resumed, device)
+    cfg, fitted = fit_to_data(cfg, len(rows))  # config.yaml records the numbers the run uses
+    run = RunFolder(run_dir)
+    with take_run_folder(run, cfg, rows, resume) as resumed, run_log(run.log):  # the log: once the folder is ours
+        return _pretrain(cfg, rows, run_dir, resumed, device, fitted)
 
 
-@logged_run  # RUN_DIR/log.txt, written once the folder is ours
-def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed: bool, device: torch.device) -> dict:
+def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed: bool, device: torch.device,
+              fitted: list[str]) -> dict:
     # ============ set-up: run folder, data, method, model ============
     release_free_memory()  # what reading and filtering the manifest freed: back to the OS
     run = RunFolder(run_dir)
@@ -307,7 +315,7 @@ def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed:
             print(f"resumed {run.root} at iteration {state.iteration}, epoch {state.epoch}"
                   + (": the run is complete" if state.iteration >= cfg.iterations else ""), flush=True)
     started = time.perf_counter()
-    print_pretrain_plan(cfg, rows, p.model, device)
+    print_pretrain_plan(cfg, rows, p.model, device, fitted)
     if checkpoint:  # each rank's random streams as they were: nothing before the loop draws after this
         restore_rank_rng(checkpoint["rng"])
 

@@ -241,20 +241,23 @@ def _close_shard(shard: ShardWriter, rows: list[dict], done: dict[str, dict]) ->
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("manifest", help="manifest CSV from `xdc scan`")
+    parser.add_argument("manifest", metavar="MANIFEST", help="manifest CSV from `xdc scan`")
     parser.add_argument("-o", "--out", required=True,
                         help="folder for the re-encoded copies (or their shards), its manifest.csv and prepare.json")
-    parser.add_argument("--out-manifest", dest="output", default=None, metavar="CSV",
+    parser.add_argument("--out-manifest", metavar="CSV",
                         help="the new manifest elsewhere (default: OUT/manifest.csv)")
-    parser.add_argument("--short-side", type=int, default=128, help="pixels of the copies' shorter side")
-    parser.add_argument("--keyframe-seconds", type=float, default=0.5, help="a keyframe every this many seconds")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate of the copies (mono)")
-    parser.add_argument("--fps", type=_parse_fps, default="none",
+    parser.add_argument("--short-side", type=int, default=128, metavar="PIXELS",
+                        help="pixels of the copies' shorter side")
+    parser.add_argument("--keyframe-seconds", type=float, default=0.5, metavar="SECONDS",
+                        help="a keyframe every this many seconds")
+    parser.add_argument("--sample-rate", type=int, default=16000, metavar="HZ", help="audio rate of the copies (mono)")
+    parser.add_argument("--fps", type=_parse_fps, default="none", metavar="FPS",
                         help="'none' keeps source timestamps, or a frame rate")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoders")
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+                        help="parallel encoders")
     parser.add_argument("--shards", action="store_true",
                         help="pack the copies into tar shards (WebDataset layout) under OUT/shards")
-    parser.add_argument("--shard-size", type=_parse_size, default="1GB", help="bytes per shard")
+    parser.add_argument("--shard-size", type=_parse_size, default="1GB", metavar="SIZE", help="bytes per shard")
     parser.add_argument("--drop-missing", action="store_true",
                         help="make rows whose file is gone skip rows instead of stopping")
 
@@ -287,10 +290,10 @@ def run(args: argparse.Namespace) -> int:
         raise XdcError(f"-o/--out is the folder for the copies, not a manifest ({args.out}): give the new "
                        f"manifest with --out-manifest")
     if args.shards:
-        summary = prepare_shards(args.manifest, args.out, args.output, options, args.workers,
+        summary = prepare_shards(args.manifest, args.out, args.out_manifest, options, args.workers,
                                  shard_size=args.shard_size, drop_missing=args.drop_missing)
     else:
-        summary = prepare_manifest(args.manifest, args.out, args.output, options, args.workers,
+        summary = prepare_manifest(args.manifest, args.out, args.out_manifest, options, args.workers,
                                    drop_missing=args.drop_missing)
     print(f"prepared {summary['files']} file(s) in {summary['seconds']:.1f} s "
           f"({summary['files_per_s']:.2f} files/s): {summary['done']} encoded, "

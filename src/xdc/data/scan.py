@@ -327,16 +327,16 @@ def summarize(rows: list[dict[str, Any]], ignored: int = 0) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH",
                         help="media files, folders (walked recursively) or .txt lists of paths")
-    parser.add_argument("-o", "--out", "--output", dest="output", required=True, help="manifest CSV to write")
+    parser.add_argument("-o", "--out", required=True, help="manifest CSV to write")
     parser.add_argument("--labels-from-dirs", action="store_true",
                         help="label each file with its parent folder's name")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                         help="parallel probe processes")
 
 
 def run(args: argparse.Namespace) -> int:
     rows, ignored = scan_with_counts(args.paths, args.workers, args.labels_from_dirs)
-    write_manifest(rows, args.output)
+    write_manifest(rows, args.out)
     print(summarize(rows, ignored))
-    print(f"wrote {args.output}")
+    print(f"wrote {args.out}")
     return 0

@@ -55,12 +55,12 @@ from xdc.evaluation.scores import baselines
 from xdc.evaluation.splits import split_manifests
 from xdc.evaluation.sweep import run_linear, run_on_clips
 from xdc.evaluation.weights import load_encoder
+from xdc.console import run_log
 from xdc.files import disk_full_names
 from xdc.models import MODALITIES
 from xdc.training.monitor import (
     TRAIN_COST,
     print_plan,
-    run_log,
     seconds_per_clip,
     seconds_to_decode,
 )
@@ -186,25 +186,30 @@ def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="a `xdc pretrain` checkpoint (checkpoints/*.pt)")
-    source.add_argument("--weights", help="a state dict: exported, an official XDC file, or torchvision's "
+    source.add_argument("--checkpoint", metavar="CHECKPOINT", help="a `xdc pretrain` checkpoint (checkpoints/*.pt)")
+    source.add_argument("--weights", metavar="FILE", help="a state dict: exported, an official XDC file, or torchvision's "
                         "(e.g. the Kinetics-400 file for a Superv baseline kept elsewhere)")
     source.add_argument("--superv", action="store_true",
                         help="torchvision's supervised Kinetics-400 weights, from torch's hub cache")
     source.add_argument("--scratch", action="store_true", help="random initialisation")
-    parser.add_argument("--modality", choices=MODALITIES, default="video", help="which encoder to evaluate")
-    parser.add_argument("--mode", choices=FINETUNE_MODES, help="overrides the config's mode")
-    parser.add_argument("--train", help="labelled manifest of training videos")
-    parser.add_argument("--val", help="labelled manifest for choosing the lr (default: hold out train "
+    parser.add_argument("--modality", choices=MODALITIES, default="video", metavar="MODALITY",
+                        help="video or audio: which encoder to evaluate")
+    parser.add_argument("--mode", choices=FINETUNE_MODES, metavar="MODE",
+                        help=f"{', '.join(FINETUNE_MODES)} (default: the config's `mode`: linear in cpu and "
+                        f"tiny, full in ucf101, hmdb51, esc50)")
+    parser.add_argument("--train", metavar="MANIFEST", help="labelled manifest of training videos")
+    parser.add_argument("--val", metavar="MANIFEST", help="labelled manifest for choosing the lr (default: hold out train "
                         "videos); knn and retrieval score it beside the test videos")
-    parser.add_argument("--test", help="labelled manifest of test videos")
-    parser.add_argument("--split", choices=("ucf101", "hmdb51", "esc50"), help="a standard split instead of manifests")
-    parser.add_argument("--root", help="with --split: the dataset's video (or ESC-50) folder")
-    parser.add_argument("--split-dir", help="with --split: the folder of its split files")
-    parser.add_argument("--fold", type=int, default=1, help="with --split: split / fold number")
-    parser.add_argument("--config", help="a YAML file or packaged name (ucf101, hmdb51, esc50, cpu, tiny; "
+    parser.add_argument("--test", metavar="MANIFEST", help="labelled manifest of test videos")
+    parser.add_argument("--split", choices=("ucf101", "hmdb51", "esc50"), metavar="DATASET",
+                        help="ucf101, hmdb51 or esc50: a standard split instead of manifests")
+    parser.add_argument("--root", metavar="FOLDER", help="with --split: the dataset's video (or ESC-50) folder")
+    parser.add_argument("--split-dir", metavar="FOLDER", help="with --split: the folder of its split files")
+    parser.add_argument("--fold", type=int, default=1, metavar="N", help="with --split: split / fold number")
+    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (ucf101, hmdb51, esc50, cpu, tiny; "
                         "default: ucf101 on a GPU, cpu otherwise)")
-    parser.add_argument("-o", "--out", required=True, help="output folder (rerun to resume)")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT",
+                        help="output folder: results.json, log.txt, config.yaml (rerun to resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epoch_size=2000")
 
 

@@ -149,18 +149,15 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", nargs="?", help="a pretrain checkpoint (checkpoints/*.pt)")
-    parser.add_argument("--checkpoint", dest="checkpoint_option", metavar="CHECKPOINT",
-                        help="the same, spelled as in `xdc finetune`")
-    parser.add_argument("-o", "--out", required=True,
+    parser.add_argument("--checkpoint", required=True, metavar="CHECKPOINT",
+                        help="a `xdc pretrain` checkpoint (checkpoints/*.pt), or a file xdc export wrote")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT",
                         help="output .pth file ({state_dict, xdc: architecture, width, input settings})")
-    parser.add_argument("--modality", choices=MODALITIES, default="video", help="which encoder to export")
+    parser.add_argument("--modality", choices=MODALITIES, default="video", metavar="MODALITY",
+                        help="video or audio: which encoder to export")
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.checkpoint is None) == (args.checkpoint_option is None):
-        raise WeightsError("give the checkpoint once: `xdc export CKPT` or `xdc export --checkpoint CKPT`")
-    args.checkpoint = args.checkpoint or args.checkpoint_option
     out = export_encoder(args.checkpoint, args.out, args.modality)
     print(f"wrote the {args.modality} encoder of {args.checkpoint} to {out}")
     return 0

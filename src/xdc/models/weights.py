@@ -93,7 +93,7 @@ def check_metadata(meta: dict, state_dict: dict[str, torch.Tensor], source: str)
     if any(meta.get(key) not in (None, shape.get(key)) for key in ("modality", "arch", "width")):
         raise WeightsError(f"{source} says it holds {describe_encoder(meta)} but its weights are "
                            f"{describe_encoder(shape)}'s: the file is mislabelled; export the encoder again "
-                           f"from its pretrain checkpoint (xdc export CHECKPOINT --modality MODALITY)")
+                           f"from its pretrain checkpoint (xdc export --checkpoint CHECKPOINT --modality MODALITY)")
 
 
 def _listed(keys: list[str]) -> str:

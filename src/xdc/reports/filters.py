@@ -102,10 +102,10 @@ def draw_filters(checkpoints: list[str | Path], out: str | Path, titles: list[st
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoints", nargs="+", metavar="CKPT",
+    parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                         help="one or two checkpoints: ours, an exported or a torchvision state dict")
-    parser.add_argument("-o", "--out", default="filters.png", help="output PNG")
-    parser.add_argument("--titles", nargs="+", help="a title per checkpoint (default: file names)")
+    parser.add_argument("-o", "--out", default="filters.png", metavar="OUT", help="output PNG")
+    parser.add_argument("--titles", nargs="+", metavar="TITLE", help="a title per checkpoint (default: file names)")
 
 
 def run(args: argparse.Namespace) -> int:

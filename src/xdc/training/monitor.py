@@ -5,16 +5,10 @@ hides a head that learns nothing.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
-import io
-import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -22,9 +16,9 @@ import torch
 from xdc import distributed as dist_utils
 from xdc.clustering.pseudo_labels import weights_digest
 from xdc.methods import MODALITIES, HeadSpec
-from xdc.training.run_folder import RunFolder
 
-# A head whose loss stays within this fraction of chance (ln k) learned (next to) nothing.
+# A head whose loss stays within this fraction of chance (ln k) learned (next to) nothing; one
+# further above it overfit.
 CHANCE_MARGIN = 0.05
 
 
@@ -95,88 +89,65 @@ def print_plan(what: str, facts: list[str], compute: float, decoding: float, not
           f"reading videos {duration_text(decoding)}, measured here)" + (f"; {note}" if note else ""), flush=True)
 
 
-def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device) -> None:
-    """The pretraining plan (rank 0): videos, iterations, epochs of clips, lr, clusters, device,
-    and an estimate from the encoders' measured speed and one video's measured reading time."""
+def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitted: list[str] = ()) -> None:
+    """The pretraining plan (rank 0): `pretrain_plan_facts`, and an estimate from the encoders'
+    measured speed and one video's measured reading time; then `batch_warning`, if any."""
     from xdc.data.datasets import AudioVideoClips, resolve_num_workers
-    from xdc.training.schedule import effective_lr, global_batch
 
     if not dist_utils.is_main():
         return
-    o, c, num_videos = cfg.optim, cfg.cluster, len(rows)
+    o, c, num_videos, ranks = cfg.optim, cfg.cluster, len(rows), dist_utils.world_size()
     per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp) for m in MODALITIES)
     read = seconds_to_decode(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1))
-    val = min(num_videos - 1, max(1, round(o.val_fraction * num_videos)))
+    val = validation_videos(cfg, num_videos)
     clips = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * (o.epoch_size + val))
     seconds = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * val) * per_clip \
         + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
     # Clips are read by the DataLoader's workers of every rank, side by side.
-    decoding = clips * read / max(1, resolve_num_workers(cfg.data.num_workers)) / dist_utils.world_size()
-    print_plan(f"{cfg.method} pretraining on {device} ({dist_utils.world_size()} process(es))", [
-        f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
-        f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
-        f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), then "
-        f"up to {o.total_epochs} epochs of {o.epoch_size} clips",
-        f"{dist_utils.world_size()} rank(s) × batch {o.batch_size} = global batch "
-        f"{global_batch(o, dist_utils.world_size())}; lr {effective_lr(o, dist_utils.world_size()):g} "
-        f"(optim.lr {o.lr:g}, lr_scaling {o.lr_scaling})"],
-        seconds / dist_utils.world_size(), decoding, "at most: early stopping can end an iteration sooner" if o.early_stop else "")
+    decoding = clips * read / max(1, resolve_num_workers(cfg.data.num_workers)) / ranks
+    print_plan(f"{cfg.method} pretraining on {device} ({ranks} process(es))",
+               pretrain_plan_facts(cfg, num_videos, ranks, fitted), seconds / ranks, decoding,
+               "at most: early stopping can end an iteration sooner" if o.early_stop else "")
+    warning = batch_warning(o, ranks)
+    if warning:
+        print(warning, flush=True)
 
 
-# ---------------------------------------------------------------------------- the run's log
-
-class _Tee(io.TextIOBase):
-    """Writes to the console stream and to the log; progress-bar redraws (carriage returns,
-    cursor codes) go to the console only."""
-
-    def __init__(self, console, log):
-        self.console, self.log = console, log
-
-    def write(self, text: str) -> int:
-        self.console.write(text)
-        if "\r" not in text and "\x1b[" not in text:
-            self.log.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        self.console.flush()
-        self.log.flush()
-
-    def isatty(self) -> bool:
-        return self.console.isatty()
-
-    def fileno(self) -> int:
-        return self.console.fileno()
+def validation_videos(cfg, num_videos: int) -> int:
+    """Videos held out for the validation loss (as pretrain.split_train_val holds them out)."""
+    return min(num_videos - 1, max(1, round(cfg.optim.val_fraction * num_videos)))
 
 
-@contextmanager
-def run_log(path: Path) -> Iterator[None]:
-    """While the block runs, what this process prints (stdout and stderr) is also appended to
-    `path` (rank 0 only; a resumed run appends)."""
-    if os.environ.get("RANK", "0") != "0":  # torchrun sets RANK before anything runs
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as log:
-        streams = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
-        try:
-            yield
-        finally:
-            sys.stdout, sys.stderr = streams
+def pretrain_plan_facts(cfg, num_videos: int, world_size: int, fitted: list[str] = ()) -> list[str]:
+    """The plan's lines: videos, clips, iterations, k, epochs; the global batch, SGD steps per epoch
+    and the lr they train at on `world_size` ranks; then the settings fitted to the data
+    (xdc.training.sizes)."""
+    from xdc.training.schedule import effective_lr, global_batch, steps_per_epoch
+
+    o, c, val = cfg.optim, cfg.cluster, validation_videos(cfg, num_videos)
+    return [f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
+            f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
+            f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), "
+            f"then up to {o.total_epochs} epochs of {o.epoch_size} clips",
+            f"{world_size} rank(s) × batch {o.batch_size} = global batch {global_batch(o, world_size)}, "
+            f"{steps_per_epoch(o, world_size)} SGD step(s) per epoch; lr {effective_lr(o, world_size):g} "
+            f"(optim.lr {o.lr:g}, lr_scaling {o.lr_scaling}, reference_batch {o.reference_batch})",
+            *fitted]
 
 
-def logged_run(function):
-    """Decorator of `pretrain(cfg, rows, run_dir, ...)`: its console output also goes to
-    RUN_DIR/log.txt (`run_log`)."""
-    parameters = inspect.signature(function)
+def batch_warning(o, world_size: int) -> str | None:
+    """One line when the global batch is more than 2× away from `optim.reference_batch` (the batch
+    `optim.lr` was set for) and the lr does not follow it (lr_scaling none), naming both remedies."""
+    from xdc.training.schedule import global_batch
 
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        run_dir = parameters.bind(*args, **kwargs).arguments["run_dir"]
-        with run_log(RunFolder(run_dir).log):
-            return function(*args, **kwargs)
-    return wrapper
+    batch = global_batch(o, world_size)
+    ratio = max(batch, o.reference_batch) / min(batch, o.reference_batch)
+    if o.lr_scaling != "none" or ratio <= 2:
+        return None
+    return (f"warning: global batch {batch} ({world_size} rank(s) × {o.batch_size}) is {ratio:.3g}× "
+            f"{'above' if batch > o.reference_batch else 'below'} optim.reference_batch {o.reference_batch}, the "
+            f"batch optim.lr {o.lr:g} was set for, and the lr stays {o.lr:g}: set optim.lr_scaling=linear "
+            f"(lr {o.lr * batch / o.reference_batch:g} here), or set optim.lr and optim.reference_batch for this batch")
 
 
 # ------------------------------------------------------------------------------ TensorBoard
@@ -287,17 +258,22 @@ def _num(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def heads_at_chance(summary: dict) -> list[str]:
-    """Heads whose validation loss stayed within CHANCE_MARGIN of chance in every iteration:
-    the entropy of their labels (what knowing only the cluster sizes scores), at most ln k."""
-    seen: dict[str, bool] = {}
+def heads_not_learning(summary: dict) -> dict[str, list[str]]:
+    """Heads whose validation loss never went below chance by more than CHANCE_MARGIN in any
+    iteration (chance: the entropy of their labels, what knowing only the cluster sizes scores, at
+    most ln k), as {"at chance": heads that stayed within the margin, "overfit": heads whose loss
+    rose above chance by more than the margin (they fit the training videos' labels and
+    generalised worse than guessing by cluster size)}."""
+    learned: dict[str, bool] = {}
+    above: dict[str, bool] = {}
     for record in summary["iterations"]:
         for name, head in record.get("heads", {}).items():
             loss = head["train_loss"] if head.get("val_loss") is None else head["val_loss"]  # no val pass
             chance = min(head["chance"], head.get("prior_entropy", head["chance"]))
-            at_chance = loss >= (1 - CHANCE_MARGIN) * chance
-            seen[name] = seen.get(name, True) and at_chance
-    return [name for name, stayed in seen.items() if stayed]
+            learned[name] = learned.get(name, False) or loss < (1 - CHANCE_MARGIN) * chance
+            above[name] = above.get(name, False) or loss > (1 + CHANCE_MARGIN) * chance
+    stuck = [name for name in learned if not learned[name]]
+    return {"at chance": [n for n in stuck if not above[n]], "overfit": [n for n in stuck if above[n]]}
 
 
 def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: torch.device) -> None:
@@ -320,8 +296,11 @@ def print_closing_summary(summary: dict, run_dir: Path, seconds: float, device: 
             print(f"    {name}: train {head['train_loss']:.3f}, val {_num(head.get('val_loss'))}, "
                   f"chance {head['chance']:.3f} (ln k), {head.get('prior_entropy', head['chance']):.3f} "
                   f"(labels' entropy)")
-    stuck = heads_at_chance(summary)
-    if stuck:
+    heads = heads_not_learning(summary)
+    if heads["at chance"]:
         print(f"  heads that never left chance (val loss within {CHANCE_MARGIN:.0%} of their labels' entropy): "
-              f"{', '.join(stuck)}")
+              f"{', '.join(heads['at chance'])}")
+    if heads["overfit"]:
+        print(f"  heads that overfit (val loss more than {CHANCE_MARGIN:.0%} above their labels' entropy, never "
+              f"below it): {', '.join(heads['overfit'])}")
     sys.stdout.flush()
