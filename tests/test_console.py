@@ -37,6 +37,21 @@ def test_nothing_written_when_no_folder_is_taken(tmp_path, capsys):
     assert capsys.readouterr().out == "refused before any folder\n"
 
 
+def test_runs_one_after_the_other_each_get_their_lines(tmp_path):
+    """As `xdc demo` runs several: the lines after a run (how to resume it, an error) are its log's
+    until the next run starts."""
+    with console_log():
+        print("first line of the command")
+        with run_log(tmp_path / "a.txt"):
+            print("run a")
+        print("after a")
+        with run_log(tmp_path / "b.txt"):
+            print("run b")
+        print("the end")
+    assert (tmp_path / "a.txt").read_text() == "first line of the command\nrun a\nafter a\n"
+    assert (tmp_path / "b.txt").read_text() == "run b\nthe end\n"
+
+
 def test_a_second_log_inside_a_written_one_gets_its_own_lines(tmp_path):
     with run_log(tmp_path / "outer.txt"):
         print("outer")

@@ -320,7 +320,8 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
                    f"<= {size}, the smallest feature size clustered (8·model.width per encoder, the "
                    f"hand-crafted sizes with first_features=handcrafted)")
     else:
-        _check(cfg.optim.epoch_passes == 0, f"{prefix}optim.epoch_passes", cfg.optim.epoch_passes, "0 (pretraining only)")
+        o = cfg.optim
+        _check(o.epoch_passes == 0, f"{prefix}optim.epoch_passes", o.epoch_passes, "0 (pretraining only)")
         _check(cfg.mode in FINETUNE_MODES, f"{prefix}mode", cfg.mode, " | ".join(FINETUNE_MODES))
         _check(cfg.knn_k >= 1, f"{prefix}knn_k", cfg.knn_k, ">= 1")
         _check(cfg.knn_temperature > 0, f"{prefix}knn_temperature", cfg.knn_temperature, "> 0")

@@ -2,10 +2,11 @@
 
 `xdc.cli` runs every command inside `console_log()`: from its first line, what the process prints
 (stdout and stderr) is recorded, and Python warnings are printed as one line each, once per
-command. A command that owns an output folder calls `run_log(FOLDER/log.txt)` once the folder is
-its own: the lines printed so far are written there first, then every later one, up to the error
-line `xdc.cli` prints on failure. A command refused before that (bad input, a folder holding
-another run) writes no log. Only rank 0 records (torchrun sets RANK before anything runs);
+command. A run that owns an output folder calls `run_log(FOLDER/log.txt)` once the folder is its
+own: the lines printed so far are written there first, then every later one, up to the next
+run's `run_log` or the end of the command (the "interrupted; continue with" line, the error line
+`xdc.cli` prints on failure). A command refused before that (bad input, a folder holding another
+run) writes no log. Only rank 0 records (torchrun sets RANK before anything runs);
 progress-bar redraws (carriage returns, cursor codes) stay on the console.
 """
 
@@ -21,21 +22,25 @@ from typing import Iterator
 
 
 class _Record:
-    """The recorded lines: in memory until `open(path)`, then appended to `path`."""
+    """The recorded lines: in memory until `open(path)`, then appended to `path` (to the next
+    path from the next `open` on)."""
 
     def __init__(self):
         self.early: io.StringIO | None = io.StringIO()
         self.file = None
+        self.in_run = False  # inside a run_log block
 
     def write(self, text: str) -> None:
         (self.file or self.early).write(text)
 
     def open(self, path: Path) -> None:
+        self.close()
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8")
-        self.file.write(self.early.getvalue())
-        self.file.flush()
-        self.early = None
+        if self.early is not None:
+            self.file.write(self.early.getvalue())
+            self.file.flush()
+            self.early = None
 
     def flush(self) -> None:
         if self.file is not None:
@@ -108,14 +113,21 @@ def console_log() -> Iterator[None]:
 @contextmanager
 def run_log(path: Path) -> Iterator[None]:
     """What this process prints goes to `path` too (rank 0; appended: a rerun or resume adds to
-    it). Inside a `console_log` not yet written anywhere, from that block's first line on, until
-    the block ends; otherwise from here until this block ends."""
-    pending = isinstance(sys.stdout, _Tee) and sys.stdout.record.file is None
-    if pending:
-        sys.stdout.record.open(Path(path))
-        yield
+    it). Inside a `console_log`: from its first line if no run logged before (else from here) to
+    the next run's `run_log` or the end of the command, so that the lines said after the run (how
+    to resume it, the error that ended it) are in its log. Inside another run's block, or without
+    a `console_log`: from here until this block ends."""
+    record = sys.stdout.record if isinstance(sys.stdout, _Tee) else None
+    if record is None or record.in_run:
+        with console_log():
+            if is_rank_zero():
+                sys.stdout.record.open(Path(path))
+                sys.stdout.record.in_run = True
+            yield
         return
-    with console_log():
-        if is_rank_zero():
-            sys.stdout.record.open(Path(path))
+    record.open(Path(path))
+    record.in_run = True
+    try:
         yield
+    finally:
+        record.in_run = False

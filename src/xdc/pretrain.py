@@ -99,12 +99,12 @@ from xdc.training.sizes import K_RULE, auto_k, fit_to_data
 # ----------------------------------------------------------------------------------- the command
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (e.g. tiny_cpu, pretrain/cpu.yaml; "
-                        "default: dc_kinetics on a GPU, cpu otherwise)")
+    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (e.g. tiny_cpu, "
+                        "pretrain/cpu.yaml; default: dc_kinetics on a GPU, cpu otherwise)")
     parser.add_argument("--data", type=Path, metavar="MANIFEST",
                         help="manifest CSV written by `xdc scan` or `xdc prepare` (a new run needs it)")
-    parser.add_argument("-o", "--out", type=Path, metavar="OUT", help="run folder to create, or to continue when it holds this "
-                        "same run (same config and manifest rows)")
+    parser.add_argument("-o", "--out", type=Path, metavar="OUT", help="run folder to create, or to continue "
+                        "when it holds this same run (same config and manifest rows)")
     parser.add_argument("--method", choices=tuple(METHODS), metavar="METHOD",
                         help=f"{', '.join(METHODS)} (rand: random labels, the control; superv: the manifest's "
                         f"labels) (default: the config's `method`: xdc, superv in superv_*)")

@@ -186,9 +186,10 @@ def finetune(cfg: FinetuneConfig, encoder: nn.Module, modality: str, train_rows:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="CHECKPOINT", help="a `xdc pretrain` checkpoint (checkpoints/*.pt)")
-    source.add_argument("--weights", metavar="FILE", help="a state dict: exported, an official XDC file, or torchvision's "
-                        "(e.g. the Kinetics-400 file for a Superv baseline kept elsewhere)")
+    source.add_argument("--checkpoint", metavar="CHECKPOINT",
+                        help="a `xdc pretrain` checkpoint (checkpoints/*.pt)")
+    source.add_argument("--weights", metavar="FILE", help="a state dict: exported, an official XDC file, or "
+                        "torchvision's (e.g. the Kinetics-400 file for a Superv baseline kept elsewhere)")
     source.add_argument("--superv", action="store_true",
                         help="torchvision's supervised Kinetics-400 weights, from torch's hub cache")
     source.add_argument("--scratch", action="store_true", help="random initialisation")
@@ -198,16 +199,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"{', '.join(FINETUNE_MODES)} (default: the config's `mode`: linear in cpu and "
                         f"tiny, full in ucf101, hmdb51, esc50)")
     parser.add_argument("--train", metavar="MANIFEST", help="labelled manifest of training videos")
-    parser.add_argument("--val", metavar="MANIFEST", help="labelled manifest for choosing the lr (default: hold out train "
-                        "videos); knn and retrieval score it beside the test videos")
+    parser.add_argument("--val", metavar="MANIFEST", help="labelled manifest for choosing the lr (default: hold "
+                        "out train videos); knn and retrieval score it beside the test videos")
     parser.add_argument("--test", metavar="MANIFEST", help="labelled manifest of test videos")
     parser.add_argument("--split", choices=("ucf101", "hmdb51", "esc50"), metavar="DATASET",
                         help="ucf101, hmdb51 or esc50: a standard split instead of manifests")
     parser.add_argument("--root", metavar="FOLDER", help="with --split: the dataset's video (or ESC-50) folder")
     parser.add_argument("--split-dir", metavar="FOLDER", help="with --split: the folder of its split files")
     parser.add_argument("--fold", type=int, default=1, metavar="N", help="with --split: split / fold number")
-    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (ucf101, hmdb51, esc50, cpu, tiny; "
-                        "default: ucf101 on a GPU, cpu otherwise)")
+    parser.add_argument("--config", metavar="CONFIG", help="a YAML file or packaged name (ucf101, hmdb51, esc50, "
+                        "cpu, tiny; default: ucf101 on a GPU, cpu otherwise)")
     parser.add_argument("-o", "--out", required=True, metavar="OUT",
                         help="output folder: results.json, log.txt, config.yaml (rerun to resume)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.epoch_size=2000")

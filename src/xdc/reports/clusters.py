@@ -342,10 +342,11 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN", help="a `xdc pretrain` run folder")
-    parser.add_argument("--labels", metavar="MANIFEST", help="manifest with a label column, matched on its id column (else by "
-                        "path), e.g. the one `xdc scan --labels-from-dirs` wrote before `xdc prepare` "
+    parser.add_argument("--labels", metavar="MANIFEST", help="manifest with a label column, matched on its id "
+                        "column (else by path), e.g. the one `xdc scan --labels-from-dirs` wrote before `xdc prepare` "
                         "(default: rows.csv's own labels; none at all: the browser and label-free statistics)")
-    parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder: index.html, metrics.json, tables")
+    parser.add_argument("-o", "--out", required=True, metavar="OUT",
+                        help="output folder: index.html, metrics.json, tables")
     parser.add_argument("--iteration", type=int, metavar="N", help="iteration to report (default: the last)")
     parser.add_argument("--clips", type=int, default=3, metavar="N", help="member clips shown per cluster")
     parser.add_argument("--max-clusters", type=int, metavar="N",
