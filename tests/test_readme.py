@@ -90,7 +90,7 @@ def test_readme_own_videos_path(tmp_path, shared_videos):
     # The plan: the cpu preset fitted to the 8 videos with audio, and an estimate within the promise.
     plan = printed["pretrain"]
     assert "no --config given: using" in plan and "8 usable videos, 2 dropped (2 no audio)" in plan
-    assert "k video/audio/joint 2/2/2" in plan and "epochs of 2 passes over 8 videos = 16 clips" in plan
+    assert "k video/audio/joint 2/2/2" in plan and "epochs of 1 pass(es) over 8 videos = 8 clips" in plan
     estimate = re.search(r"estimate: about ([\d.]+) (s|min)\b", plan)
     minutes = float(estimate.group(1)) / (60 if estimate.group(2) == "s" else 1)
     assert minutes < ESTIMATE_LIMIT_MINUTES, plan

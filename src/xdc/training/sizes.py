@@ -11,7 +11,7 @@ command on the same rows finds the same config:
   the fewest points per centroid its k-means trains on without warning: with fewer, a centroid
   is the mean of a handful of videos. On Kinetics (240k videos) the rule gives the paper's k.
 - `optim.epoch_passes: P` (0: off) -> `optim.epoch_size` = min(epoch_size, P × N): on a small
-  folder an epoch is a few passes over its videos, not thousands of clips of the same few.
+  folder an epoch is a pass or a few over its videos, not thousands of clips of the same few.
 """
 
 from __future__ import annotations
@@ -42,6 +42,6 @@ def fit_to_data(cfg: PretrainConfig, num_videos: int) -> tuple[PretrainConfig, l
     o = cfg.optim
     if o.epoch_passes and o.epoch_passes * num_videos < o.epoch_size:
         cfg = replace(cfg, optim=replace(o, epoch_size=o.epoch_passes * num_videos))
-        notes.append(f"optim.epoch_passes {o.epoch_passes}: epochs of {o.epoch_passes} passes over "
+        notes.append(f"optim.epoch_passes {o.epoch_passes}: epochs of {o.epoch_passes} pass(es) over "
                      f"{num_videos} videos = {cfg.optim.epoch_size} clips (fewer than optim.epoch_size {o.epoch_size})")
     return cfg, notes
