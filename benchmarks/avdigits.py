@@ -382,6 +382,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
+    if args.seeds and min(args.seeds) < 0:
+        parser.error("--seeds: integers >= 0")
     args.methods = list(dict.fromkeys(m for text in args.methods for m in text.split(",") if m))
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or not args.methods:

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "xdc/configs/demo.yaml; --quick merges demo_quick.yaml on top)")
     parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
                         help=f"comma-separated subset of: {','.join(DEMO_METHODS)}")
-    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+    parser.add_argument("--seeds", type=_seed, nargs="+", metavar="S",
                         help="seeds to run every method with, e.g. 0 1 2 3 4 (default: the config's "
                              "pretrain.seed); 5 or more give XDC's comparisons a verdict")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -58,6 +58,12 @@ def _method_list(text: str) -> list[str]:
     if unknown or not methods:
         raise argparse.ArgumentTypeError(f"unknown method(s) {unknown}; choose from {','.join(DEMO_METHODS)}")
     return methods
+
+
+def _seed(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed: expected an integer >= 0")
+    return int(text)
 
 
 def load_demo_config(config: str | Path = "demo", quick: bool = False,

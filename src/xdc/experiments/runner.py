@@ -230,7 +230,7 @@ def run_piece(experiment: Experiment, steps: Steps, piece: Piece) -> dict:
     piece.folder.mkdir(parents=True, exist_ok=True)
     record_path = piece.folder / "piece.json"
     # Seconds per step, summed over the runs that did the work (a reused step costs nothing).
-    seconds = json.loads(record_path.read_text())["step_seconds"] if record_path.is_file() else {}
+    seconds = json.loads(record_path.read_text()).get("step_seconds", {}) if record_path.is_file() else {}
     record: dict = {"seed": piece.seed, "method": piece.method,
                     "folder": str(piece.folder.relative_to(experiment.out))}
     checkpoint = None
@@ -321,7 +321,8 @@ def run_experiment(experiment: Experiment, steps: Steps, jobs: int = 1) -> dict:
     runs: list[dict] = []
     if jobs == 1:
         for i, piece in enumerate(pieces, 1):
-            work = "random encoders, probes" if piece.method == SCRATCH else "pretraining, clusters, probes"
+            work = {SCRATCH: "random encoders, probes", SUPERVISED: "pretraining on the classes, probes"}.get(
+                piece.method, "pretraining, clusters, probes")
             print(f"\n[{i}/{len(pieces)}, {time.perf_counter() - started:.0f} s] seed {piece.seed}, "
                   f"{piece.method}: {work}", flush=True)
             runs.append(run_piece(experiment, steps, piece))
