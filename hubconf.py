@@ -25,19 +25,24 @@ def _load(modality, weights, arch, width):
     from xdc.models import audio_encoder, video_encoder
     from xdc.models.weights import (
         WeightsError,
+        check_metadata,
+        describe_encoder,
         load_strict,
         read_metadata,
         read_state_dict,
     )
 
-    meta = read_metadata(weights) if weights is not None else {}
+    meta, state = {}, None
+    if weights is not None:
+        meta, state = read_metadata(weights), read_state_dict(weights, modality)
+        check_metadata(meta, state, str(weights))  # a mislabelled file: one sentence, not a list of keys
     if meta.get("modality", modality) != modality:
-        raise WeightsError(f"{weights} holds a {meta['modality']} encoder: use xdc_{meta['modality']}")
+        raise WeightsError(f"{weights} holds {describe_encoder(meta)}: use xdc_{meta['modality']}")
     width = width or meta.get("width") or 64
     arch = arch or meta.get("arch") or "r2plus1d_18"
     model = video_encoder(arch, width) if modality == "video" else audio_encoder(width)
-    if weights is not None:
-        load_strict(model, read_state_dict(weights, modality), source=str(weights))
+    if state is not None:
+        load_strict(model, state, source=str(weights))
     model.xdc_input = {k: v for k, v in meta.items() if k not in ("modality", "arch", "width", "feature_dim")}
     return model
 

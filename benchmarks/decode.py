@@ -40,8 +40,9 @@ from xdc.config import DataConfig
 from xdc.data.datasets import AudioVideoClips
 from xdc.data.decode import decode_clips
 from xdc.data.manifest import read_manifest, write_manifest
-from xdc.data.prepare import PrepareOptions, prepare_manifest, prepare_shards
+from xdc.data.prepare import prepare_manifest, prepare_shards
 from xdc.data.scan import scan_paths
+from xdc.data.transcode import PrepareOptions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VIDEOS = REPO.parent / "shared" / "data" / "videos"

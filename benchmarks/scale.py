@@ -33,14 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.data.manifest import (
-    STRINGS,
-    Manifest,
-    read_manifest,
-    release_free_memory,
-    usable_rows,
-    write_manifest,
-)
+from xdc.data.manifest import Manifest, read_manifest, release_free_memory, usable_rows, write_manifest
+from xdc.data.manifest_csv import STRINGS
 
 SCALES = {"kinetics_240k": 240_000, "audioset_2m": 2_000_000, "ig_kinetics_65m": 65_000_000}
 

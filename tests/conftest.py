@@ -75,3 +75,40 @@ def make_av_manifest(folder: Path, per_class: int = 4, seconds: float = 2.0) -> 
 def av_manifest(tmp_path_factory) -> Path:
     """Session-wide manifest of 8 labelled real clips with audio (see make_av_manifest)."""
     return make_av_manifest(tmp_path_factory.mktemp("av_clips"))
+
+
+LABELLED_CLASSES = {"red_low": ((200, 30, 30), 300.0), "green_mid": ((30, 200, 30), 900.0),
+                    "blue_high": ((30, 30, 200), 2400.0)}
+
+
+def make_labelled_clip(path, colour, tone, seed, seconds=1.0, fps=8.0, sample_rate=16000):
+    """A clip of one colour with a moving white square, and a tone: a class anyone can tell."""
+    from xdc.data.encode import write_video
+
+    rng = np.random.default_rng(seed)
+    frames = np.empty((int(seconds * fps), 48, 64, 3), np.uint8)
+    frames[:] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+    for t in range(len(frames)):  # a moving white square, as make_clip
+        x = (t * 5 + int(rng.integers(0, 20))) % 56
+        frames[t, 16:24, x:x + 8] = 255
+    time = np.arange(int(seconds * sample_rate)) / sample_rate
+    wave = 0.3 * np.sin(2 * np.pi * tone * (1 + 0.02 * rng.standard_normal()) * time)
+    return write_video(path, frames, fps, wave + 0.01 * rng.standard_normal(time.size), sample_rate)
+
+
+@pytest.fixture(scope="session")
+def labelled_manifests(tmp_path_factory) -> Path:
+    """A folder with train.csv (4 videos per class of LABELLED_CLASSES) and test.csv (2 per class)
+    of real MP4s, labels from their folders."""
+    from xdc.data.manifest import write_manifest
+    from xdc.data.scan import scan_paths
+
+    root = tmp_path_factory.mktemp("labelled")
+    for subset, count in (("train", 4), ("test", 2)):
+        for label, (colour, tone) in LABELLED_CLASSES.items():
+            for i in range(count):
+                make_labelled_clip(root / subset / label / f"{i}.mp4", colour, tone,
+                                   seed=100 * count + 10 * list(LABELLED_CLASSES).index(label) + i)
+        write_manifest(scan_paths([root / subset], labels_from_dirs=True, progress=False),
+                       root / f"{subset}.csv")
+    return root

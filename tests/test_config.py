@@ -139,9 +139,9 @@ def test_dotlist_is_what_load_config_takes():
 
 
 def test_user_errors_share_one_base_and_one_exit_code(tmp_path, capsys):
-    from xdc.data.manifest import ManifestError
+    from xdc.data.manifest_csv import ManifestError
     from xdc.data.scan import ScanError
-    from xdc.evaluation.finetune import FinetuneError
+    from xdc.evaluation.labelled import FinetuneError
     from xdc.experiments.runner import ExperimentError
     from xdc.evaluation.splits import SplitError
     from xdc.models.weights import WeightsError

@@ -15,7 +15,8 @@ from xdc.data.audio import mel_band_centres, num_audio_frames
 from xdc.data.datasets import (AudioClips, AudioVideoClips, EpochSampler, SkipCounter, clip_loader,
                                collate_clips, eval_starts, worker_init_fn)
 from xdc.data.decode import decode_audio_windows, decode_clips
-from xdc.data.manifest import ManifestError, empty_row, write_manifest
+from xdc.data.manifest import empty_row, write_manifest
+from xdc.data.manifest_csv import ManifestError
 from xdc.data.transforms import train_video_transform
 
 CFG = DataConfig(frames=4, fps=8.0, short_side=64, crop=56, eval_clips=3, max_retries=2)

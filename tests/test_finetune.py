@@ -1,5 +1,6 @@
 """`xdc finetune` on small labelled manifests of real files made here: three classes that differ
-visibly (background colour) and audibly (tone), labels from their folders."""
+visibly (background colour) and audibly (tone), labels from their folders (conftest's
+`labelled_manifests`)."""
 
 from __future__ import annotations
 
@@ -11,66 +12,26 @@ import torch
 
 from xdc.cli import main
 from xdc.config import FinetuneConfig, load_config
-from xdc.data.encode import write_video
-from xdc.data.manifest import write_manifest
-from xdc.data.scan import scan_paths
-from xdc.evaluation.finetune import FinetuneError, finetune, hold_out
-from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
-from xdc.evaluation.linear import accuracy
+from xdc.evaluation.finetune import finetune
+from xdc.evaluation.labelled import FinetuneError
 from xdc.evaluation.weights import load_encoder
 from xdc.models import audio_encoder, encode, video_encoder
 from xdc.models.weights import WeightsError
 from xdc.reports.html import write_wav
 
 TINY = "tiny"
-CLASSES = {"red_low": ((200, 30, 30), 300.0), "green_mid": ((30, 200, 30), 900.0),
-           "blue_high": ((30, 30, 200), 2400.0)}
-
-
-def make_labelled_clip(path, colour, tone, seed, seconds=1.0, fps=8.0, sample_rate=16000):
-    rng = np.random.default_rng(seed)
-    frames = np.empty((int(seconds * fps), 48, 64, 3), np.uint8)
-    frames[:] = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
-    for t in range(len(frames)):  # a moving white square, as conftest.make_clip
-        x = (t * 5 + int(rng.integers(0, 20))) % 56
-        frames[t, 16:24, x:x + 8] = 255
-    time = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = 0.3 * np.sin(2 * np.pi * tone * (1 + 0.02 * rng.standard_normal()) * time)
-    return write_video(path, frames, fps, wave + 0.01 * rng.standard_normal(time.size), sample_rate)
-
-
-@pytest.fixture(scope="module")
-def manifests(tmp_path_factory):
-    """train.csv (4 videos per class) and test.csv (2 per class) of real MP4s."""
-    root = tmp_path_factory.mktemp("labelled")
-    for subset, count in (("train", 4), ("test", 2)):
-        for label, (colour, tone) in CLASSES.items():
-            for i in range(count):
-                make_labelled_clip(root / subset / label / f"{i}.mp4", colour, tone,
-                                   seed=100 * count + 10 * list(CLASSES).index(label) + i)
-        write_manifest(scan_paths([root / subset], labels_from_dirs=True, progress=False),
-                       root / f"{subset}.csv")
-    return root
 
 
 def _results(out):
     results = json.loads((out / "results.json").read_text())
-    for key in ("best_lr", "val", "top1_clip", "top1_video", "top5_video", "mode", "modality", "checkpoint"):
+    for key in ("best_lr", "val", "top1_clip", "top1_video", "mode", "modality", "checkpoint", "chance", "majority",
+                "warnings"):
         assert key in results, key
     assert results["best_lr"] in results["lrs"] and len(results["val"]) == len(results["lrs"])
-    assert all(0 <= results[k] <= 1 for k in ("top1_clip", "top1_video", "top5_video"))
-    assert results["top5_video"] == 1.0  # three classes: the true one is always among the top 5
+    assert all(0 <= results[k] <= 1 for k in ("top1_clip", "top1_video"))
+    assert "top5_video" not in results  # 5 classes or fewer: the true one is always among the top 5
+    assert results["chance"] == 1 / len(results["classes"])
     return results
-
-
-def test_accuracy_video_level_averages_softmax_over_clips():
-    # Video 0: clips say class 1, 1, 0 but clip 2 is very sure of class 0 -> the average picks 0.
-    logits = torch.tensor([[[0.0, 1.0, 0.0], [0.0, 1.0, 0.0], [9.0, 0.0, 0.0]],
-                           [[0.0, 0.0, 2.0], [0.0, 0.0, 2.0], [0.0, 0.0, 2.0]]])
-    scores = accuracy(logits, torch.tensor([0, 2]))
-    assert scores["top1_clip"] == pytest.approx(4 / 6)
-    assert scores["top1_video"] == 1.0
-    assert accuracy(logits, torch.tensor([1, 2]))["top1_video"] == 0.5
 
 
 def test_encode_takes_clip_batches_to_features_per_clip():
@@ -92,10 +53,10 @@ def test_encode_takes_clip_batches_to_features_per_clip():
             encode(video, clips["video"][:, 0], "video", cpu)
 
 
-def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):
+def test_linear_mode_cli_learns_the_classes(labelled_manifests, tmp_path):
     out = tmp_path / "linear"
     code = main(["finetune", "--scratch", "--config", TINY, "--mode", "linear",
-                 "--train", str(manifests / "train.csv"), "--test", str(manifests / "test.csv"),
+                 "--train", str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv"),
                  "--out", str(out), "fc_lrs=[0.1,1.0]", "optim.total_epochs=6", "optim.epoch_size=64"])
     assert code == 0
     results = _results(out)
@@ -109,11 +70,11 @@ def test_linear_mode_cli_learns_the_classes(manifests, tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["fc", "full"])
-def test_fc_and_full_modes_sweep_and_resume(manifests, tmp_path, mode):
+def test_fc_and_full_modes_sweep_and_resume(labelled_manifests, tmp_path, mode):
     out = tmp_path / mode
     args = ["finetune", "--scratch", "--config", TINY, "--mode", mode,
-            "--train", str(manifests / "train.csv"), "--val", str(manifests / "test.csv"),
-            "--test", str(manifests / "test.csv"), "--out", str(out),
+            "--train", str(labelled_manifests / "train.csv"), "--val", str(labelled_manifests / "test.csv"),
+            "--test", str(labelled_manifests / "test.csv"), "--out", str(out),
             "lrs=[0.01,0.05]", "fc_lrs=[0.01,0.05]", "optim.total_epochs=1", "optim.epoch_size=8"]
     assert main(args) == 0
     results = _results(out)
@@ -156,41 +117,33 @@ def test_audio_modality_on_sound_files_without_video(tmp_path):
     assert (out / "esc50_1_test.csv").is_file()  # the probed split, reused when resuming
 
 
-def test_bad_inputs_fail_clearly(manifests, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_fail_clearly(labelled_manifests, tmp_path, monkeypatch, capsys):
     from xdc.data.manifest import read_manifest
 
     cfg = load_config(TINY, schema=FinetuneConfig)
-    train = read_manifest(manifests / "train.csv")
-    test = [dict(r, label="unseen") for r in read_manifest(manifests / "test.csv")]
+    train = read_manifest(labelled_manifests / "train.csv")
+    test = [dict(r, label="unseen") for r in read_manifest(labelled_manifests / "test.csv")]
     with pytest.raises(FinetuneError, match="not among the training classes: unseen"):
         finetune(cfg, video_encoder("r2plus1d_18", 8), "video", train, None, test, tmp_path / "a")
     with pytest.raises(FinetuneError, match="no label"):
         finetune(cfg, video_encoder("r2plus1d_18", 8), "video", [dict(r, label=None) for r in train],
                  None, train, tmp_path / "b")
     # A file that went bad after the scan: recorded as skipped in results.json, the rest evaluated.
-    broken = manifests.parent / "broken"
+    broken = labelled_manifests.parent / "broken"
     broken.mkdir(exist_ok=True)
     (broken / "bad.mp4").write_bytes(b"\x00not a video" * 100)
-    rows = read_manifest(manifests / "test.csv")
+    rows = read_manifest(labelled_manifests / "test.csv")
     bad_test = rows + [dict(rows[0], path=str(broken / "bad.mp4"))]
     results = finetune(cfg, video_encoder("r2plus1d_18", 8), "video", train, None, bad_test, tmp_path / "d")
     assert results["test_videos"] == len(rows) and "bad.mp4" in results["skipped"]["test"][0]
     # --superv without the weights file: a clear message saying where to put it, no download.
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    code = main(["finetune", "--superv", "--config", TINY, "--train", str(manifests / "train.csv"),
-                 "--test", str(manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
+    code = main(["finetune", "--superv", "--config", TINY, "--train", str(labelled_manifests / "train.csv"),
+                 "--test", str(labelled_manifests / "test.csv"), "--out", str(tmp_path / "c"), "model.width=64"])
     assert code == 2 and "r2plus1d_18-91a641e6.pth" in capsys.readouterr().err
 
 
-def test_hold_out_is_stratified_and_seeded():
-    rows = [{"path": f"{c}{i}", "label": c} for c in "ab" for i in range(10)] + [{"path": "c0", "label": "c"}]
-    train, val = hold_out(rows, 0.2, seed=3)
-    assert sorted(r["label"] for r in val) == ["a", "a", "b", "b"]  # the single "c" video stays in train
-    assert len(train) + len(val) == len(rows)
-    assert hold_out(rows, 0.2, seed=3)[1] == val
-
-
-def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp_path):
+def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(labelled_manifests, tmp_path):
     from xdc.checkpoint import save_checkpoint
     from xdc.config import PretrainConfig, config_to_yaml
     from xdc.models import audio_encoder
@@ -203,7 +156,7 @@ def test_pretrain_checkpoint_sets_the_encoder_it_was_trained_with(manifests, tmp
                            tmp_path / "last.pt")
     out = tmp_path / "out"
     code = main(["finetune", "--checkpoint", str(ckpt), "--config", TINY, "--mode", "linear",
-                 "--train", str(manifests / "train.csv"), "--test", str(manifests / "test.csv"),
+                 "--train", str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv"),
                  "--out", str(out), "fc_lrs=[0.1]"])
     assert code == 0
     results = _results(out)
@@ -262,52 +215,11 @@ def test_load_encoder_reads_a_checkpoint_and_leaves_the_config_alone(tmp_path, c
         load_encoder("video", cfg.model, checkpoint=odd)
 
 
-def _clustered(per_class, num_classes=4, dim=16, noise=0.3, seed=0):
-    """Clip features V×N×D around one random direction per class (the same for every seed), and
-    the labels V."""
-    centres = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(0))
-    g = torch.Generator().manual_seed(100 + seed)
-    labels = torch.arange(num_classes).repeat_interleave(per_class)
-    return centres[labels][:, None] + noise * torch.randn(len(labels), 3, dim, generator=g), labels
-
-
-def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels(monkeypatch):
-    from xdc.evaluation import knn
-
-    train, train_labels = _clustered(30)
-    test, test_labels = _clustered(10, seed=1)
-    train, test = video_features(train), video_features(test)
-    assert torch.allclose(train.norm(dim=1), torch.ones(len(train)))
-    votes = knn_votes(train, train_labels, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels) == {"top1_video": 1.0, "top5_video": 1.0}
-    monkeypatch.setattr(knn, "CHUNK", 7)  # test videos in chunks: the same neighbours
-    assert torch.equal(knn_votes(train, train_labels, test, 4, k=20, temperature=0.07), votes)
-    assert recall(train, train_labels, test, test_labels) == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0}
-    shuffled = train_labels[torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(2))]
-    votes = knn_votes(train, shuffled, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels)["top1_video"] < 0.6
-    assert recall(train, shuffled, test, test_labels)["recall@1"] < 0.6
-
-
-def test_knn_votes_are_weighted_by_similarity():
-    # One neighbour of class 0 at cosine 1, two of class 1 at cosine 0.8: with DINO's T = 0.07
-    # the close one outvotes the two (e^(1/T) > 2·e^(0.8/T)); with a large T the majority wins.
-    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.8, -0.6]])
-    labels, query = torch.tensor([0, 1, 1]), torch.tensor([[1.0, 0.0]])
-    votes = knn_votes(train, labels, query, 2, k=3, temperature=0.07)
-    assert votes.argmax().item() == 0
-    torch.testing.assert_close(votes[0], torch.tensor([np.exp(1 / 0.07), 2 * np.exp(0.8 / 0.07)], dtype=torch.float32))
-    assert knn_votes(train, labels, query, 2, k=3, temperature=100.0).argmax().item() == 1
-    assert knn_votes(train, labels, query, 2, k=1, temperature=100.0).argmax().item() == 0
-    # Retrieval: the nearest is class 0, so a class-1 query misses at 1 and hits at 5 (k capped at 3).
-    assert recall(train, labels, query, torch.tensor([1])) == {"recall@1": 0.0, "recall@5": 1.0, "recall@10": 1.0}
-
-
 @pytest.mark.parametrize("mode", ["knn", "retrieval"])
-def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
+def test_knn_and_retrieval_modes_cli(labelled_manifests, tmp_path, mode):
     out = tmp_path / mode
-    args = ["finetune", "--scratch", "--config", TINY, "--mode", mode, "--train", str(manifests / "train.csv"),
-            "--test", str(manifests / "test.csv"), "--out", str(out)]
+    args = ["finetune", "--scratch", "--config", TINY, "--mode", mode, "--train", str(labelled_manifests / "train.csv"),
+            "--test", str(labelled_manifests / "test.csv"), "--out", str(out)]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == mode and results["checkpoint"] == "scratch" and results["test_videos"] == 6
@@ -316,14 +228,14 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
     assert (out / "features.pt").is_file() and not list(out.glob("lr_*"))
     if mode == "knn":
         assert (results["knn_k"], results["knn_temperature"]) == (20, 0.07)
-        assert results["top5_video"] == 1.0 and results["top1_video"] >= 0.8  # solid colours, as in linear
+        assert "top5_video" not in results and results["top1_video"] >= 0.8  # solid colours, as in linear
     else:
         assert results["recall@1"] <= results["recall@5"] <= results["recall@10"]
         assert results["recall@10"] == 1.0  # 10 of the 12 training videos always include one of 4 per class
         assert results["recall@1"] >= 0.8
     # A val manifest is scored too; other settings into the same folder are refused.
     with_val = tmp_path / f"{mode}_val"
-    assert main(args[:-1] + [str(with_val), "--val", str(manifests / "test.csv"), "knn_k=3"]) == 0
+    assert main(args[:-1] + [str(with_val), "--val", str(labelled_manifests / "test.csv"), "knn_k=3"]) == 0
     results = json.loads((with_val / "results.json").read_text())
     assert results["val"]["videos"] == 6 and results["val_source"] == "val manifest"
     key = "top1_video" if mode == "knn" else "recall@1"
@@ -331,7 +243,7 @@ def test_knn_and_retrieval_modes_cli(manifests, tmp_path, mode):
     assert main(args + ["knn_k=5"]) == 2
 
 
-def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(manifests, tmp_path, monkeypatch):
+def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(labelled_manifests, tmp_path, monkeypatch):
     """No --config on a machine without a GPU: the CPU-scale linear probe, not UCF101's schedule;
     train = test and a held-out val of one video per class are said, and kept in results.json."""
     from xdc.checkpoint import save_checkpoint
@@ -345,7 +257,7 @@ def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(man
                             "audio_encoder": audio_encoder(16).state_dict(), "config": config_to_yaml(pre)},
                            tmp_path / "ckpt.pt")
     out = tmp_path / "out"
-    train = str(manifests / "train.csv")
+    train = str(labelled_manifests / "train.csv")
     assert main(["finetune", "--checkpoint", str(ckpt), "--train", train, "--test", train, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["mode"] == "linear" and results["eval_clips"] == 3 and results["width"] == 16
@@ -353,3 +265,32 @@ def test_without_config_a_cpu_uses_the_cpu_preset_and_warns_about_the_inputs(man
     shared, few = results["warnings"]
     assert shared.startswith("12 of the 12 test videos are also train/val videos")
     assert few.startswith("the lr is chosen on 3 validation video(s) for 3 classes")
+
+
+def test_one_class_test_set_is_warned_and_scores_sit_beside_chance_and_majority(labelled_manifests, tmp_path,
+                                                                               capsys):
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    rows = [row for row in read_manifest(labelled_manifests / "test.csv") if row["label"] == "red_low"]
+    one_class = write_manifest(rows, tmp_path / "one_class.csv", relative=False)
+    out = tmp_path / "knn"
+    assert main(["finetune", "--scratch", "--config", TINY, "--mode", "knn", "--train",
+                 str(labelled_manifests / "train.csv"), "--test", str(one_class), "--out", str(out)]) == 0
+    console = capsys.readouterr()
+    results = json.loads((out / "results.json").read_text())
+    assert (results["chance"], results["majority"]) == (1 / 3, 1.0)
+    warning = "the test videos are all of one class (red_low)"
+    assert [w for w in results["warnings"] if w.startswith(warning)] and f"warning: {warning}" in console.err
+    assert console.out.strip().splitlines()[-1].endswith(f"on 2 videos (chance 0.333, majority 1.000) -> {out}/results.json")
+
+
+def test_an_lr_that_diverges_is_left_out_and_when_all_do_it_is_one_line(labelled_manifests, tmp_path, capsys):
+    args = ["finetune", "--scratch", "--config", TINY, "--mode", "linear", "--train",
+            str(labelled_manifests / "train.csv"), "--test", str(labelled_manifests / "test.csv")]
+    assert main([*args, "--out", str(tmp_path / "some"), "fc_lrs=[0.1,1e30]"]) == 0
+    results = json.loads((tmp_path / "some" / "results.json").read_text())
+    assert results["best_lr"] == 0.1 and results["val"]["1e+30"]["diverged"].startswith("training loss nan")
+    assert "lr 1e+30: diverged (training loss nan at epoch " in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "all"), "fc_lrs=[1e30]"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("xdc finetune: every lr diverged (lr 1e+30")

@@ -14,8 +14,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # The config sits above data..methods (it checks values against their lists); those import it
 # for annotations only (under TYPE_CHECKING), which this test does not count.
 LAYERS = [
-    ("foundation", ("xdc", "xdc.errors", "xdc.files", "xdc.progress", "xdc.stamps", "xdc.distributed",
-                    "xdc.checkpoint")),
+    ("foundation", ("xdc", "xdc.errors", "xdc.files", "xdc.locks", "xdc.progress", "xdc.stamps",
+                    "xdc.distributed", "xdc.checkpoint")),
     ("data", ("xdc.data",)),
     ("models", ("xdc.models",)),
     ("clustering", ("xdc.clustering",)),

@@ -7,13 +7,20 @@ import logging
 import pickle
 import shutil
 
+import numpy as np
 import pytest
 
-import numpy as np
-
 from xdc.data import manifest as manifest_module
-from xdc.data.manifest import (COLUMNS, Manifest, ManifestError, describe_dropped, empty_row, read_manifest,
-                               usable_rows, write_manifest)
+from xdc.data import manifest_csv
+from xdc.data.manifest import (
+    Manifest,
+    describe_dropped,
+    empty_row,
+    read_manifest,
+    usable_rows,
+    write_manifest,
+)
+from xdc.data.manifest_csv import COLUMNS, ManifestError
 from xdc.data.shards import ShardMember
 
 
@@ -199,7 +206,7 @@ def test_duplicates_are_found_across_chunks_of_other_widths(tmp_path, monkeypatc
     for name in names[:2]:
         (tmp_path / name).write_bytes(b"x")
     manifest = _csv(tmp_path / "m.csv", [_line(name) for name in names])
-    monkeypatch.setattr(manifest_module, "CHUNK_BYTES", 100)
+    monkeypatch.setattr(manifest_csv, "CHUNK_BYTES", 100)
     with caplog.at_level(logging.WARNING):
         rows = read_manifest(manifest)
     assert [r["path"] for r in rows] == [str(tmp_path / n) for n in names[:2]]
@@ -315,6 +322,6 @@ def test_ids_kept_as_path_ends_or_text(tmp_path):
     by_hand.write_text("path,status,id\n./d.mp4,ok,./d.mp4\n./x/e.mp4,ok,x/e.mp4\n")
     hand = read_manifest(by_hand, check_files="none")
     assert [r["id"] for r in hand] == ["./d.mp4", "x/e.mp4"] and hand[0]["path"] == str(tmp_path / "d.mp4")
-    as_text = dict(back.columns, id=np.array([i or "" for i in ids], dtype=manifest_module.STRINGS))
+    as_text = dict(back.columns, id=np.array([i or "" for i in ids], dtype=manifest_csv.STRINGS))
     assert Manifest(as_text, back.categories).digest() == back.digest()
     assert back.ids().tolist() == [i or "" for i in ids]

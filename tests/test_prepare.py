@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
@@ -11,8 +17,9 @@ import pytest
 from xdc.cli import main as xdc_main
 from xdc.data.encode import write_video
 from xdc.data.manifest import read_manifest, write_manifest
-from xdc.data.prepare import PrepareOptions, output_size, prepare_manifest
+from xdc.data.prepare import prepare_manifest
 from xdc.data.scan import scan_paths
+from xdc.data.transcode import PrepareOptions, output_size
 
 # Rotation, Xvid with packed B-frames in AVI + mp3, VP9 + silent Opus without duration, VFR phone clip.
 SHARED_PICKS = ["decord__video_90.mov", "mmaction2__test.avi", "moviepy__no_duration.webm",
@@ -106,7 +113,7 @@ def test_failures_become_skip_rows_and_the_batch_goes_on(tmp_path, clip_factory,
     bad.write_text("overwritten after the scan\n")  # the manifest says ok, the file is now junk
     write_manifest(rows, tmp_path / "m.csv")
     code = xdc_main(["prepare", str(tmp_path / "m.csv"), "--out", str(tmp_path / "out"),
-                     "-o", str(tmp_path / "prepared.csv"), "--workers", "1"])
+                     "--out-manifest", str(tmp_path / "prepared.csv"), "--workers", "1"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "1 encoded" in printed and "1 failed" in printed and "bad.mp4" in printed
@@ -151,3 +158,129 @@ def test_output_size():
     assert output_size(1920, 1080, 128) == (228, 128)
     assert output_size(320, 568, 128) == (128, 228)
     assert output_size(176, 144, 128) == (156, 128)
+
+
+# ------------------------------------------------------------------------- nothing lost (issue 22)
+
+REPO = Path(__file__).resolve().parents[1]
+FRAME_COLUMNS = ("shard", "offset", "size")  # where a sample lies: shard layout, not content
+
+
+def _python_env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def _small_manifest(folder: Path, clips: int = 6) -> Path:
+    from conftest import make_av_manifest
+
+    return make_av_manifest(folder, per_class=clips // 2)
+
+
+@pytest.mark.parametrize("first, second", [(["--shards"], []), ([], ["--shards"])])
+def test_two_prepares_into_one_folder_one_is_refused(shared_videos, tmp_path, capsys, first, second):
+    """Issue 22.2: the second prepare (with or without --shards) is refused with one line while the
+    first runs; the first loses no row."""
+    rows = scan_paths([shared_videos / name for name in SHARED_PICKS], progress=False)
+    manifest = write_manifest(rows, tmp_path / "m.csv")
+    out = tmp_path / "p"
+    running = subprocess.Popen([sys.executable, "-m", "xdc.cli", "prepare", str(manifest), "--out", str(out),
+                                "--workers", "1", *first], env=_python_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / ".lock").is_file() or f'"pid": {running.pid},' not in (out / ".lock").read_text():
+            assert running.poll() is None and time.monotonic() < deadline, "the first prepare never took the folder"
+            time.sleep(0.02)
+        capsys.readouterr()
+        assert xdc_main(["prepare", str(manifest), "--out", str(out), "--workers", "1", *second]) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"xdc prepare: prepare folder {out} in use by PID {running.pid} on " \
+                              f"{socket.gethostname()} since " + err.split(" since ", 1)[1].strip()
+        assert running.wait(300) == 0, running.stderr.read()
+    finally:
+        if running.poll() is None:
+            running.kill()
+    prepared = read_manifest(out / "manifest.csv")
+    assert [r["status"] for r in prepared] == ["ok"] * len(rows) and not (out / ".lock").exists()
+
+
+@pytest.mark.parametrize("shards", [False, True])
+def test_full_disk_stops_keeps_what_was_done_and_a_rerun_finishes(tmp_path, shards):
+    """Issue 22.3 on a real full disk (a 1 MiB tmpfs, 64 KiB left): the first prepare stops with one
+    line naming the path, marks no video `skip` (writes no manifest), keeps its finished copies or
+    shards; after freeing space the same command finishes with what a roomy disk gives."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mount}"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()}")
+    manifest = _small_manifest(tmp_path / "clips")
+    flags = "--workers 1" + (" --shards --shard-size 1" if shards else "")  # one sample per shard
+    command = f"{sys.executable} -m xdc.cli prepare {manifest} --out {mount}/p {flags}"
+    script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && dd if=/dev/zero of={mount}/filler bs=4k 2>/dev/null; "
+              f"truncate -s -64k {mount}/filler; {command}; echo first=$?; test -e {mount}/p/manifest.csv "
+              f"&& echo wrote-a-manifest; rm {mount}/filler; {command}; echo second=$?; "
+              f"cp {mount}/p/manifest.csv {tmp_path}/full.csv")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                          env=_python_env(), timeout=600)
+    assert "first=2" in done.stdout and "second=0" in done.stdout, done.stdout + done.stderr
+    assert "wrote-a-manifest" not in done.stdout and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"xdc prepare: the disk holding {mount}/p/") and "is full (No space left on device)" \
+        in line and "run the same command again" in line, line
+    reused = int(done.stdout.split(" reused")[0].rsplit(" ", 1)[1])
+    assert reused >= 1  # what the first run finished was kept
+
+    assert xdc_main(["prepare", str(manifest), "--out", str(tmp_path / "roomy"), *flags.split()]) == 0
+
+    def content(path: Path) -> list[dict]:
+        """Rows as written: copies' paths relative to the manifest, shard places left out."""
+        rows = [{k: v for k, v in row.items() if k not in FRAME_COLUMNS}
+                for row in read_manifest(path, check_files="none")]
+        for row in rows if not shards else []:
+            row["path"] = os.path.relpath(row["path"], path.parent)
+        return rows
+    full, expected = content(tmp_path / "full.csv"), content(tmp_path / "roomy" / "manifest.csv")
+    assert [r["status"] for r in full] == ["ok"] * len(full)
+    assert full == expected
+
+
+def test_other_settings_are_refused_and_the_same_ones_resume(tmp_path, capsys):
+    """Issue 22.5: prepare records its settings (prepare.json, xdc.stamps); copies made with other
+    settings are never reused. Piped (not a terminal), it draws no progress bar (issue 21.5)."""
+    manifest = _small_manifest(tmp_path / "clips", clips=2)
+    out = tmp_path / "p"
+    capsys.readouterr()
+    assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "64", "--workers", "1"]) == 0
+    assert capsys.readouterr().err == ""  # no bar in a piped log
+    copies = sorted(out.rglob("*.mp4"))
+    before = [p.stat().st_mtime_ns for p in copies]
+    assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "160", "--fps", "5",
+                     "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"xdc prepare: {out} holds work made with other settings "
+                                                   f"(fps, short_side differ): choose another --out")
+    assert [p.stat().st_mtime_ns for p in copies] == before
+    assert all(min(r["width"], r["height"]) == 64 for r in read_manifest(out / "manifest.csv"))
+    assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "64", "--workers", "1"]) == 0
+    assert "0 encoded, 2 reused" in capsys.readouterr().out
+
+
+def test_o_is_the_output_folder_and_a_manifest_name_there_is_refused(tmp_path, capsys):
+    """Issue 21.5: -o/--out is the output folder as in every command; `-o new.csv` (what -o meant
+    before) is one line pointing to --out-manifest, not a folder named new.csv."""
+    manifest = _small_manifest(tmp_path / "clips", clips=2)
+    capsys.readouterr()
+    assert xdc_main(["prepare", str(manifest), "--out", str(tmp_path / "p"), "-o", str(tmp_path / "new.csv")]) == 2
+    assert "give the new manifest with --out-manifest" in capsys.readouterr().err
+    assert not (tmp_path / "new.csv").exists() and not (tmp_path / "p").exists()
+
+
+def test_shard_size_help_shows_its_default_once():
+    from xdc.cli import command_parser
+
+    text = " ".join(command_parser("prepare")[1].format_help().split())
+    assert text.count("default: 1GB") == 1 and "(default 1GB)" not in text

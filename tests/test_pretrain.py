@@ -288,3 +288,51 @@ def test_the_same_command_twice_continues_the_run(av_manifest, tmp_path, capsys)
     fewer.write_text("\n".join(av_manifest.read_text().splitlines()[:-1]) + "\n")
     assert pretrain("--config", TINY, "--data", fewer, "--out", out, *command[6:]) == 2
     assert "holds a run on other manifest rows" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=inf", "optim.lr=inf is out of range: expected in (0, 10]"),
+    ("optim.lr=1e6", "optim.lr=1000000.0 is out of range: expected in (0, 10]"),
+    ("optim.lr=nan", "optim.lr=nan is out of range"),
+    ("optim.weight_decay=inf", "optim.weight_decay=inf is out of range: expected in [0, 1]"),
+    ("optim.momentum=nan", "optim.momentum=nan is out of range"),
+    ("optim.gamma=inf", "optim.gamma=inf is out of range"),
+])
+def test_non_finite_and_absurd_optimizer_values_are_refused(override, expected, av_manifest, tmp_path, capsys):
+    """Issue 22 item 12: refused before any work, one line."""
+    assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "run", override) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_training_stops_at_the_first_non_finite_loss(av_manifest):
+    """A clip holding inf (the second batch's) makes the video head's loss NaN: the epoch stops at
+    the next reduction with one line naming the epoch, the SGD step and the head."""
+    from xdc.data.datasets import AudioVideoClips, clip_loader
+    from xdc.data.manifest import read_manifest
+    from xdc.errors import XdcError
+    from xdc.models import audio_encoder, video_encoder
+    from xdc.training.loop import LOG_EVERY, NonFiniteLossError, PretrainModel, train_one_epoch
+    from xdc.training.schedule import make_scheduler
+
+    cfg = load_config(TINY)
+    specs = get_method("xdc").heads(cfg.cluster)
+    model = PretrainModel(video_encoder("r2plus1d_18", 4), audio_encoder(4))
+    model.reset_heads(specs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scheduler = make_scheduler(optimizer, cfg.optim, 4)
+    dataset = AudioVideoClips(read_manifest(av_manifest), cfg.data, mode="train")
+    batches = list(clip_loader(dataset, batch_size=2, sampler=[0, 1, 2, 3, 4, 5, 6, 7]))
+    batches[1]["video"][0] = float("inf")
+    labels = {"video": torch.tensor([0, 1, 2, 3] * 2), "audio": torch.tensor([3, 2, 1, 0] * 2)}
+    assert len(batches) < LOG_EVERY  # found by the reduction at the epoch's end
+    with pytest.raises(NonFiniteLossError) as caught:
+        train_one_epoch(model, specs, batches, labels, optimizer, scheduler, torch.device("cpu"), amp=False,
+                        description="iteration 0 epoch 1/2")
+    message = str(caught.value)
+    assert isinstance(caught.value, XdcError) and "\n" not in message
+    assert message.startswith("iteration 0 epoch 1/2, SGD step 2: the training loss of head video_to_audio is "
+                              "not a finite number"), message
+    assert "lower optim.lr" in message and "check the input files" in message

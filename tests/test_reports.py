@@ -103,7 +103,7 @@ def test_cluster_report_without_labels_ranks_by_size_and_compares_iterations(run
     assert "| 1 | 0 | 3 | - |" in (out / "clusters_video.md").read_text()  # by size
     page = (out / "index.html").read_text()
     assert page.count('class="member"') == 3 + 2  # one per non-empty cluster, both modalities
-    assert 'href="file://' in page and (out / "iterations.png").stat().st_size > 1000
+    assert (out / "iterations.png").stat().st_size > 1000
 
 
 def test_labels_match_by_id_when_the_run_trained_on_copies(run_dir, tmp_path):
@@ -177,3 +177,75 @@ def test_unclustered_and_unlabelled_rows_are_left_out_of_the_label_metrics():
     assert metrics["num_unclustered"] == 1 and metrics["num_labelled"] == 5
     assert metrics["purity"] == 1.0 and metrics["empty_clusters"] == 1
     assert [(r["cluster"], r["size"]) for r in ranked] == [(0, 2), (1, 2)]
+
+
+# ------------------------------------------------------------------------- issue 22.7, 22.13, 21.6
+
+def test_duplicate_ids_with_different_labels_are_refused(run_dir, tmp_path):
+    """Issue 22.7: rows of one id (a video listed under two paths) with different labels: which is
+    true cannot be told (the last row used to win: every cluster "purity 1.00")."""
+    labelled = [{**r, "id": f"clip{i}"} for i, r in enumerate(read_manifest(tmp_path / "labels.csv"))]
+    elsewhere = [{**r, "path": str(tmp_path / "elsewhere" / f"{i}.mp4")} for i, r in enumerate(labelled)]
+    write_manifest(labelled + elsewhere, tmp_path / "same.csv", relative=False)  # same labels: fine
+    assert cluster_report(run_dir, tmp_path / "ok", tmp_path / "same.csv", media=False)["video"]["purity"] == 1.0
+    flipped = [{**r, "label": "blue_tone" if r["label"] == "red_square" else "red_square"} for r in elsewhere]
+    write_manifest(labelled + flipped, tmp_path / "twice.csv", relative=False)
+    with pytest.raises(ReportError, match=r"twice.csv: 6 id\(s\) appear on several rows with different labels "
+                                          r"\(clip0, clip1, clip2, clip3, clip4 and 1 more\): keep one label per id"):
+        cluster_report(run_dir, tmp_path / "x", tmp_path / "twice.csv", media=False)
+
+
+def test_labels_are_text_in_the_markdown_tables(run_dir, tmp_path):
+    """Issue 22.13: a label with HTML is written as text (Markdown renders raw HTML; index.html escapes)."""
+    labelled = read_manifest(tmp_path / "labels.csv")
+    write_manifest([{**r, "label": "<script>alert(1)</script>"} for r in labelled], tmp_path / "evil.csv",
+                   relative=False)
+    out = tmp_path / "report"
+    cluster_report(run_dir, out, tmp_path / "evil.csv", media=False)
+    for name in ("clusters_video.md", "clusters_audio.md", "index.html"):
+        text = (out / name).read_text()
+        assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text, name
+
+
+def test_member_links_are_relative_so_a_moved_folder_works(run_dir, tmp_path):
+    """Issue 21.6: a member's name links its file relative to the report, not as file:///..."""
+    import shutil
+    from urllib.parse import unquote
+
+    (tmp_path / "videos" / "a dir#").mkdir()  # a name that must be quoted in a link
+    shutil.move(tmp_path / "videos" / "red_square", tmp_path / "videos" / "a dir#" / "red_square")
+    rows = read_manifest(run_dir / "rows.csv", check_files="none")
+    write_manifest([{**r, "path": r["path"].replace("/videos/red_square/", "/videos/a dir#/red_square/")}
+                    for r in rows], run_dir / "rows.csv", relative=False)
+    cluster_report(run_dir, tmp_path / "report", clips_per_cluster=1)
+    shutil.move(tmp_path, tmp_path.parent / (tmp_path.name + "_moved"))
+    moved = tmp_path.parent / (tmp_path.name + "_moved")
+    page = (moved / "report" / "index.html").read_text()
+    links = [unquote(h) for h in re.findall(r'<a href="([^"#]+)">', page)
+             if not h.startswith(("clusters_", "metrics.json"))]
+    assert len(links) == 3 + 2 and not any(":" in h for h in links)  # one per shown member
+    assert all((moved / "report" / h).resolve().is_file() for h in links)
+    shutil.move(moved, tmp_path)  # give pytest its folder back
+
+
+def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size=16k tmpfs {mount} && {sys.executable} -m xdc.cli clusters {run_dir} "
+              f"--labels {tmp_path / 'labels.csv'} -o {mount}/report; echo rc=$?")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    if "rc=" not in done.stdout:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    assert "rc=2" in done.stdout and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"xdc clusters: the disk holding {mount}/report is full (No "
+                                                    f"space left on device): free some space and run the same "
+                                                    f"command again")

@@ -88,3 +88,100 @@ def test_sigkill_mid_epoch_then_resume(av_manifest, tmp_path):
     for part in ("video_encoder", "audio_encoder", "heads"):
         for name, value in expected[part].items():
             torch.testing.assert_close(final[part][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+# tiny_cpu made smaller still: one run takes seconds.
+SMALL = ["iterations=2", "optim.total_epochs=1", "optim.warmup_epochs=0", "optim.epoch_size=8",
+         "optim.batch_size=4", "data.short_side=32", "data.crop=32", "model.width=4"]
+
+
+def test_iteration_state_round_trip(tmp_path):
+    from xdc.checkpoint import load_checkpoint, save_checkpoint
+    from xdc.methods import HeadSpec
+    from xdc.training.resume import IterationState
+    from xdc.training.schedule import EarlyStopping
+
+    heads = torch.nn.ModuleDict({"video_to_true": torch.nn.Linear(4, 3)})
+    optimizer = torch.optim.SGD(heads.parameters(), lr=0.1, momentum=0.9)
+    heads["video_to_true"](torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    stop = EarlyStopping(2)
+    stop.step(1.5)
+    state = IterationState(iteration=3, epoch=2, global_step=40,
+                           labels={"video": np.array([0, 2, -1]), "true": np.array([[1, 0], [0, 1], [1, 1]])},
+                           heads=heads.state_dict(), head_specs=[HeadSpec("video", "true", 2, multilabel=True)],
+                           optimizer=optimizer.state_dict(), early_stop=stop.state_dict())
+    save_checkpoint(state.to_checkpoint(), tmp_path / "state.pt")  # weights_only loading below
+    loaded = IterationState.from_checkpoint(load_checkpoint(tmp_path / "state.pt"))
+    assert (loaded.iteration, loaded.epoch, loaded.global_step, loaded.head_specs) == \
+        (3, 2, 40, [HeadSpec("video", "true", 2, multilabel=True)])
+    for key, values in state.labels.items():
+        np.testing.assert_array_equal(loaded.labels[key], values)
+    for name, value in state.heads.items():
+        assert torch.equal(loaded.heads[name], value)
+    momentum = [s["momentum_buffer"] for s in loaded.optimizer["state"].values()]
+    assert len(momentum) == 2 and all(m.abs().sum() > 0 for m in momentum)
+    assert loaded.early_stop == stop.state_dict()
+    # The start of an iteration (what last.pt holds once the previous one ended): no labels, no training.
+    start = state.next_iteration()
+    assert (start.iteration, start.epoch, start.global_step, start.labels, start.heads) == (4, 0, 40, None, None)
+    assert IterationState.from_checkpoint(start.to_checkpoint()) == start
+    assert set(start.to_checkpoint()) == {"iteration", "epoch", "global_step"}
+
+
+def test_digests_equal_after_a_resume_at_an_iteration_boundary(av_manifest, tmp_path, capsys):
+    """Issue 22 item 8: summary.json's digests are those of the encoders (not the previous
+    iteration's heads, which a resumed run does not hold), so a run resumed where iteration 1
+    starts records what an uninterrupted run records, beside the same labels and weights."""
+    import shutil
+
+    from xdc.cli import main as xdc_main
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert xdc_main(["pretrain", "--config", str(TINY), "--data", str(av_manifest), "--out", str(reference),
+                     *SMALL]) == 0
+    shutil.copytree(reference, resumed)
+    # Back to the end of iteration 0: last.pt unreadable, iteration_01.pt gone, so --resume starts
+    # iteration 1 from iteration_00.pt (what last.pt held right after it was written).
+    (resumed / "checkpoints" / "iteration_01.pt").unlink()
+    (resumed / "checkpoints" / "last.pt").write_bytes(b"")
+    capsys.readouterr()
+    assert xdc_main(["pretrain", "--resume", str(resumed)]) == 0
+    assert "resuming from iteration_00.pt" in capsys.readouterr().err
+
+    def digests(run: Path) -> list:
+        return [record["digests"] for record in json.loads((run / "summary.json").read_text())["iterations"]]
+
+    assert digests(resumed) == digests(reference) and len(digests(reference)) == 2
+    for modality in ("video", "audio"):
+        np.testing.assert_array_equal(np.load(resumed / "iterations/01" / f"labels_{modality}.npy"),
+                                      np.load(reference / "iterations/01" / f"labels_{modality}.npy"))
+    expected = read_checkpoint(reference / "checkpoints" / "iteration_01.pt")
+    got = read_checkpoint(resumed / "checkpoints" / "iteration_01.pt")
+    for part in ("video_encoder", "audio_encoder", "heads"):
+        for name, value in expected[part].items():
+            assert torch.equal(got[part][name], value), name
+
+
+def test_an_iteration_ends_its_loader_workers(av_manifest, tmp_path):
+    """Issue 20 item 6: the training and validation loaders' worker processes end with their
+    iteration, before the next clustering starts its own."""
+    import multiprocessing
+
+    from xdc.config import load_config
+    from xdc.data.datasets import as_manifest
+    from xdc.data.manifest import read_manifest, usable_rows
+    from xdc.pretrain import Pretraining, run_iteration
+    from xdc.training.resume import IterationState
+    from xdc.training.run_folder import RunFolder
+
+    cfg = load_config(TINY, [*SMALL, "data.num_workers=1"])
+    run = RunFolder(tmp_path / "run")
+    run.checkpoints.mkdir(parents=True)
+    rows = as_manifest(usable_rows(read_manifest(av_manifest), require_audio=True)[0])
+    setup = Pretraining.set_up(cfg, rows, run, torch.device("cpu"))
+    assert multiprocessing.active_children() == []
+    state, summary = run_iteration(setup, IterationState(), [])
+    assert multiprocessing.active_children() == []
+    assert (state.iteration, state.labels, len(summary), summary[0]["epochs"]) == (1, None, 1, 1)
+    assert read_checkpoint(run.last)["iteration"] == 1 and run.iteration_checkpoint(0).is_file()

@@ -10,7 +10,8 @@ import pytest
 
 from xdc.cli import main as xdc_main
 from xdc.data.encode import write_video
-from xdc.data.manifest import COLUMNS, read_manifest
+from xdc.data.manifest import read_manifest
+from xdc.data.manifest_csv import COLUMNS
 from xdc.data.scan import ScanError, collect_files, probe_file, scan_paths, scan_with_counts
 
 # From ../shared/data/videos/SOURCES.md (measured there by a full decode).
@@ -104,6 +105,33 @@ def test_crafted_corrupt_files(shared_videos, tmp_path):
     half = rows["half.mkv"]
     assert half["status"] == "ok" and half["reason"].startswith("truncated")
     assert 3.0 < half["duration"] < 7.0 and half["num_frames"] < 310
+
+
+def test_garbled_headers_get_a_readable_reason(tmp_path, clip_factory):
+    """Issue 22.13: a garbled MP4's skip reason is a sentence, never PyAV's internals ("'NoneType'
+    object has no attribute 'name'"). Garbled here as a flipped byte does it: a codec name, a text
+    field."""
+    data = clip_factory("good.mp4", seconds=1.0).read_bytes()
+    stsd = data.find(b"stsd")
+    mp4a = data.find(b"mp4a")
+
+    def garbled(name: str, *edits: tuple[int, bytes]) -> dict:
+        damaged = bytearray(data)
+        for at, new in edits:
+            damaged[at:at + len(new)] = new
+        (tmp_path / name).write_bytes(bytes(damaged))
+        return probe_file(tmp_path / name)
+
+    video = garbled("video_codec.mp4", (data.find(b"avc1", stsd), b"zzz9"))
+    assert video["status"] == "skip" and video["reason"].startswith("no decodable video frame: unknown video codec")
+    audio = garbled("audio_codec.mp4", (mp4a, b"zzz9"), (data.find(b"esds", mp4a), b"zzzz"))
+    assert audio["status"] == "ok" and audio["has_audio"] is False  # the video is fine
+    assert audio["reason"] == "audio not decodable: unknown codec (damaged header?)"
+    text = garbled("text_field.mp4", (data.find(b"Lavf"), b"\xff\xfe\xfd\xfc"))
+    assert text["status"] == "skip"
+    assert text["reason"] == "unreadable: damaged header (its text fields are not valid UTF-8)"
+    for row in (video, audio, text):
+        assert "object" not in row["reason"] and "attribute" not in row["reason"]
 
 
 def test_made_clips_audio_variants(tmp_path, clip_factory):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -44,6 +46,11 @@ def test_ucf101_lists_become_labelled_rows(tmp_path, clip_factory):
     assert [r["path"] for r in kept] == [train[0]["path"]] and sum(dropped.values()) == 1
     stamp = paths["train"].stat().st_mtime_ns
     assert split_manifests("ucf101", root, lists, 1, tmp_path / "out")["train"].stat().st_mtime_ns == stamp
+    # Another dataset folder into the same --out: refused, not answered with the first folder's rows.
+    from xdc.stamps import SettingsMismatch
+    shutil.copytree(root, tmp_path / "UCF-copy")
+    with pytest.raises(SettingsMismatch, match="root differ"):
+        split_manifests("ucf101", tmp_path / "UCF-copy", lists, 1, tmp_path / "out")
 
 
 def test_ucf101_unknown_class_and_bad_fold_fail_clearly(tmp_path):

@@ -142,5 +142,102 @@ def test_export_names_what_the_hub_needs_and_honours_the_umask(tmp_path):
     with pytest.raises(WeightsError, match=r"holds a width-16 encoder, the model is width 64: build it with width=16") as err:
         load_strict(video_encoder("r3d_18"), read_state_dict(tmp_path / "f.pth"))
     assert "\n" not in str(err.value)
-    with pytest.raises(WeightsError, match="holds a video encoder: use xdc_video"):
+    with pytest.raises(WeightsError, match=r"holds a video encoder \(r3d_18, width 16\): use xdc_video"):
         torch.hub.load(str(repo), "xdc_audio", source="local", weights=str(tmp_path / "f.pth"))
+
+
+# ------------------------------------------------------------------------- issue 22.6 and 22.13
+
+def _checkpoint_with_config(tmp_path):
+    from xdc.config import PretrainConfig, config_to_yaml
+
+    pre = PretrainConfig()
+    pre.model.width, pre.data.frames = 8, 4
+    return save_checkpoint({"video_encoder": video_encoder("r2plus1d_18", 8).state_dict(),
+                            "audio_encoder": audio_encoder(8).state_dict(), "config": config_to_yaml(pre)},
+                           tmp_path / "last.pt")
+
+
+def test_export_of_an_export_is_checked_against_its_weights(tmp_path, capsys):
+    """`xdc export v.pth --modality audio` of an exported video encoder is one line (it wrote a file
+    tagged audio/resnet18 holding R(2+1)D weights); with the right modality it keeps the input settings."""
+    from xdc.cli import main
+    from xdc.models.weights import read_metadata
+
+    video = tmp_path / "v.pth"
+    assert main(["export", str(_checkpoint_with_config(tmp_path)), "--modality", "video", "-o", str(video)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(video), "--modality", "audio", "-o", str(tmp_path / "a.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"xdc export: {video} holds a video encoder (r2plus1d_18, width 8), not the audio encoder "
+                   f"asked for: export it with --modality video\n")
+    assert not (tmp_path / "a.pth").exists()
+    assert main(["export", str(video), "--modality", "video", "-o", str(tmp_path / "again.pth")]) == 0
+    assert read_metadata(tmp_path / "again.pth") == read_metadata(video)
+    assert read_metadata(video)["frames"] == 4
+
+
+@pytest.mark.parametrize("label", [{"modality": "audio", "arch": "resnet18"}, {"arch": "r3d_18"}, {"width": 16}])
+def test_a_mislabelled_file_is_one_sentence_for_export_and_the_hub(tmp_path, capsys, label):
+    """A file whose `xdc` entry disagrees with its weights (modality, architecture or width)."""
+    from pathlib import Path
+
+    from xdc.cli import main
+
+    bad = tmp_path / "bad.pth"
+    meta = {"modality": "video", "arch": "r2plus1d_18", "width": 8, **label}
+    torch.save({"state_dict": video_encoder("r2plus1d_18", 8).state_dict(), "xdc": meta}, bad)
+    capsys.readouterr()
+    assert main(["export", str(bad), "--modality", "video", "-o", str(tmp_path / "x.pth")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its weights are a video encoder (r2plus1d_18, width 8)'s" in err
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(WeightsError, match=r"says it holds .* but its weights are a video encoder") as refused:
+        torch.hub.load(str(repo), f"xdc_{meta['modality']}", source="local", weights=str(bad))
+    assert "\n" not in str(refused.value)
+
+
+def test_the_hub_never_advises_unsafe_loading(tmp_path):
+    """A refused (hostile) file: the error names the refused object, never torch's advice to load it
+    with weights_only=False (which would run its code)."""
+    import os
+    from pathlib import Path
+
+    class Hostile:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'pwned'}",)
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": Hostile()}}, evil)
+    repo = Path(__file__).resolve().parents[1]
+    with pytest.raises(WeightsError) as refused:
+        torch.hub.load(str(repo), "xdc_video", source="local", weights=str(evil))
+    message = str(refused.value)
+    assert str(evil) in message and "refused by weights_only loading" in message
+    assert "False" not in message and not (tmp_path / "pwned").exists()
+
+
+def test_export_on_a_full_disk_names_the_path(tmp_path):
+    """save_checkpoint's full disk (export, finetune, clusters alike) is DiskFullError naming the file."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    ckpt = _checkpoint_with_config(tmp_path)
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && {sys.executable} -m xdc.cli export {ckpt} "
+              f"-o {mount}/v.pth; echo rc=$?; ls -a {mount}")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    if "rc=" not in done.stdout:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    assert "rc=2" in done.stdout and "Traceback" not in done.stderr, done.stderr
+    line = done.stderr.strip()
+    assert line.startswith(f"xdc export: the disk holding {mount}/v.pth is full (") and \
+        line.endswith("): free some space and run the same command again"), line
+    assert done.stdout.split()[1:] == [".", ".."]  # no partial file left

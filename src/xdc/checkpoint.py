@@ -7,7 +7,6 @@ and every RNG state converted to tensors (`rng_state` / `set_rng_state`).
 
 from __future__ import annotations
 
-import errno
 import pickle
 import random
 import sys
@@ -19,7 +18,7 @@ import torch
 
 from xdc import distributed as dist_utils
 from xdc.errors import XdcError
-from xdc.files import atomic_file
+from xdc.files import atomic_file, disk_full_names
 
 
 class CheckpointError(XdcError, FileNotFoundError):
@@ -27,24 +26,10 @@ class CheckpointError(XdcError, FileNotFoundError):
     holding objects that weights_only loading refuses)."""
 
 
-class DiskFullError(XdcError):
-    """A write failed for want of space (or quota)."""
-
-
-def is_disk_full(err: BaseException) -> bool:
-    """ENOSPC / EDQUOT, or torch.save's zip writer failing on a short write: it raises a RuntimeError
-    "enforce fail at inline_container.cc ..." ("file write failed" to a path, "unexpected pos" to a
-    file handle) without the errno."""
-    if isinstance(err, OSError):
-        return err.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(err)
-    return isinstance(err, RuntimeError) and "inline_container.cc" in text and \
-        ("file write failed" in text or "unexpected pos" in text)
-
-
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write `state` atomically (`atomic_file`)."""
-    with atomic_file(path) as handle:
+    """Write `state` atomically (`atomic_file`); a full disk is `xdc.files.DiskFullError` naming
+    `path` (the temporary file removed, an older file at `path` intact)."""
+    with disk_full_names(path), atomic_file(path) as handle:
         torch.save(state, handle)
     return Path(path)
 

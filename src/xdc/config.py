@@ -269,9 +269,11 @@ def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
     for key in ("epoch_size", "batch_size", "total_epochs", "patience", "val_max_videos"):
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
-    _check(cfg.lr > 0, f"{prefix}.lr", cfg.lr, "> 0")
+    # Bounds far above any useful value (the paper's lr is at most 0.04), so that a typo such as
+    # lr=1e6 or inf is refused here rather than diverging after an hour. NaN fails every comparison.
+    _check(0 < cfg.lr <= 10, f"{prefix}.lr", cfg.lr, "in (0, 10]: a larger lr makes the loss diverge")
     _check(0 < cfg.gamma <= 1, f"{prefix}.gamma", cfg.gamma, "in (0, 1]")
-    _check(cfg.weight_decay >= 0, f"{prefix}.weight_decay", cfg.weight_decay, ">= 0")
+    _check(0 <= cfg.weight_decay <= 1, f"{prefix}.weight_decay", cfg.weight_decay, "in [0, 1]")
     _check(0 <= cfg.momentum < 1, f"{prefix}.momentum", cfg.momentum, "in [0, 1)")
     _check(0 <= cfg.warmup_epochs <= cfg.total_epochs, f"{prefix}.warmup_epochs", cfg.warmup_epochs,
            f"in [0, total_epochs={cfg.total_epochs}]")

@@ -1,13 +1,52 @@
 """Files written whole or not at all: the one atomic-write helper (checkpoints, summaries, caches,
-manifests). A reader, or a run killed mid-write, sees the old file or the new one, never half."""
+manifests). A reader, or a run killed mid-write, sees the old file or the new one, never half.
+And the one word for a write that failed for want of space: DiskFullError, naming the path."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
+
+from xdc.errors import XdcError
+
+# atomic_file's temporary names: mkstemp's `.NAME.` + 8 random characters + `.tmp`.
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+class DiskFullError(XdcError, OSError):
+    """A write failed for want of space (or quota); the message names where. An OSError, so that a
+    caller that turns a full disk into its own advice (pretrain: how to resume) sees it as one."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """ENOSPC / EDQUOT, or torch.save's zip writer failing on a short write: it raises a RuntimeError
+    "enforce fail at inline_container.cc ..." ("file write failed" to a path, "unexpected pos" to a
+    file handle) without the errno."""
+    if isinstance(err, OSError):
+        return isinstance(err, DiskFullError) or err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return isinstance(err, RuntimeError) and "inline_container.cc" in text and \
+        ("file write failed" in text or "unexpected pos" in text)
+
+
+@contextmanager
+def disk_full_names(path: str | Path, remedy: str = "free some space and run the same command again") -> Iterator[None]:
+    """A full disk inside the block becomes DiskFullError naming `path` (what was being written)
+    and `remedy`; other errors, and a DiskFullError raised inside, pass unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except (OSError, RuntimeError) as err:
+        if not is_disk_full(err):
+            raise
+        reason = getattr(err, "strerror", None) or "out of space"
+        raise DiskFullError(f"the disk holding {path} is full ({reason}): {remedy}") from err
 
 
 def _umask() -> int:
@@ -41,3 +80,12 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_file(path) as handle:
         handle.write(text.encode("utf-8"))
     return Path(path)
+
+
+def leftover_temporaries(folder: str | Path) -> list[Path]:
+    """Files of `folder` (not below) named as `atomic_file` names its temporary files: what a
+    writer killed mid-write leaves. Only the folder's owner, holding its lock, may remove them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _TEMPORARY.match(p.name) and p.is_file())

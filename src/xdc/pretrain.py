@@ -20,10 +20,13 @@ docs/DESIGN.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import signal
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +36,23 @@ from torch.utils.data import DataLoader, Subset
 
 from xdc import clustering
 from xdc import distributed as dist_utils
-from xdc.checkpoint import rank_rng_states, restore_rank_rng, save_checkpoint
-from xdc.clustering.features import no_features_error
+from xdc.checkpoint import restore_rank_rng
+from xdc.clustering.pseudo_labels import (
+    PseudoLabels,
+    cluster_feature_sets,
+    describe_clusters,
+    iteration_features,
+)
 from xdc.config import (
     ConfigError,
     PretrainConfig,
-    config_to_yaml,
     default_pretrain_config,
     load_config,
     save_config,
 )
 from xdc.data.datasets import AudioVideoClips, EpochSampler, as_manifest, clip_loader
 from xdc.data.manifest import (
+    Manifest,
     ManifestError,
     describe_dropped,
     read_manifest,
@@ -60,18 +68,24 @@ from xdc.training.loop import (
     load_encoders,
     train_one_epoch,
     validation_loss,
-    weights_digest,
 )
 from xdc.training.monitor import (
+    epoch_record,
     log_clusters,
     log_epoch,
+    log_training,
     logged_run,
     print_closing_summary,
     print_pretrain_plan,
     rank_digests,
     tensorboard_writer,
 )
-from xdc.training.resume import resume_state, take_run_folder
+from xdc.training.resume import (
+    IterationState,
+    resume_state,
+    save_checkpoints,
+    take_run_folder,
+)
 from xdc.training.run_folder import RunFolder, RunFolderError
 from xdc.training.schedule import (
     EarlyStopping,
@@ -119,8 +133,7 @@ def setup(args: argparse.Namespace) -> tuple[PretrainConfig, list[dict], Path]:
         raise ManifestError(f"{args.data}: {len(rows)} usable video(s) of {len(manifest)}, pretraining needs "
                             f"at least 2: {describe_dropped(dropped)}")
     check_inputs(cfg, rows)
-    dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # so that only rank 0 prints
-    if dist_utils.is_main():
+    if os.environ.get("RANK", "0") == "0":  # rank 0 (torchrun sets RANK; the process group starts in pretrain())
         print(f"{args.data}: {len(rows)} usable videos, {describe_dropped(dropped)}", flush=True)
     return cfg, rows, args.out
 
@@ -175,63 +188,6 @@ def make_loader(dataset, cfg: PretrainConfig, device: torch.device, sampler=None
                        pin_memory=device.type == "cuda")
 
 
-def cluster(model: PretrainModel, method: Method, rows: list[dict], cfg: PretrainConfig, iteration: int,
-            device: torch.device, run: RunFolder, truth: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict]:
-    """Steps (a)-(b): features, k-means on the method's feature sets, pseudo-labels (the same on
-    every rank, -1 for a video without features), and the record of how the clusters look."""
-    started = time.perf_counter()
-    results, skipped = {}, 0
-    if method.clusterings:
-        mine = shard(np.arange(len(rows)))
-        dataset = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video)
-
-        def loader_of(items: np.ndarray) -> DataLoader:
-            return make_loader(Subset(dataset, items), cfg, device)
-
-        # Features a crashed attempt at this same extraction wrote are kept: only the rest is read.
-        if iteration == 0 and cfg.cluster.first_features == "handcrafted":
-            key = f"iteration 0: handcrafted, video {cfg.cluster.video_descriptor}"
-            todo = mine[~clustering.extracted(run.features, key, mine)]
-            features = clustering.handcrafted_features(loader_of(todo), len(rows), run.features, indices=mine,
-                                                       key=key, video_descriptor=cfg.cluster.video_descriptor)
-        else:
-            encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
-            if iteration == 0 and not cfg.init_from:
-                # Running statistics of freshly initialised BatchNorm layers are meaningless. Every
-                # rank uses the same number of batches (SyncBatchNorm syncs each forward).
-                fewest = max(1, (len(rows) // dist_utils.world_size()) // cfg.optim.batch_size)
-                clustering.recompute_batchnorms(encoders, loader_of(mine), device, min(50, fewest), cfg.amp)
-            weights = f"{weights_digest(model.video_encoder)} {weights_digest(model.audio_encoder)}"
-            key = f"iteration {iteration}: weights {weights}"
-            todo = mine[~clustering.extracted(run.features, key, mine)]
-            features = clustering.extract_features(encoders, loader_of(todo), len(rows), run.features, device,
-                                                   amp=cfg.amp, indices=mine, key=key)
-        skipped = int(dist_utils.all_reduce_sum(torch.tensor(float(len(features.skipped)))))
-        have = int(dist_utils.all_reduce_sum(torch.tensor(float(features.present.sum()))))
-        for name, x in method.cluster_inputs(features).items():
-            if have < method.num_clusters(name, cfg.cluster):
-                raise no_features_error(name, have, method.num_clusters(name, cfg.cluster), len(rows),
-                                        features.skipped)
-            results[name] = clustering.cluster_features(
-                x, features.indices[features.present], len(rows), method.num_clusters(name, cfg.cluster),
-                cfg.cluster, reassign_empty=method.use_reassign_empty(cfg.cluster),
-                seed=cfg.seed * 1000 + iteration)
-    labels = method.make_labels({name: r.labels for name, r in results.items()}, len(rows), iteration,
-                                cfg.seed, cfg.cluster)
-    record = {"iteration": iteration, "seconds_clustering": round(time.perf_counter() - started, 2),
-              "skipped_clustering": skipped, "digests": rank_digests(labels, model)}
-    if not dist_utils.is_main():  # only rank 0 writes the record
-        return labels, record
-    previous = {m: run.read_labels(iteration - 1, m) for m in MODALITIES} if iteration else {}
-    num_classes = method.modality_num_classes(cfg.cluster)
-    for modality, values in method.modality_labels(labels).items():
-        # k-means' own empty count (before any reassignment) of the clustering behind `modality`.
-        source = results.get(modality) or results.get("joint")
-        record[modality] = clustering.cluster_stats(values, num_classes[modality], previous.get(modality), truth,
-                                         None if source is None else source.empty_clusters)
-    return labels, record
-
-
 def sampling_weights(videos: np.ndarray, labels: dict[str, np.ndarray], specs: list[HeadSpec],
                      method: Method, cfg: PretrainConfig) -> np.ndarray | None:
     """None (shuffled passes over `videos`), or weights uniform over clusters (DeepCluster)."""
@@ -247,17 +203,73 @@ def labelled(indices: np.ndarray, labels: dict[str, np.ndarray]) -> np.ndarray:
     return indices[np.all([(labels[t][indices] >= 0).reshape(len(indices), -1).all(1) for t in labels], axis=0)]
 
 
-def save(path: Path, model: PretrainModel, cfg: PretrainConfig, position: dict, summary: list[dict],
-         training: dict | None = None) -> None:
-    """A checkpoint (docs/DESIGN.md): encoders, where the run continues (`iteration`, `epoch`),
-    every rank's random state and, mid-iteration, the labels, heads and optimizer (`training`)."""
-    states = rank_rng_states()
-    if dist_utils.is_main():
-        save_checkpoint({"video_encoder": model.video_encoder.state_dict(),
-                         "audio_encoder": model.audio_encoder.state_dict(), **position,
-                         "summary": json.dumps(summary), "config": config_to_yaml(cfg), "rng": states,
-                         **(training or {})}, path)
-    dist_utils.barrier()
+@dataclass
+class Pretraining:
+    """What every iteration uses, set up once."""
+
+    cfg: PretrainConfig
+    run: RunFolder
+    device: torch.device
+    rows: Manifest
+    method: Method
+    model: PretrainModel
+    train_set: AudioVideoClips
+    val_set: AudioVideoClips  # one centre clip per video
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    lr: float  # the base lr the schedule multiplies (optim.lr, or scaled: schedule.effective_lr)
+    steps: int  # SGD steps per epoch on this world size
+    writer: object | None  # TensorBoard (rank 0)
+
+    @classmethod
+    def set_up(cls, cfg: PretrainConfig, rows: Manifest, run: RunFolder, device: torch.device) -> Pretraining:
+        train_set = AudioVideoClips(rows, cfg.data, mode="train")
+        truth = train_set.labels  # class index per row, or None without labels
+        train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
+        if len(val_idx) > cfg.optim.val_max_videos:  # a seeded subset: the loss needs no more at scale
+            val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.optim.val_max_videos, replace=False))
+        return cls(cfg=cfg, run=run, device=device, rows=rows,
+                   method=get_method(cfg.method, list(rows.text("label")) if truth is not None else None),
+                   model=build_pretrain_model(cfg, device), train_set=train_set,
+                   val_set=AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1),
+                   train_idx=train_idx, val_idx=val_idx, lr=effective_lr(cfg.optim, dist_utils.world_size()),
+                   steps=steps_per_epoch(cfg.optim, dist_utils.world_size()),
+                   writer=tensorboard_writer(run.tensorboard, cfg))
+
+
+def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
+    """Steps (a)-(b): the method's feature sets of every video clustered (the work is
+    xdc.clustering.pseudo_labels'), the labels its heads predict, and their record."""
+    cfg, method, model, started = p.cfg, p.method, p.model, time.perf_counter()
+    results, skipped = {}, 0
+    if method.clusterings:
+        encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
+        handcrafted = iteration == 0 and cfg.cluster.first_features == "handcrafted"
+        # Running statistics of freshly initialised BatchNorm layers are meaningless. Every rank
+        # uses the same number of batches (SyncBatchNorm syncs each forward).
+        fewest = max(1, (len(p.rows) // dist_utils.world_size()) // cfg.optim.batch_size)
+        features = iteration_features(
+            AudioVideoClips(p.rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video),
+            p.run.features, iteration, p.device, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
+            amp=cfg.amp, encoders=None if handcrafted else encoders, video_descriptor=cfg.cluster.video_descriptor,
+            recompute_batches=min(50, fewest) if iteration == 0 and not cfg.init_from else 0)
+        results, skipped = cluster_feature_sets(
+            features, method.cluster_inputs(features), {n: method.num_clusters(n, cfg.cluster) for n in method.clusterings},
+            len(p.rows), cfg.cluster, method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration)
+    labels = method.make_labels({name: r.labels for name, r in results.items()}, len(p.rows), iteration,
+                                cfg.seed, cfg.cluster)
+    record = {"iteration": iteration, "seconds_clustering": round(time.perf_counter() - started, 2),
+              "skipped_clustering": skipped,
+              "digests": rank_digests(labels, [model.video_encoder, model.audio_encoder])}
+    if dist_utils.is_main():  # only rank 0 writes the record
+        modality_labels = method.modality_labels(labels)
+        # k-means' own empty count (before any reassignment) of the clustering behind each modality
+        # (CDC's: the joint one; RAND and Superv cluster nothing).
+        empty = {m: (results.get(m) or results["joint"]).empty_clusters for m in modality_labels} if results else {}
+        previous = {m: p.run.read_labels(iteration - 1, m) for m in MODALITIES} if iteration else {}
+        record |= describe_clusters(modality_labels, method.modality_num_classes(cfg.cluster), previous,
+                                    p.train_set.labels, empty)
+    return PseudoLabels(labels, record)
 
 
 # ------------------------------------------------------------------------------------- the loop
@@ -266,151 +278,117 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     """Run (or, with `resume`, continue) pretraining into `run_dir`; returns the summary. A run
     folder that already holds this run (`resume.same_run`) is continued as with `resume`:
     relaunching the same command is how torchrun --max-restarts and schedulers bring a run back."""
-    dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # ranks are known from here on
+    device = dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)  # ranks are known from here on
     rows = as_manifest(rows)
-    with take_run_folder(RunFolder(run_dir), cfg, rows, resume) as resume:
-        return _pretrain(cfg, rows, run_dir, resume)
+    with take_run_folder(RunFolder(run_dir), cfg, rows, resume) as resumed:
+        return _pretrain(cfg, rows, run_dir, resumed, device)
 
 
 @logged_run  # RUN_DIR/log.txt, written once the folder is ours
-def _pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume: bool) -> dict:
-    # ============ set-up: device, run folder, data, method, model ============
+def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed: bool, device: torch.device) -> dict:
+    # ============ set-up: run folder, data, method, model ============
     release_free_memory()  # what reading and filtering the manifest freed: back to the OS
-    device = dist_utils.init_distributed(cfg.device, cfg.dist.timeout_minutes)
     run = RunFolder(run_dir)
-    if dist_utils.is_main() and not resume:
+    if dist_utils.is_main() and not resumed:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, run.rows, relative=False)  # rows first: config.yaml marks a complete pair
         save_config(cfg, run.config)
     dist_utils.barrier()
-    train_set = AudioVideoClips(rows, cfg.data, mode="train")
-    val_set = AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1)  # the centre clip
-    truth = train_set.labels  # class index per row, or None without labels
-    method = get_method(cfg.method, list(rows.text("label")) if truth is not None else None)
-    train_idx, val_idx = split_train_val(len(rows), cfg.optim.val_fraction, cfg.seed)
-    if len(val_idx) > cfg.optim.val_max_videos:  # a seeded subset: the loss needs no more at scale
-        val_idx = np.sort(np.random.default_rng(cfg.seed).choice(val_idx, cfg.optim.val_max_videos, replace=False))
-    model = build_pretrain_model(cfg, device)
-    steps = steps_per_epoch(cfg.optim, dist_utils.world_size())
-    lr = effective_lr(cfg.optim, dist_utils.world_size())
-    writer = tensorboard_writer(run.tensorboard, cfg)
+    p = Pretraining.set_up(cfg, rows, run, device)
 
     # ============ a fresh start, or where the last checkpoint left off ============
     # (a run killed before its first checkpoint starts afresh, reusing the features it extracted)
-    state = resume_state(run) if resume else {}
-    summary: list[dict] = json.loads(state.get("summary", "[]"))
-    global_step = int(state.get("global_step", 0))
-    if state:
-        load_encoders(model, state, run.last)
+    checkpoint = resume_state(run) if resumed else None
+    state = IterationState.from_checkpoint(checkpoint) if checkpoint else IterationState()
+    summary: list[dict] = json.loads(checkpoint["summary"]) if checkpoint else []
+    if checkpoint:
+        load_encoders(p.model, checkpoint, run.last)
         if dist_utils.is_main():
-            print(f"resumed {run.root} at iteration {state['iteration']}, epoch {state['epoch']}"
-                  + (": the run is complete" if state["iteration"] >= cfg.iterations else ""), flush=True)
+            print(f"resumed {run.root} at iteration {state.iteration}, epoch {state.epoch}"
+                  + (": the run is complete" if state.iteration >= cfg.iterations else ""), flush=True)
     started = time.perf_counter()
-    print_pretrain_plan(cfg, rows, model, device)
+    print_pretrain_plan(cfg, rows, p.model, device)
+    if checkpoint:  # each rank's random streams as they were: nothing before the loop draws after this
+        restore_rank_rng(checkpoint["rng"])
 
-    for iteration in range(int(state.get("iteration", 0)), cfg.iterations):
-        # ============ cluster: features -> k-means -> pseudo-labels ============
-        mid_iteration = "labels" in state  # resumed after this iteration's clustering
-        if mid_iteration:
-            labels = {name: values.numpy() for name, values in state["labels"].items()}
-        else:
-            if state:
-                restore_rank_rng(state["rng"])
-            labels, record = cluster(model, method, rows, cfg, iteration, device, run, truth)
-            summary.append(record)
-            if dist_utils.is_main():
-                run.save_labels(iteration, method.modality_labels(labels))
-                log_clusters(writer, record, global_step)
-        record = summary[-1]
+    while state.iteration < cfg.iterations:
+        state, summary = run_iteration(p, state, summary)
 
-        # ============ fresh heads, optimizer and lr schedule ============
-        model.reset_heads(method.heads(cfg.cluster))
-        specs = model.head_specs
-        o = cfg.optim
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=o.momentum, weight_decay=o.weight_decay)
-        early_stop = EarlyStopping(o.patience)
-        # New heads are new parameters, so DDP wraps the model again each iteration.
-        ddp = model
-        if dist_utils.is_distributed():
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-        def training_state() -> dict:
-            return {"labels": {k: torch.from_numpy(np.asarray(v, dtype=np.int64)) for k, v in labels.items()},
-                    "heads": model.heads.state_dict(),
-                    "head_specs": [[s.encoder, s.target, s.num_classes, s.multilabel] for s in specs],
-                    "optimizer": optimizer.state_dict(), "early_stop": early_stop.state_dict(),
-                    "global_step": global_step}
-
-        first_epoch = 0
-        if mid_iteration:
-            model.heads.load_state_dict(state["heads"])
-            optimizer.load_state_dict(state["optimizer"])  # momentum; the lr comes from the schedule
-            early_stop.load_state_dict(state["early_stop"])
-            restore_rank_rng(state["rng"])
-            first_epoch = int(state["epoch"])
-        # The schedule's position is the epochs done, not a step count: steps per epoch depend on
-        # the number of ranks, and a run may resume on another.
-        scheduler = make_scheduler(optimizer, o, steps, first_epoch, base_lr=lr)
-        if not mid_iteration:
-            run.write_summary(cfg.method, summary)
-            save(run.last, model, cfg, {"iteration": iteration, "epoch": 0}, summary, training_state())
-        state = {}
-        labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
-        train_videos, val_videos = labelled(train_idx, labels), shard(labelled(val_idx, labels))
-        # What a head that learns only the cluster sizes scores: chance, below ln k when unbalanced.
-        prior = {s.name: s.chance_loss if s.multilabel else clustering.label_entropy(labels[s.target][train_videos])
-                 for s in specs}
-        # One loader per iteration, its workers kept across epochs; the sampler draws `epoch_size`
-        # of `train_videos` per epoch (a distinct draw per epoch, the same after a resume).
-        sampler = EpochSampler(len(train_videos), o.epoch_size, seed=cfg.seed, items=train_videos,
-                               weights=sampling_weights(train_videos, labels, specs, method, cfg))
-        loader = make_loader(train_set, cfg, device, sampler)
-        # Without early stopping the validation loss decides nothing: not computed (val_loss null).
-        val_loader = make_loader(Subset(val_set, val_videos), cfg, device) if o.early_stop else None
-
-        # ============ train until the validation loss saturates ============
-        for epoch in range(first_epoch, o.total_epochs):
-            def on_step(step: int, loss: float) -> None:
-                nonlocal global_step
-                global_step += 1
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss, global_step)
-                    writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], global_step)
-
-            sampler.set_epoch(iteration * o.total_epochs + epoch)
-            train = train_one_epoch(ddp, specs, loader, labels_t, optimizer, scheduler, device, cfg.amp,
-                                    o.head_reduction, f"iter {iteration} epoch {epoch}", on_step)
-            average_buffers(model)
-            val = None
-            if val_loader is not None:
-                val = validation_loss(model, specs, val_loader, labels_t, device, cfg.amp, o.head_reduction)
-            stop = val is not None and early_stop.step(val["loss"])
-            record.update(epochs=epoch + 1, train_loss=train["loss"], val_loss=val and val["loss"],
-                          train_clips=train["clips"], stopped_early=bool(stop),
-                          skipped=record.get("skipped", 0) + train["skipped"] + (val["skipped"] if val else 0),
-                          heads={s.name: {"train_loss": train["heads"][s.name],
-                                          "val_loss": val and val["heads"][s.name],
-                                          "chance": s.chance_loss, "prior_entropy": prior[s.name]}
-                                 for s in specs})
-            log_epoch(writer, record, train, val, specs, epoch, o.total_epochs, global_step, stop)
-            if train["skipped"] and train["skip_summary"]:
-                print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)
-            run.write_summary(cfg.method, summary)
-            save(run.last, model, cfg, {"iteration": iteration, "epoch": epoch + 1}, summary, training_state())
-            if stop:
-                break
-
-        # ============ the iteration's record; the next one starts from its encoders ============
-        save(run.iteration_checkpoint(iteration), model, cfg, {"iteration": iteration, "epoch": record["epochs"]},
-             summary, training_state())
-        save(run.last, model, cfg, {"iteration": iteration + 1, "epoch": 0, "global_step": global_step}, summary)
-
-    if writer is not None:
-        writer.close()
+    if p.writer is not None:
+        p.writer.close()
     result = {"method": cfg.method, "iterations": summary}
     if dist_utils.is_main():
         print_closing_summary(result, run.root, time.perf_counter() - started, device)
     return result
+
+
+def run_iteration(p: Pretraining, state: IterationState, summary: list[dict]) -> tuple[IterationState, list[dict]]:
+    """One iteration from `state` (its start, or where a checkpoint left it) to its end. Returns
+    the next iteration's start and the summary with this iteration's record. Its loaders (and
+    their worker processes) end with it, before the next clustering starts its own."""
+    cfg, o, model, run, device = p.cfg, p.cfg.optim, p.model, p.run, p.device
+    # ============ cluster: features -> k-means -> pseudo-labels ============
+    if state.labels is None:  # not resumed after this iteration's clustering
+        pseudo = cluster(p, state.iteration)
+        state, summary = replace(state, labels=pseudo.labels), [*summary, pseudo.record]
+        if dist_utils.is_main():
+            run.save_labels(state.iteration, p.method.modality_labels(pseudo.labels))
+            log_clusters(p.writer, pseudo.record, state.global_step)
+        save_checkpoints(run, model, cfg, state, summary)
+    labels = state.labels
+
+    # ============ fresh heads, optimizer and lr schedule (resumed: the checkpoint's) ============
+    model.reset_heads(p.method.heads(cfg.cluster), state.heads)
+    specs = model.head_specs
+    optimizer = torch.optim.SGD(model.parameters(), lr=p.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    early_stop = EarlyStopping(o.patience)
+    if state.optimizer is not None:
+        optimizer.load_state_dict(state.optimizer)  # momentum; the lr comes from the schedule
+        early_stop.load_state_dict(state.early_stop)
+    # The schedule's position is the epochs done, not a step count: steps per epoch depend on the
+    # number of ranks, and a run may resume on another.
+    scheduler = make_scheduler(optimizer, o, p.steps, state.epoch, base_lr=p.lr)
+    # New heads are new parameters, so DDP wraps the model again each iteration.
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_utils.is_distributed() else model
+
+    # ============ this iteration's data ============
+    labels_t = {k: torch.as_tensor(v, device=device) for k, v in labels.items()}
+    train_videos, val_videos = labelled(p.train_idx, labels), shard(labelled(p.val_idx, labels))
+    # What a head that learns only the cluster sizes scores: chance, below ln k when unbalanced.
+    prior = {s.name: s.chance_loss if s.multilabel else clustering.label_entropy(labels[s.target][train_videos])
+             for s in specs}
+    # One loader for the iteration, its workers kept across epochs; the sampler draws `epoch_size`
+    # of `train_videos` per epoch (a distinct draw per epoch, the same after a resume).
+    sampler = EpochSampler(len(train_videos), o.epoch_size, seed=cfg.seed, items=train_videos,
+                           weights=sampling_weights(train_videos, labels, specs, p.method, cfg))
+    loader = make_loader(p.train_set, cfg, device, sampler)
+    # Without early stopping the validation loss decides nothing: not computed (val_loss null).
+    val_loader = make_loader(Subset(p.val_set, val_videos), cfg, device) if o.early_stop else None
+
+    # ============ train until the validation loss saturates ============
+    on_log = None if p.writer is None else functools.partial(log_training, p.writer)
+    for epoch in range(state.epoch, o.total_epochs):
+        sampler.set_epoch(state.iteration * o.total_epochs + epoch)
+        where = f"iteration {state.iteration} epoch {epoch + 1}/{o.total_epochs}"
+        train = train_one_epoch(ddp, specs, loader, labels_t, optimizer, scheduler, device, cfg.amp,
+                                o.head_reduction, where, on_log, first_step=state.global_step)
+        average_buffers(model)
+        val = validation_loss(model, specs, val_loader, labels_t, device, cfg.amp, o.head_reduction) \
+            if val_loader is not None else None
+        stop = val is not None and early_stop.step(val["loss"])
+        state = replace(state, epoch=epoch + 1, global_step=state.global_step + train["steps"],
+                        heads=model.heads.state_dict(), head_specs=specs, optimizer=optimizer.state_dict(),
+                        early_stop=early_stop.state_dict())
+        record = epoch_record(summary[-1], epoch, train, val, stop, specs, prior)  # this iteration's, so far
+        summary = [*summary[:-1], record]
+        log_epoch(p.writer, record, train, val, specs, epoch, o.total_epochs, state.global_step, stop)
+        if train["skipped"] and train["skip_summary"]:
+            print(f"rank {dist_utils.rank()}: {train['skip_summary']}", flush=True)
+        save_checkpoints(run, model, cfg, state, summary, iteration_done=stop or epoch + 1 == o.total_epochs)
+        if stop:
+            break
+    return state.next_iteration(), summary
 
 
 if __name__ == "__main__":  # torchrun -m xdc.pretrain: the same command, errors said the same way

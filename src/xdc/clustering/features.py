@@ -1,4 +1,6 @@
-"""Features to cluster: BatchNorm recompute, then one float16 vector per video in a memmap.
+"""Features of a loader's videos: the one extraction loop (`feature_batches`), kept per video in
+float16 memmaps for clustering (`run_extraction`, `extract_features`) or per clip in memory for
+evaluation (`clip_features`); and the BatchNorm recompute before a fresh encoder's extraction.
 
 Sharding: under torch.distributed each rank extracts `shard_indices(num_items, rank, world)` (or
 the `indices` it is given); its memmap rows follow that order. With one process the shard is
@@ -16,9 +18,10 @@ import hashlib
 import json
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -160,9 +163,49 @@ def extracted(out_dir: str | Path, key: str | None, indices: np.ndarray, keys=("
     return present if present.shape == none.shape else none
 
 
-def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], loader,
-                   num_items: int, out_dir: str | Path, indices: np.ndarray | None = None,
-                   desc: str = "features", key: str | None = None, save_every_s: float = 60.0) -> Features:
+FeatureFns = dict[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def feature_batches(feature_fns: FeatureFns, loader, skipped: list[tuple[int, str]],
+                    desc: str = "features") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """The one loop from a loader's batches to features: per batch that holds items, (their dataset
+    indices, {key: feature_fns[key](batch[key] as B×N×clip)}). The (index, reason) of every item
+    the batches skipped are appended to `skipped`; a batch whose every item was skipped yields
+    nothing. A progress bar on rank 0."""
+    for batch in progress(loader, desc=desc, disable=not dist.is_main(), leave=False, dynamic_ncols=True):
+        skipped.extend((int(index), str(reason)) for index, reason in batch.get("skipped", ()))
+        if "index" not in batch or len(batch["index"]) == 0:
+            continue
+        yield np.asarray(batch["index"], dtype=np.int64), {name: fn(batch[name]) for name, fn in feature_fns.items()}
+
+
+@contextmanager
+def eval_mode(encoders: dict[str, nn.Module]) -> Iterator[None]:
+    """The encoders in eval mode (BatchNorm's running statistics) while the block runs; each one's
+    mode restored after."""
+    modes = {key: enc.training for key, enc in encoders.items()}
+    for enc in encoders.values():
+        enc.eval()
+    try:
+        yield
+    finally:
+        for key, enc in encoders.items():
+            enc.train(modes[key])
+
+
+def clip_encoder(encoder: nn.Module, modality: str, device, amp: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """clips B×N×clip -> `encoder`'s pooled features B×N×D (float32), without gradients."""
+    device = torch.device(device)
+
+    @torch.no_grad()
+    def fn(clips: torch.Tensor) -> torch.Tensor:
+        return encode(encoder, clips, modality, device, amp)
+    return fn
+
+
+def run_extraction(feature_fns: FeatureFns, loader, num_items: int, out_dir: str | Path,
+                   indices: np.ndarray | None = None, desc: str = "features", key: str | None = None,
+                   save_every_s: float = 60.0) -> Features:
     """Write `feature_fns[key](batch[key] as B×N×clip) -> B×D` for every batch into memmaps.
 
     Shared by `extract_features` (encoders) and `handcrafted_features`. Files:
@@ -196,21 +239,16 @@ def run_extraction(feature_fns: dict[str, Callable[[torch.Tensor], torch.Tensor]
             np.save(handle, present)
 
     skipped: list[tuple[int, str]] = []
-    show = dist.is_main()
     saved = time.monotonic()
-    for batch in progress(loader, desc=desc, disable=not show, leave=False):
-        skipped.extend((int(i), str(reason)) for i, reason in batch.get("skipped", []))
-        if "index" not in batch or len(batch["index"]) == 0:
-            continue
-        index = np.asarray(batch["index"], dtype=np.int64)
+    for index, features in feature_batches(feature_fns, loader, skipped, desc):
         if index.min() < 0 or index.max() >= num_items or (row_of[index] < 0).any():
             bad = index[(index < 0) | (index >= num_items)]
             bad = bad if len(bad) else index[row_of[index] < 0]
             raise ValueError(f"loader yielded item {int(bad[0])}, which is not among this rank's "
                              f"{len(indices)} items (of {num_items})")
         rows = row_of[index]
-        for name, fn in feature_fns.items():
-            values = fn(batch[name]).float().cpu().numpy()
+        for name, values in features.items():
+            values = values.float().cpu().numpy()
             if np.isnan(values).any():
                 raise ValueError(f"{name} features of items {index.tolist()} are NaN (diverged encoder?)")
             values = np.clip(values, -FLOAT16_MAX, FLOAT16_MAX)  # keep huge values finite in float16
@@ -241,23 +279,29 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
     """Pooled encoder features per video, the N clips of a video averaged; eval mode, no grad,
     bf16 autocast on CUDA. `encoders` maps a batch key ("video", "audio") to its encoder; `key`
     lets a restart keep finished rows (`run_extraction`)."""
-    device = torch.device(device)
-    modes = {key: enc.training for key, enc in encoders.items()}
+    def per_video(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda clips: fn(clips).mean(dim=1)
 
-    def mean_features(key: str, encoder: nn.Module):
-        @torch.no_grad()
-        def fn(clips: torch.Tensor) -> torch.Tensor:
-            return encode(encoder, clips, key, device, amp).mean(dim=1)
-        return fn
+    with eval_mode(encoders):
+        return run_extraction({name: per_video(clip_encoder(enc, name, device, amp)) for name, enc in encoders.items()},
+                              loader, num_items, out_dir, indices, desc="extract features", key=key)
 
-    for enc in encoders.values():
-        enc.eval()
-    try:
-        return run_extraction({key: mean_features(key, enc) for key, enc in encoders.items()}, loader,
-                              num_items, out_dir, indices, desc="extract features", key=key)
-    finally:
-        for key, enc in encoders.items():
-            enc.train(modes[key])
+
+def clip_features(encoder: nn.Module, loader, modality: str, device, amp: bool,
+                  desc: str = "features") -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """(features V×N×D float32 on CPU, dataset indices V, skipped [(index, reason)]) of the videos an
+    eval-mode loader yields, every clip kept (evaluation: clip- and video-level scores); eval mode,
+    no grad. Videos that could not be decoded are left out and listed."""
+    features, indices, skipped = [], [], []
+    with eval_mode({modality: encoder}):
+        for index, batch in feature_batches({modality: clip_encoder(encoder, modality, device, amp)}, loader,
+                                            skipped, desc):
+            features.append(batch[modality].cpu())
+            indices.append(torch.as_tensor(index))
+    if not features:
+        raise NoFeaturesError(f"no video could be decoded for {desc} ({describe_skipped(skipped)}): "
+                              f"re-encode or remove the broken files")
+    return torch.cat(features), torch.cat(indices), skipped
 
 
 def no_features_error(name: str, have: int, k: int, num_videos: int,

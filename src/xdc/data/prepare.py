@@ -1,16 +1,15 @@
 """`xdc prepare MANIFEST --out DIR`: re-encode a dataset into training-friendly copies.
 
-What large video pipelines do once before training, so that every clip read afterwards is cheap:
-- short side resized (default 128 px, aspect kept, even sizes for yuv420p): less to decode;
-- rotation metadata applied to the pixels, so the copies have rotation 0;
-- H.264 with a keyframe every ~0.5 s and no B-frames: a seek lands at most 0.5 s before any
-  window, and frames decode in order;
-- audio resampled to 16 kHz mono AAC (videos without audio stay without).
-Frame timestamps are kept (variable frame rate survives) unless `--fps N` resamples them.
+What large video pipelines do once before training, so that every clip read afterwards is cheap
+(`xdc.data.transcode`: short side 128, rotation applied, a keyframe every 0.5 s and no B-frames,
+16 kHz mono audio). The copies mirror the sources' places under DIR, or with `--shards` are packed
+into tar shards under DIR/shards (`xdc.data.shards`).
 
-Each copy is written to a temporary name and renamed when complete; copies that already exist
-and probe fine are reused, so an interrupted run resumes. A file that fails to re-encode becomes
-a `skip` row with the reason; the batch goes on.
+One prepare per DIR at a time (`xdc.locks`). DIR records the copies' settings (`prepare.json`,
+`xdc.stamps`): a rerun with the same settings resumes (copies that exist and probe fine are
+reused, finished shards kept) and one with other settings is refused. A file that fails to
+re-encode becomes a `skip` row with the reason and the batch goes on; a full disk is never the
+video's fault: it stops the run (`DiskFullError` naming the path), keeping what was done.
 """
 
 from __future__ import annotations
@@ -22,39 +21,24 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from fractions import Fraction
+from contextlib import closing, contextmanager
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-import av
-import numpy as np
-from tqdm import tqdm
-
-from xdc.data.manifest import ManifestError, read_manifest, write_manifest
-from xdc.data.scan import clockwise_rotation, probe_file
+from xdc.data.manifest import read_manifest, write_manifest
+from xdc.data.manifest_csv import ManifestError
+from xdc.data.scan import probe_file
 from xdc.data.shards import SHARD_PATTERN, ShardWriter, parse_size
+from xdc.data.transcode import PrepareOptions, reencode
 from xdc.errors import XdcError
+from xdc.files import DiskFullError, disk_full_names
+from xdc.locks import folder_lock
+from xdc.progress import progress as progress_bar
+from xdc.stamps import check_stamp, write_stamp
 
-TIME_BASE = Fraction(1, 90000)  # output video timestamps (the MPEG clock: exact for common rates)
-
-
-@dataclass(frozen=True)
-class PrepareOptions:
-    short_side: int = 128
-    keyframe_seconds: float = 0.5
-    sample_rate: int = 16000
-    fps: float | None = None  # None keeps the source timestamps
-    crf: int = 23
-    preset: str = "veryfast"
-
-
-def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) with the shorter side `short_side`, aspect kept, both even."""
-    scale = short_side / min(width, height)
-    def even(x: float) -> int:
-        return max(2, int(round(x / 2)) * 2)
-    return even(width * scale), even(height * scale)
+SETTINGS_FILE = "prepare.json"  # in DIR: the settings its copies were made with
+DISK_FULL_REMEDY = "free some space and run the same command again (what is done is kept and reused)"
 
 
 def output_path(source: Path, root: Path, out_dir: Path) -> Path:
@@ -69,202 +53,23 @@ def output_path(source: Path, root: Path, out_dir: Path) -> Path:
     return out_dir / relative.parent / name
 
 
-def reencode(source: str | Path, target: str | Path, options: PrepareOptions = PrepareOptions()) -> Path:
-    """Write the training copy of `source` to `target` (through a temporary file)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    rotation = display_rotation(source)
-    try:
-        with av.open(str(source)) as src, av.open(str(partial), mode="w", format="mp4") as dst:
-            _transcode(src, dst, options, rotation)
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
-    return target
-
-
-def display_rotation(path: str | Path) -> int:
-    """Clockwise degrees that show the video upright (the manifest's `rotation`), read from the
-    first decoded frame: the output size depends on it and must be fixed before any muxing."""
-    with av.open(str(path)) as container:
-        for frame in container.decode(video=0):
-            return clockwise_rotation(frame)
-    raise ValueError("no video frame decoded")
-
-
-def _transcode(src, dst, options: PrepareOptions, rotation: int) -> None:
-    if not src.streams.video:
-        raise ValueError("no video stream")
-    vin = src.streams.video[0]
-    vin.thread_type = "AUTO"  # frame + slice threads: decoding is most of the cost
-    ain = src.streams.audio[0] if src.streams.audio else None
-    origin = _origin_seconds(src)
-
-    source_fps = float(vin.average_rate or vin.guessed_rate or 25)
-    out_fps = options.fps or source_fps
-    vout = dst.add_stream("libx264", rate=Fraction(out_fps).limit_denominator(1001))
-    vout.codec_context.time_base = TIME_BASE
-    vout.pix_fmt = "yuv420p"
-    vout.options = {"crf": str(options.crf), "preset": options.preset, "bf": "0",
-                    "g": str(max(1, round(out_fps * options.keyframe_seconds)))}
-    aout = resampler = None
-    if ain is not None:
-        aout = dst.add_stream("aac", rate=options.sample_rate)
-        aout.layout = "mono"
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=options.sample_rate)
-
-    video = _VideoWriter(dst, vout, options, rotation, origin, vin.codec_context.width,
-                         vin.codec_context.height, source_fps)
-    audio = _AudioWriter(dst, aout, resampler, origin, options.sample_rate) if aout else None
-    streams = [vin] + ([ain] if ain is not None else [])
-    for packet in src.demux(streams):
-        try:
-            frames = packet.decode()
-        except av.error.InvalidDataError:
-            continue  # a damaged packet: keep going, the next keyframe resyncs the decoder
-        for frame in frames:
-            if packet.stream is vin:
-                video.add(frame)
-            elif audio is not None:
-                audio.add(frame)
-    video.close()
-    if audio is not None:
-        audio.close()
-    if video.frames_written == 0:
-        raise ValueError("no video frame decoded")
-
-
-def _origin_seconds(src) -> float:
-    """Common time zero of all streams (the container's start), so audio stays aligned."""
-    return src.start_time / av.time_base if src.start_time is not None else 0.0
-
-
-class _VideoWriter:
-    """Resize, rotate upright and encode frames; with a target fps, pick frames by timestamp."""
-
-    def __init__(self, dst, stream, options: PrepareOptions, rotation: int, origin: float,
-                 width: int, height: int, source_fps: float):
-        self.dst, self.stream, self.options, self.origin = dst, stream, options, origin
-        self.source_step = 1.0 / source_fps  # for the rare frame without any timestamp
-        self.turns = -(rotation // 90) % 4  # np.rot90 turns counter-clockwise; rotation is clockwise
-        # The size must be set before anything is muxed (audio may come first), so take it from
-        # the stream header rather than from the first decoded frame.
-        if not (width and height):
-            raise ValueError("video stream has no frame size")
-        shown_w, shown_h = (height, width) if self.turns % 2 else (width, height)
-        out_w, out_h = output_size(shown_w, shown_h, options.short_side)
-        stream.width, stream.height = out_w, out_h
-        self.size = (out_h, out_w) if self.turns % 2 else (out_w, out_h)  # before rotating
-        self.frames_written = 0
-        self.last_time = -1.0
-        self.pending: tuple[float, np.ndarray] | None = None  # fps mode: the frame shown until the next
-        self.first_tick = self.next_tick = 0.0
-        self.clock = BestEffortClock()
-
-    def add(self, frame: av.VideoFrame) -> None:
-        stamp = self.clock.timestamp(frame)
-        if stamp is None:
-            seconds = self.last_time + self.source_step
-        else:
-            seconds = float(stamp * frame.time_base) - self.origin
-        if seconds <= self.last_time:  # duplicate or out-of-order timestamp: MP4 needs increasing
-            return
-        self.last_time = seconds
-        image = self._upright(frame)
-        if self.options.fps is None:
-            self._encode(image, seconds)
-        else:
-            if self.pending is None:
-                self.first_tick = self.next_tick = seconds
-            self._resample_until(seconds)
-            self.pending = (seconds, image)
-
-    def _upright(self, frame: av.VideoFrame) -> np.ndarray:
-        image = frame.to_ndarray(width=self.size[0], height=self.size[1], format="rgb24",
-                                 interpolation="AREA")
-        return np.ascontiguousarray(np.rot90(image, self.turns)) if self.turns else image
-
-    def _resample_until(self, seconds: float) -> None:
-        """Show the pending frame at every output tick before `seconds` (repeats or drops)."""
-        if self.pending is None:
-            return
-        image = self.pending[1]
-        while self.next_tick < seconds - 1e-9:
-            self._encode(image, self.next_tick)
-            self.next_tick = self.first_tick + self.frames_written / self.options.fps
-
-    def _encode(self, image: np.ndarray, seconds: float) -> None:
-        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = int(round(seconds / TIME_BASE))
-        frame.time_base = TIME_BASE
-        for packet in self.stream.encode(frame):
-            self.dst.mux(packet)
-        self.frames_written += 1
-
-    def close(self) -> None:
-        if self.options.fps is not None and self.pending is not None:
-            self._resample_until(self.pending[0] + 1.0 / self.options.fps)
-        for packet in self.stream.encode(None):
-            self.dst.mux(packet)
-
-
-class BestEffortClock:
-    """FFmpeg's best-effort timestamp (PyAV does not expose it): use a frame's pts unless pts
-    have gone backwards more often than dts. AVI has no pts, so an Xvid file with packed
-    B-frames gets pts that jump back and forth while its dts count frames in display order."""
-
-    def __init__(self):
-        self.faulty_pts = self.faulty_dts = 0
-        self.last_pts = self.last_dts = None
-
-    def timestamp(self, frame) -> int | None:
-        pts, dts = frame.pts, frame.dts
-        if pts is not None and self.last_pts is not None and pts <= self.last_pts:
-            self.faulty_pts += 1
-        if dts is not None and self.last_dts is not None and dts <= self.last_dts:
-            self.faulty_dts += 1
-        self.last_pts = pts if pts is not None else self.last_pts
-        self.last_dts = dts if dts is not None else self.last_dts
-        if pts is not None and (self.faulty_pts <= self.faulty_dts or dts is None):
-            return pts
-        return dts
-
-
-class _AudioWriter:
-    """Resample to mono at `rate` and encode; timestamps counted in samples from the first frame."""
-
-    def __init__(self, dst, stream, resampler, origin: float, rate: int):
-        self.dst, self.stream, self.resampler, self.origin, self.rate = dst, stream, resampler, origin, rate
-        self.next_pts: int | None = None
-
-    def add(self, frame: av.AudioFrame | None) -> None:
-        if frame is not None and self.next_pts is None:
-            start = (frame.time or 0.0) - self.origin
-            self.next_pts = int(round(start * self.rate))
-        for out in self.resampler.resample(frame):
-            samples = out.to_ndarray()
-            if self.next_pts is not None and self.next_pts < 0:  # audio before time zero: trim it
-                cut = min(-self.next_pts, samples.shape[1])
-                samples, self.next_pts = samples[:, cut:], self.next_pts + cut
-                if samples.shape[1] == 0:
-                    continue
-            fresh = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="mono")
-            fresh.sample_rate = self.rate
-            fresh.pts = self.next_pts or 0
-            fresh.time_base = Fraction(1, self.rate)
-            self.next_pts = (self.next_pts or 0) + samples.shape[1]
-            for packet in self.stream.encode(fresh):
-                self.dst.mux(packet)
-
-    def close(self) -> None:
-        self.add(None)  # flush the resampler
-        for packet in self.stream.encode(None):
-            self.dst.mux(packet)
+@contextmanager
+def prepare_folder(out_dir: Path, options: PrepareOptions) -> Iterator[None]:
+    """Hold `out_dir` for one prepare, and check the settings its copies were made with: the same
+    (or none yet) go on, others raise SettingsMismatch (copies of other settings are never reused)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, "prepare folder"):
+        stamp, settings = out_dir / SETTINGS_FILE, asdict(options)
+        remedy = f"choose another --out, or delete {out_dir} to re-encode with these settings"
+        if not check_stamp(stamp, settings, remedy=remedy):
+            with disk_full_names(stamp, DISK_FULL_REMEDY):
+                write_stamp(stamp, settings)
+        yield
 
 
 def prepare_row(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[str, Any], str]:
-    """Re-encode one manifest row; returns the new row and what happened (done/reused/failed)."""
+    """Re-encode one manifest row; returns the new row and what happened (done/reused/failed).
+    A full disk raises DiskFullError (never a `skip` row: the video is fine)."""
     row, target, options = job
     target_path = Path(target)
     if target_path.exists():
@@ -272,12 +77,29 @@ def prepare_row(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[s
         if reused["status"] == "ok":
             return reused, "reused"
     try:
-        reencode(row["path"], target_path, options)
+        with disk_full_names(target_path, DISK_FULL_REMEDY):
+            reencode(row["path"], target_path, options)
+    except DiskFullError:
+        raise
     except Exception as err:  # one bad file must not stop the batch
         text = getattr(err, "strerror", None) or str(err) or type(err).__name__
         failed = {**row, "status": "skip", "reason": f"re-encode failed: {text}"}
         return failed, "failed"
     return probe_file(target_path, label=row.get("label")), "done"
+
+
+def encode_all(fn: Callable, jobs: list, workers: int, desc: str, progress: bool) -> Iterator:
+    """`fn(job)` for every job, in order, in `workers` processes; when the caller stops early (an
+    error), jobs not started are cancelled."""
+    bar = dict(total=len(jobs), desc=desc, unit="file", disable=not progress)
+    if workers <= 1 or len(jobs) <= 1:
+        yield from progress_bar(map(fn, jobs), **bar)
+        return
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:  # spawn: the parent may hold threads
+        yield from progress_bar(pool.map(fn, jobs), **bar)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: str | Path | None = None,
@@ -297,20 +119,16 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
     if len(set(targets)) != len(targets):
         raise ManifestError(f"{manifest}: two rows map to the same output file (duplicate paths?)")
 
-    started = time.perf_counter()
-    bar = dict(total=len(jobs), desc="prepare", unit="file", disable=not progress)
-    if workers <= 1 or len(jobs) <= 1:
-        results = [prepare_row(job) for job in tqdm(jobs, **bar)]
-    else:
-        context = multiprocessing.get_context("spawn")  # the parent may hold threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(tqdm(pool.map(prepare_row, jobs), **bar))
-    seconds = time.perf_counter() - started
-
-    prepared = iter(results)
-    # A copy keeps its source's id: labels of the originals match it (manifest column `id`).
-    new_rows = [{**next(prepared)[0], "id": row.get("id")} if row["status"] == "ok" else row for row in rows]
-    write_manifest(new_rows, new_manifest)
+    with prepare_folder(out_dir, options):
+        started = time.perf_counter()
+        with closing(encode_all(prepare_row, jobs, workers, "prepare", progress)) as encoded:
+            results = list(encoded)
+        seconds = time.perf_counter() - started
+        prepared = iter(results)
+        # A copy keeps its source's id: labels of the originals match it (manifest column `id`).
+        new_rows = [{**next(prepared)[0], "id": row.get("id")} if row["status"] == "ok" else row for row in rows]
+        with disk_full_names(new_manifest, DISK_FULL_REMEDY):
+            write_manifest(new_rows, new_manifest)
     outcomes = Counter(outcome for _, outcome in results)
     return {"manifest": str(new_manifest), "files": len(jobs), "seconds": seconds,
             "files_per_s": len(jobs) / seconds if seconds > 0 else 0.0,
@@ -324,14 +142,14 @@ def prepare_manifest(manifest: str | Path, out_dir: str | Path, new_manifest: st
 def _encode_sample(job: tuple[dict[str, Any], str, PrepareOptions]) -> tuple[dict[str, Any], str]:
     """prepare_row for a shard: the row keeps the source's path and id (the shard says where the
     bytes are)."""
-    row, target, options = job
+    row = job[0]
     new_row, outcome = prepare_row(job)
     return {**new_row, "path": row["path"], "label": row.get("label"), "id": row.get("id")}, outcome
 
 
 def _finished_shards(shard_dir: Path) -> dict[str, dict[str, Any]]:
     """Rows of the shards a previous run completed (tar and index both written), by source path;
-    what a killed run left half-written is removed."""
+    what a killed run left half-written is removed (the caller holds the folder's lock)."""
     done: dict[str, dict[str, Any]] = {}
     for stale in shard_dir.glob("*.partial"):
         stale.unlink()
@@ -358,63 +176,22 @@ def prepare_shards(manifest: str | Path, out_dir: str | Path, new_manifest: str 
     out_dir = Path(out_dir)
     new_manifest = Path(new_manifest) if new_manifest else out_dir / "manifest.csv"
     shard_dir, work = out_dir / "shards", out_dir / ".work"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    work.mkdir(exist_ok=True)
     rows = read_manifest(manifest, drop_missing=drop_missing)
-    done = _finished_shards(shard_dir)
-    previous = len(done)
-    numbers = [int(p.stem.split("-")[1]) for p in shard_dir.glob("shard-*.tar")]
-    jobs = [(row, str(work / f"{i:09d}.mp4"), options) for i, row in enumerate(rows)
-            if row["status"] == "ok" and row["path"] not in done]
-
-    started = time.perf_counter()
-    bar = dict(total=len(jobs), desc="prepare --shards", unit="file", disable=not progress)
-    outcomes: Counter[str] = Counter()
-    failures = []
-    shard, shard_rows, number = None, [], max(numbers, default=-1) + 1
-
-    def close_shard() -> None:
-        nonlocal shard, shard_rows, number
-        tar = shard.close()
-        write_manifest(shard_rows, tar.with_suffix(".csv"))  # after the tar: an index means a whole shard
-        done.update((row["path"], row) for row in shard_rows)
-        shard, shard_rows, number = None, [], number + 1
-
-    def results():
-        if workers <= 1 or len(jobs) <= 1:
-            yield from map(_encode_sample, jobs)
-            return
-        context = multiprocessing.get_context("spawn")  # the parent may hold threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            yield from pool.map(_encode_sample, jobs)
-
-    try:
-        for job, (row, outcome) in zip(jobs, tqdm(results(), **bar)):
-            outcomes[outcome] += 1
-            if shard is None:
-                shard = ShardWriter(shard_dir / SHARD_PATTERN.format(number))
-            if outcome == "failed":
-                failures.append((row["path"], row["reason"]))
-            else:
-                target = Path(job[1])
-                key = target.stem
-                offset, size = shard.add(key, target, {**row, "key": key})
-                row.update(shard=str(shard.path), offset=offset, size=size)
-                target.unlink()
-            shard_rows.append(row)
-            if shard.bytes_written >= shard_size:
-                close_shard()
-        if shard is not None:
-            close_shard()
-    except BaseException:
-        if shard is not None:
-            shard.abort()
-        raise
-    seconds = time.perf_counter() - started
-    shutil.rmtree(work, ignore_errors=True)
-
-    # Input order; skip rows of the input carried over as they are.
-    write_manifest([done[row["path"]] if row["status"] == "ok" else row for row in rows], new_manifest)
+    with prepare_folder(out_dir, options), disk_full_names(shard_dir, DISK_FULL_REMEDY):
+        shard_dir.mkdir(exist_ok=True)
+        work.mkdir(exist_ok=True)
+        done = _finished_shards(shard_dir)
+        previous = len(done)
+        numbers = [int(p.stem.split("-")[1]) for p in shard_dir.glob("shard-*.tar")]
+        jobs = [(row, str(work / f"{i:09d}.mp4"), options) for i, row in enumerate(rows)
+                if row["status"] == "ok" and row["path"] not in done]
+        started = time.perf_counter()
+        outcomes, failures = _write_shards(jobs, done, shard_dir, max(numbers, default=-1) + 1, shard_size,
+                                           workers, progress)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(work, ignore_errors=True)
+        # Input order; skip rows of the input carried over as they are.
+        write_manifest([done[row["path"]] if row["status"] == "ok" else row for row in rows], new_manifest)
     ok = sum(1 for row in done.values() if row["status"] == "ok")
     return {"manifest": str(new_manifest), "files": len(jobs), "seconds": seconds,
             "files_per_s": len(jobs) / seconds if seconds > 0 else 0.0,
@@ -423,12 +200,52 @@ def prepare_shards(manifest: str | Path, out_dir: str | Path, new_manifest: str 
             "failures": failures, "shards": len(list(shard_dir.glob("shard-*.tar"))), "samples": ok}
 
 
+def _write_shards(jobs: list, done: dict[str, dict], shard_dir: Path, number: int, shard_size: int,
+                  workers: int, progress: bool) -> tuple[Counter, list[tuple[str, str]]]:
+    """Encode `jobs` and append them to shards numbered from `number`; each finished shard's rows
+    go into `done`. Returns the outcomes' counts and the failures."""
+    outcomes: Counter[str] = Counter()
+    failures = []
+    shard, shard_rows = None, []
+    try:
+        with closing(encode_all(_encode_sample, jobs, workers, "prepare --shards", progress)) as encoded:
+            for job, (row, outcome) in zip(jobs, encoded):
+                outcomes[outcome] += 1
+                if shard is None:
+                    shard = ShardWriter(shard_dir / SHARD_PATTERN.format(number))
+                if outcome == "failed":
+                    failures.append((row["path"], row["reason"]))
+                else:
+                    target = Path(job[1])
+                    key = target.stem
+                    offset, size = shard.add(key, target, {**row, "key": key})
+                    row.update(shard=str(shard.path), offset=offset, size=size)
+                    target.unlink()
+                shard_rows.append(row)
+                if shard.bytes_written >= shard_size:
+                    _close_shard(shard, shard_rows, done)
+                    shard, shard_rows, number = None, [], number + 1
+        if shard is not None:
+            _close_shard(shard, shard_rows, done)
+    except BaseException:
+        if shard is not None:
+            shard.abort()
+        raise
+    return outcomes, failures
+
+
+def _close_shard(shard: ShardWriter, rows: list[dict], done: dict[str, dict]) -> None:
+    tar = shard.close()
+    write_manifest(rows, tar.with_suffix(".csv"))  # after the tar: an index means a whole shard
+    done.update((row["path"], row) for row in rows)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("manifest", help="manifest CSV from `xdc scan`")
-    parser.add_argument("--out", required=True, help="folder for the re-encoded copies")
-    # `-o` has always named the new manifest here; `--out-manifest` says so in the shared vocabulary.
-    parser.add_argument("--out-manifest", "-o", "--output", dest="output", default=None, metavar="CSV",
-                        help="new manifest (default: OUT/manifest.csv)")
+    parser.add_argument("-o", "--out", required=True,
+                        help="folder for the re-encoded copies (or their shards), its manifest.csv and prepare.json")
+    parser.add_argument("--out-manifest", dest="output", default=None, metavar="CSV",
+                        help="the new manifest elsewhere (default: OUT/manifest.csv)")
     parser.add_argument("--short-side", type=int, default=128, help="pixels of the copies' shorter side")
     parser.add_argument("--keyframe-seconds", type=float, default=0.5, help="a keyframe every this many seconds")
     parser.add_argument("--sample-rate", type=int, default=16000, help="audio rate of the copies (mono)")
@@ -437,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="parallel encoders")
     parser.add_argument("--shards", action="store_true",
                         help="pack the copies into tar shards (WebDataset layout) under OUT/shards")
-    parser.add_argument("--shard-size", type=_parse_size, default="1GB", help="bytes per shard (default 1GB)")
+    parser.add_argument("--shard-size", type=_parse_size, default="1GB", help="bytes per shard")
     parser.add_argument("--drop-missing", action="store_true",
                         help="make rows whose file is gone skip rows instead of stopping")
 
@@ -466,6 +283,9 @@ def run(args: argparse.Namespace) -> int:
                              sample_rate=args.sample_rate, fps=args.fps)
     if options.short_side < 2 or options.keyframe_seconds <= 0 or options.sample_rate < 1000:
         raise XdcError("--short-side must be >= 2, --keyframe-seconds > 0, --sample-rate >= 1000")
+    if Path(args.out).suffix.lower() == ".csv":  # `-o new.csv` named the manifest before -o meant --out
+        raise XdcError(f"-o/--out is the folder for the copies, not a manifest ({args.out}): give the new "
+                       f"manifest with --out-manifest")
     if args.shards:
         summary = prepare_shards(args.manifest, args.out, args.output, options, args.workers,
                                  shard_size=args.shard_size, drop_missing=args.drop_missing)

@@ -88,7 +88,12 @@ def collect_files(paths: Iterable[str | Path]) -> tuple[list[Path], int]:
 
 
 def _error_text(err: BaseException) -> str:
-    """FFmpeg's message without the file name PyAV appends."""
+    """FFmpeg's message without the file name PyAV appends; for what PyAV itself trips on in a
+    damaged header (text that is not UTF-8, a stream without a codec), a sentence saying so."""
+    if isinstance(err, UnicodeDecodeError):
+        return "damaged header (its text fields are not valid UTF-8)"
+    if not isinstance(err, (OSError, av.error.FFmpegError)):
+        return f"damaged or unsupported file (PyAV could not read it: {type(err).__name__})"
     text = getattr(err, "strerror", None) or str(err) or type(err).__name__
     return str(text).split(": '")[0].strip()
 
@@ -139,6 +144,12 @@ def probe_file(path: str | Path, label: str | None = None) -> dict[str, Any]:
 def _probe_container(container: av.container.InputContainer, row: dict[str, Any]) -> dict[str, Any]:
     video = container.streams.video[0] if container.streams.video else None
     audio = container.streams.audio[0] if container.streams.audio else None
+    notes = []
+    # A stream whose codec FFmpeg cannot name (a damaged header, or a codec this build lacks) has no
+    # codec context: nothing in it can be decoded.
+    if audio is not None and audio.codec_context is None:
+        audio = None
+        notes.append("audio not decodable: unknown codec (damaged header?)")
     if audio is not None:
         row.update(has_audio=True, audio_rate=audio.codec_context.sample_rate or audio.rate,
                    audio_channels=audio.codec_context.channels)
@@ -146,6 +157,9 @@ def _probe_container(container: av.container.InputContainer, row: dict[str, Any]
         row["has_audio"] = False
     if video is None:
         return {**row, "status": "skip", "reason": "no video stream"}
+    if video.codec_context is None:
+        return {**row, "status": "skip", "reason": "no decodable video frame: unknown video codec (damaged header, "
+                                                   "or a codec this FFmpeg lacks)"}
 
     row["video_codec"] = video.codec_context.name
     streams = [video] + ([audio] if audio is not None else [])
@@ -188,7 +202,6 @@ def _probe_container(container: av.container.InputContainer, row: dict[str, Any]
     duration = declared if declared is not None else video_end
     fps = _frame_rate(video)
     row.update(rotation=rotation, width=width, height=height, fps=fps)
-    notes = []
     # The video stream's own declared length, not the container's: a short video with longer audio
     # (a 1-frame clip over a 2-s sound) is complete.
     expected = _stream_duration(video) or declared

@@ -1,5 +1,6 @@
 """Weighted k-nearest-neighbour classification and retrieval on frozen features (`xdc finetune
---mode knn | retrieval`): no training, so nothing to tune on validation videos.
+--mode knn | retrieval`): no training, so nothing to tune on validation videos. Test videos (and
+val videos, when given) are compared with all the training videos.
 
 Both are video-level: a video's feature is the mean of its clips' L2-normalised features,
 L2-normalised again (every clip counts the same whatever its norm), and the similarity of two
@@ -14,9 +15,14 @@ videos is the cosine of their features. Test videos are compared with the traini
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
-from xdc.evaluation.linear import top_k
+from xdc.config import FinetuneConfig
+from xdc.evaluation.feature_cache import cached_features
+from xdc.evaluation.finetune_folder import FinetuneFolder
+from xdc.evaluation.labelled import Labelled
+from xdc.evaluation.scores import video_scores
 
 RECALL_AT = (1, 5, 10)
 CHUNK = 4096  # test videos compared at once: the whole test × train matrix can be large (Kinetics)
@@ -45,9 +51,8 @@ def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tenso
 
 
 def knn_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """top1_video and top5_video of kNN class scores V×C against labels V."""
-    return {"top1_video": float((votes.argmax(-1) == labels).float().mean()),
-            "top5_video": top_k(votes, labels, 5)}
+    """top1_video (and top5_video with more than 5 classes) of kNN class scores V×C, labels V."""
+    return video_scores(votes, labels)
 
 
 def recall(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
@@ -56,3 +61,46 @@ def recall(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, 
     among their k most similar (cosine of unit vectors; k capped at the training videos)."""
     hits = train_labels[nearest(train, test, max(ks))[1]] == test_labels[:, None]
     return {f"recall@{k}": float(hits[:, :k].any(1).float().mean()) for k in ks}
+
+
+def unit_video_features(encoder: nn.Module, cfg: FinetuneConfig, modality: str, data: Labelled,
+                        folder: FinetuneFolder, device: torch.device, key: str) -> tuple[dict, dict, dict]:
+    """(unit video features per subset, their labels, the cached features' skips)."""
+    cached = cached_features(encoder, data.rows, cfg, modality, device, folder, key)
+    features = {name: video_features(cached[name]) for name in data.rows}
+    labels = {name: data.labels[name][cached[f"{name}_index"]] for name in data.rows}
+    return features, labels, cached["skipped"]
+
+
+def run_knn(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled, folder: FinetuneFolder,
+            device: torch.device, key: str) -> dict:
+    """Weighted kNN of the test (and val) videos against the training videos, video-level.
+    Returns results.json's mode entries."""
+    features, labels, skipped = unit_video_features(encoder, cfg, modality, data, folder, device, key)
+
+    def score(name: str) -> dict:
+        votes = knn_votes(features["train"], labels["train"], features[name], len(data.classes),
+                          cfg.knn_k, cfg.knn_temperature)
+        return {**knn_accuracy(votes, labels[name]), "videos": len(labels[name])}
+
+    test = score("test")
+    return {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,
+            **({"val": score("val")} if "val" in features else {}),
+            **{name: value for name, value in test.items() if name != "videos"}, "test_videos": test["videos"],
+            "skipped": skipped}
+
+
+def run_retrieval(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labelled, folder: FinetuneFolder,
+                  device: torch.device, key: str) -> dict:
+    """recall@1/5/10 of the test (and val) videos against the training videos. Returns
+    results.json's mode entries."""
+    features, labels, skipped = unit_video_features(encoder, cfg, modality, data, folder, device, key)
+
+    def score(name: str) -> dict:
+        return {**recall(features["train"], labels["train"], features[name], labels[name]),
+                "videos": len(labels[name])}
+
+    test = score("test")
+    return {**({"val": score("val")} if "val" in features else {}),
+            **{f"recall@{k}": test[f"recall@{k}"] for k in RECALL_AT}, "test_videos": test["videos"],
+            "skipped": skipped}

@@ -21,6 +21,7 @@ from xdc.data.manifest import empty_row, write_manifest
 from xdc.data.scan import probe_file
 from xdc.errors import XdcError
 from xdc.progress import progress
+from xdc.stamps import check_stamp, write_stamp
 
 SPLITS = ("ucf101", "hmdb51", "esc50")
 
@@ -184,14 +185,20 @@ def split_rows(name: str, root: str | Path, split_dir: str | Path | None, fold: 
 def split_manifests(name: str, root: str | Path, split_dir: str | Path | None, fold: int,
                     out_dir: str | Path) -> dict[str, Path]:
     """Write `out_dir/<name>_<fold>_{train,test}.csv` (absolute paths), or reuse them when both
-    exist; returns their paths. Rows of files missing on disk are `skip` rows saying so (they
-    come back from `read_manifest` only with `drop_missing=False`, which then names them)."""
+    exist and were made from the same dataset and split folders (`<name>_<fold>_split.json`; other
+    folders: SettingsMismatch); returns their paths. Rows of files missing on disk are `skip` rows
+    saying so (they come back from `read_manifest` only with `drop_missing=False`, which names them)."""
     out_dir = Path(out_dir)
     paths = {subset: out_dir / f"{name}_{fold}_{subset}.csv" for subset in ("train", "test")}
-    if not all(path.is_file() for path in paths.values()):
+    made_from = {"split": name, "fold": fold, "root": str(Path(root).resolve()),
+                 "split_dir": None if split_dir is None else str(Path(split_dir).resolve())}
+    stamp = out_dir / f"{name}_{fold}_split.json"
+    if not (check_stamp(stamp, made_from, "choose another --out for another dataset folder")
+            and all(path.is_file() for path in paths.values())):
         rows = split_rows(name, root, split_dir, fold)
         for subset, path in paths.items():
             write_manifest(rows[subset], path, relative=False)
+        write_stamp(stamp, made_from)
     return paths
 
 

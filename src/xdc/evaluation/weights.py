@@ -19,8 +19,11 @@ from xdc.models import MODALITIES, audio_encoder, video_encoder
 from xdc.models.weights import (
     ALLOWED_PREFIXES,
     WeightsError,
+    check_metadata,
+    describe_encoder,
     encoder_shape,
     load_strict,
+    read_metadata,
     read_state_dict,
     superv_state_dict,
 )
@@ -103,26 +106,29 @@ EXPORTED_INPUT = ("frames", "fps", "short_side", "crop", "video_mean", "video_st
 
 
 def export_metadata(checkpoint: str | Path, modality: str, state_dict: dict[str, torch.Tensor]) -> dict:
-    """The `xdc` entry of an exported file: modality, arch, width, feature_dim and (when the
-    checkpoint holds its config) the input settings of EXPORTED_INPUT; plain numbers and strings,
-    so the file still loads with weights_only."""
-    shape = encoder_shape(state_dict)
-    meta = {"modality": modality, "arch": shape.get("arch", "resnet18") if modality == "video" else "resnet18",
-            "width": shape.get("width")}
+    """The `xdc` entry of an exported file: modality, arch, width and feature_dim of the weights
+    (`encoder_shape`), and the input settings of EXPORTED_INPUT, from the checkpoint's config or,
+    for a file `xdc export` wrote, its own entry; plain numbers and strings, so the file still loads
+    with weights_only. What the checkpoint says it holds is checked against the weights
+    (`check_metadata`)."""
+    recorded = read_metadata(checkpoint)  # an export of an export keeps its input settings
     pretrain = checkpoint_config(checkpoint)
     if pretrain is not None:
-        meta.update(arch=pretrain.model.video_arch if modality == "video" else "resnet18",
-                    width=pretrain.model.width, method=pretrain.method)
-        meta.update({key: list(value) if isinstance(value, tuple) else value
-                     for key in EXPORTED_INPUT for value in [getattr(pretrain.data, key)]})
-    meta["feature_dim"] = 8 * meta["width"] if meta["width"] else None
-    return meta
+        recorded.update(arch=pretrain.model.video_arch if modality == "video" else "resnet18",
+                        width=pretrain.model.width, method=pretrain.method)
+        recorded.update({key: list(value) if isinstance(value, tuple) else value
+                         for key in EXPORTED_INPUT for value in [getattr(pretrain.data, key)]})
+    check_metadata(recorded, state_dict, str(checkpoint))
+    shape = encoder_shape(state_dict)
+    return {**recorded, "modality": modality, "arch": shape["arch"], "width": shape.get("width"),
+            "feature_dim": 8 * shape["width"] if shape.get("width") else None}
 
 
 def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "video") -> Path:
-    """Write the `modality` encoder of a pretrain checkpoint as `{"state_dict": ..., "xdc": meta}`
-    (`export_metadata`: architecture, width, input settings; `torch.hub.load(..., weights=out)`
-    builds the encoder from it).
+    """Write the `modality` encoder of a pretrain checkpoint (or of a file `xdc export` wrote) as
+    `{"state_dict": ..., "xdc": meta}` (`export_metadata`: architecture, width, input settings;
+    `torch.hub.load(..., weights=out)` builds the encoder from it). WeightsError when the weights
+    are not a `modality` encoder's. A full disk: DiskFullError naming `out`.
 
     A width-64 encoder loads into torchvision's builder once its classifier is replaced, e.g.
     `m = torchvision.models.video.r2plus1d_18(); m.fc = nn.Identity();
@@ -130,6 +136,12 @@ def export_encoder(checkpoint: str | Path, out: str | Path, modality: str = "vid
     """
     state = read_state_dict(checkpoint, modality)
     state = {k: v for k, v in state.items() if not k.startswith(ALLOWED_PREFIXES)}
+    found = encoder_shape(state)
+    if found.get("modality") != modality:
+        advice = f"export it with --modality {found['modality']}" if found.get("modality") else \
+            "give a pretrain checkpoint (checkpoints/*.pt) or a file xdc export wrote"
+        raise WeightsError(f"{checkpoint} holds {describe_encoder(found)}, not the {modality} encoder asked for: "
+                           f"{advice}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint({"state_dict": state, "xdc": export_metadata(checkpoint, modality, state)}, out)

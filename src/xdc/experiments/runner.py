@@ -270,7 +270,7 @@ def run_piece(experiment: Experiment, steps: Steps, piece: Piece) -> dict:
 
 def features_of(piece: Piece, probes: list[str], modality: str) -> list[Path]:
     """The frozen-feature files the piece's probes of one encoder hold (linear, knn, retrieval)."""
-    from xdc.evaluation.finetune import FEATURES_FILE
+    from xdc.evaluation.finetune_folder import FEATURES_FILE
 
     return [path for mode in FEATURE_PROBES if mode in probes
             if (path := piece.probe_dir(mode, modality) / FEATURES_FILE).is_file()]
@@ -279,7 +279,7 @@ def features_of(piece: Piece, probes: list[str], modality: str) -> list[Path]:
 def share_features(piece: Piece, mode: str, modality: str) -> None:
     """Give a probe the frozen features another probe of the same encoder extracted: same encoder,
     same clips, so the same features, not extracted again."""
-    from xdc.evaluation.finetune import FEATURES_FILE
+    from xdc.evaluation.finetune_folder import FEATURES_FILE
 
     target = piece.probe_dir(mode, modality) / FEATURES_FILE
     found = features_of(piece, FEATURE_PROBES, modality)

@@ -60,20 +60,40 @@ def read_metadata(path: str | Path) -> dict:
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"cannot read weights from {path}: {err}") from err
-    return dict(blob.get("xdc", {})) if isinstance(blob, dict) else {}
+        raise WeightsError(f"cannot read weights from {path}: {load_error_reason(err)}") from err
+    entry = blob.get("xdc") if isinstance(blob, dict) else None
+    return dict(entry) if isinstance(entry, dict) else {}
 
 
 def encoder_shape(state_dict: dict[str, torch.Tensor]) -> dict:
-    """`{"width"}` of the encoder a state dict holds (its features are 8·width wide: the last
-    BatchNorm of layer4), and for a video encoder its `arch` (R(2+1)D's stem starts with a 1×7×7
-    conv); {} when the keys are not an encoder's."""
+    """What encoder a state dict holds, from its weights alone: `modality` and `arch` (video: 5-d
+    stem conv, R(2+1)D's 1×7×7, R3D's 3×7×7; audio: ResNet-18's 4-d conv1) and `width` (its
+    features are 8·width wide: the last BatchNorm of layer4); {} when the keys are not an encoder's."""
     norms = [v for k, v in state_dict.items() if k.startswith("layer4.") and k.endswith(".weight") and v.ndim == 1]
     shape = {"width": int(norms[-1].shape[0]) // 8} if norms else {}
-    stem = state_dict.get("stem.0.weight")
+    stem, conv1 = state_dict.get("stem.0.weight"), state_dict.get("conv1.weight")
     if stem is not None and stem.ndim == 5:
-        shape["arch"] = "r2plus1d_18" if stem.shape[2] == 1 else "r3d_18"
+        shape.update(modality="video", arch="r2plus1d_18" if stem.shape[2] == 1 else "r3d_18")
+    elif conv1 is not None and conv1.ndim == 4:
+        shape.update(modality="audio", arch="resnet18")
     return shape
+
+
+def describe_encoder(shape: dict) -> str:
+    """'a video encoder (r3d_18, width 16)', from `encoder_shape` or an exported file's `xdc` entry."""
+    modality = shape.get("modality", "unknown")
+    details = ", ".join(str(v) for v in (shape.get("arch"), shape.get("width") and f"width {shape['width']}") if v)
+    return f"{'an' if modality[0] in 'aeiou' else 'a'} {modality} encoder" + (f" ({details})" if details else "")
+
+
+def check_metadata(meta: dict, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """What a file says it holds (`meta`: its `xdc` entry, or a checkpoint's config) must be what its
+    weights are (`encoder_shape`): WeightsError naming both otherwise."""
+    shape = encoder_shape(state_dict)
+    if any(meta.get(key) not in (None, shape.get(key)) for key in ("modality", "arch", "width")):
+        raise WeightsError(f"{source} says it holds {describe_encoder(meta)} but its weights are "
+                           f"{describe_encoder(shape)}'s: the file is mislabelled; export the encoder again "
+                           f"from its pretrain checkpoint (xdc export CHECKPOINT --modality MODALITY)")
 
 
 def _listed(keys: list[str]) -> str:

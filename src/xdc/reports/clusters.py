@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -31,6 +33,7 @@ from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accurac
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import class_indices, read_manifest
 from xdc.errors import XdcError
+from xdc.files import disk_full_names
 from xdc.models.device import MODALITIES
 from xdc.progress import progress
 from xdc.reports import html, plots
@@ -67,6 +70,11 @@ def true_labels(rows: list[dict], labels_manifest: str | Path | None) -> list[st
     # Only the labels are needed: rows whose file has gone since still name their video.
     labelled = read_manifest(labels_manifest, drop_missing=True)
     by_id = {r["id"]: r.get("label") for r in labelled if r.get("id")}
+    conflicting = sorted({r["id"] for r in labelled if r.get("id") and r.get("label") != by_id[r["id"]]})
+    if conflicting:  # which label is true cannot be told: every purity would be made up
+        shown = ", ".join(conflicting[:5]) + (f" and {len(conflicting) - 5} more" if len(conflicting) > 5 else "")
+        raise ReportError(f"{labels_manifest}: {len(conflicting)} id(s) appear on several rows with different "
+                          f"labels ({shown}): keep one label per id")
     by_path = {str(Path(r["path"]).resolve()): r.get("label") for r in labelled}
     return [by_id[row["id"]] if row.get("id") in by_id else by_path.get(str(Path(row["path"]).resolve()))
             for row in rows]
@@ -135,13 +143,16 @@ def iteration_scores(run: RunFolder, names: list[str | None]) -> dict[str, list[
     return curves
 
 
-def _concepts(row: dict) -> str:
-    return ", ".join(f"{_cell(name)}({share:.2f})" for name, share in row["top"])
+def _concepts(row: dict, cell=str) -> str:
+    """A cluster's most frequent labels with their shares, each label written by `cell`."""
+    return ", ".join(f"{cell(name)}({share:.2f})" for name, share in row["top"])
 
 
 def _cell(text: str) -> str:
-    """A label as Markdown table cell text: `|` would end the cell and a newline the row."""
-    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
+    """A label as Markdown table cell text: `|` would end the cell and a newline the row; HTML in
+    a label (Markdown renders it) is shown as text."""
+    text = html.escape(str(text)).replace("\\", "\\\\").replace("|", "\\|")
+    return " ".join(text.splitlines())
 
 
 def _purity(value: float | None) -> str:
@@ -157,7 +168,7 @@ def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) ->
         if i == rows and len(ranked) > 2 * rows:
             lines.append("| … | | | | |")
         lines.append(f"| {row['rank']} | {row['cluster']} | {row['size']} | {_purity(row['purity'])} | "
-                     f"{_concepts(row)} |")
+                     f"{_concepts(row, _cell)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,13 +196,15 @@ def thumbnail_config(data: DataConfig, duration: float | None) -> DataConfig:
 
 def member_assets(row: dict, index: int, data: DataConfig, assets: Path) -> dict:
     """Frame strip, WAV and spectrogram of one row's middle window; a note instead when it cannot
-    be decoded (the page says why rather than the report failing)."""
+    be decoded (the page says why rather than the report failing). The member's file is linked by
+    its path relative to the report (`assets.parent`), so a moved or shared folder still works."""
     from xdc.data.audio import LogMel
     from xdc.data.decode import DecodeError, decode_clip
 
     cfg = thumbnail_config(data, row.get("duration"))
     start = max(0.0, ((row.get("duration") or 0.0) - cfg.clip_seconds) / 2)
-    out = {"name": row.get("id") or Path(row["path"]).name, "href": Path(row["path"]).resolve().as_uri(),
+    href = os.path.relpath(Path(row["path"]).resolve(), assets.parent.resolve())
+    out = {"name": row.get("id") or Path(row["path"]).name, "href": quote(Path(href).as_posix()),
            "seconds": cfg.clip_seconds}
     try:
         clip = decode_clip(row["path"], start, cfg, with_audio=bool(row.get("has_audio")))
@@ -267,7 +280,8 @@ def _row_labels(run: RunFolder, iteration: int, modality: str, num_rows: int) ->
 def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: str | Path | None = None,
                    iteration: int | None = None, clips_per_cluster: int = 3,
                    max_clusters: int | None = None, media: bool = True) -> dict:
-    """Write the tables, metrics.json and index.html; returns the metrics."""
+    """Write the tables, metrics.json and index.html; returns the metrics. A full disk is
+    DiskFullError naming `out_dir`."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     run = RunFolder(run_dir)
     iteration = find_iteration(run_dir, iteration)
@@ -284,41 +298,45 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
             data = load_config(run.config, schema=PretrainConfig).data
         except ConfigError as err:
             print(f"warning: {err}; thumbnails use the default data settings")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with disk_full_names(out_dir):  # a full disk: one line naming the report folder
+        out_dir.mkdir(parents=True, exist_ok=True)
 
-    metrics, sections, reports = {}, [], {}
-    for modality in MODALITIES:
-        path = run.labels(iteration, modality)
-        if not path.is_file():
-            continue
-        clusters = _row_labels(run, iteration, modality, len(rows))
-        k = num_clusters_of(run_dir, iteration, modality, clusters)
-        before = run.labels(iteration - 1, modality)
-        previous = _row_labels(run, iteration - 1, modality, len(rows)) if iteration and before.is_file() else None
-        metrics[modality], ranked = modality_report(clusters, names, k, previous)
-        metrics[modality]["iteration"] = iteration
-        (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")
-        write_cluster_csv(ranked, out_dir / f"clusters_{modality}.csv")
-        shown = ranked if max_clusters is None else ranked[:max_clusters]
-        reports[modality] = (ranked, {r["cluster"]: pick_members(clusters, r["cluster"], clips_per_cluster)
-                                      for r in shown})
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        metrics, sections, reports = {}, [], {}
+        for modality in MODALITIES:
+            path = run.labels(iteration, modality)
+            if not path.is_file():
+                continue
+            clusters = _row_labels(run, iteration, modality, len(rows))
+            k = num_clusters_of(run_dir, iteration, modality, clusters)
+            before = run.labels(iteration - 1, modality)
+            previous = _row_labels(run, iteration - 1, modality, len(rows)) \
+                if iteration and before.is_file() else None
+            metrics[modality], ranked = modality_report(clusters, names, k, previous)
+            metrics[modality]["iteration"] = iteration
+            (out_dir / f"clusters_{modality}.md").write_text(markdown_table(ranked, modality), encoding="utf-8")
+            write_cluster_csv(ranked, out_dir / f"clusters_{modality}.csv")
+            shown = ranked if max_clusters is None else ranked[:max_clusters]
+            reports[modality] = (ranked, {r["cluster"]: pick_members(clusters, r["cluster"], clips_per_cluster)
+                                          for r in shown})
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
-    assets: dict[int, dict] = {}
-    if media:
-        needed = sorted({i for _, members in reports.values() for ids in members.values() for i in ids})
-        for i in progress(needed, desc="cluster media", unit="clip"):
-            assets[i] = member_assets(rows[i], i, data, out_dir / "assets")
-    for modality, (ranked, members) in reports.items():
-        sections.append(cluster_section(modality, metrics[modality], ranked, members, assets, names))
-    nav = "<nav>" + "".join(f'<a href="#{m}">{m}</a>' for m in reports) + \
-          '<a href="metrics.json">metrics.json</a></nav>'
-    curves = iteration_scores(run, names)
-    if curves:
-        plots.save(plots.line_plot(curves, "iteration", "score", "clusters per iteration"), out_dir / "iterations.png")
-        nav += "\n" + html.image_tag("iterations.png", "cluster statistics per iteration", "plot")
-    title = f"Clusters of {run_dir.name}, iteration {iteration}"
-    (out_dir / "index.html").write_text(html.page(title, nav + "\n" + "\n".join(sections)), encoding="utf-8")
+        assets: dict[int, dict] = {}
+        if media:
+            needed = sorted({i for _, members in reports.values() for ids in members.values() for i in ids})
+            for i in progress(needed, desc="cluster media", unit="clip"):
+                assets[i] = member_assets(rows[i], i, data, out_dir / "assets")
+        for modality, (ranked, members) in reports.items():
+            sections.append(cluster_section(modality, metrics[modality], ranked, members, assets, names))
+        nav = "<nav>" + "".join(f'<a href="#{m}">{m}</a>' for m in reports) + \
+              '<a href="metrics.json">metrics.json</a></nav>'
+        curves = iteration_scores(run, names)
+        if curves:
+            plots.save(plots.line_plot(curves, "iteration", "score", "clusters per iteration"),
+                       out_dir / "iterations.png")
+            nav += "\n" + html.image_tag("iterations.png", "cluster statistics per iteration", "plot")
+        title = f"Clusters of {run_dir.name}, iteration {iteration}"
+        page = html.page(title, nav + "\n" + "\n".join(sections))
+        (out_dir / "index.html").write_text(page, encoding="utf-8")
     return metrics
 
 

@@ -3,16 +3,18 @@
 `PretrainModel` holds the two encoders and the current iteration's classification heads, so DDP
 wraps one module (one backward, one gradient all-reduce). `train_one_epoch` and
 `validation_loss` are the only places a batch goes through the network; both report the loss of
-every head (`HeadLosses`), since a mean over heads hides a head that learns nothing.
+every head (`epoch_losses`), since a mean over heads hides a head that learns nothing. The losses
+add up on the device (`MetricMeter`) and are summed over ranks once per `LOG_EVERY` steps, when
+training also stops at the first non-finite loss (`NonFiniteLossError`).
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import random
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,6 +23,7 @@ import torch.nn as nn
 from xdc import distributed as dist_utils
 from xdc.checkpoint import CheckpointError, load_checkpoint, load_error_reason
 from xdc.data.datasets import SkipCounter
+from xdc.errors import XdcError
 from xdc.methods import HeadSpec, head_losses, reduce_heads
 from xdc.models import (
     ClassificationHead,
@@ -31,7 +34,16 @@ from xdc.models import (
     video_encoder,
 )
 from xdc.progress import progress
+from xdc.training.meter import MetricMeter, Totals
 from xdc.training.schedule import sgd_step
+
+# Steps between two reductions of the running losses over ranks (the bar, TensorBoard's
+# train/loss and the non-finite check); every epoch's last steps are reduced at its end.
+LOG_EVERY = 10
+
+
+class NonFiniteLossError(XdcError):
+    """A training loss stopped being a finite number: the run diverged, or an input holds inf/NaN."""
 
 
 class PretrainModel(nn.Module):
@@ -44,15 +56,23 @@ class PretrainModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.head_specs: list[HeadSpec] = []
 
-    def reset_heads(self, specs: list[HeadSpec]) -> None:
-        """Fresh heads: a new clustering's ids mean nothing to the old heads."""
+    def reset_heads(self, specs: list[HeadSpec], state: dict | None = None) -> None:
+        """Fresh heads: a new clustering's ids mean nothing to the old heads. With `state` (a
+        checkpoint's heads), those, built without drawing a random number: a resumed run's
+        random streams go on from the checkpoint's."""
         device = next(self.video_encoder.parameters()).device
         encoders = {"video": self.video_encoder, "audio": self.audio_encoder}
         self.head_specs = list(specs)
-        self.heads = nn.ModuleDict({
-            s.name: ClassificationHead(encoders[s.encoder].feature_dim, s.num_classes).to(device)
-            for s in specs
-        })
+
+        def heads() -> nn.ModuleDict:
+            return nn.ModuleDict({s.name: ClassificationHead(encoders[s.encoder].feature_dim, s.num_classes)
+                                  for s in specs})
+        if state is None:
+            self.heads = heads().to(device)
+            return
+        with torch.device("meta"):  # no initialisation, no random draws
+            self.heads = heads().to_empty(device=device)
+        self.heads.load_state_dict(state)
 
     def forward(self, video: torch.Tensor, audio: torch.Tensor) -> dict[str, torch.Tensor]:
         features = {"video": self.video_encoder(video), "audio": self.audio_encoder(audio)}
@@ -85,74 +105,90 @@ def has_data(batch: dict) -> bool:
     return "video" in batch and len(batch["index"]) > 0
 
 
+@functools.cache
+def _host_group(world):
+    """A gloo group beside NCCL's for the flags the host branches on: their all-reduce never waits
+    for the GPU (None: the default group is gloo already). Cached per process group `world`."""
+    return None if torch.distributed.get_backend() == "gloo" else torch.distributed.new_group(backend="gloo")
+
+
 def all_ranks_have_data(batch: dict) -> bool:
-    """Whether this batch, and every other rank's current batch, holds at least one sample."""
+    """Whether this batch, and every other rank's current batch, holds at least one sample: DDP
+    steps only when every rank does. The one exchange per step, a CPU flag (`_host_group`)."""
     mine = has_data(batch)
     if not dist_utils.is_distributed():
         return mine
-    return int(dist_utils.all_reduce_sum(torch.tensor([float(mine)]))) == dist_utils.world_size()
+    flag = torch.tensor([float(mine)])
+    torch.distributed.all_reduce(flag, group=_host_group(torch.distributed.group.WORLD))
+    return int(flag.item()) == dist_utils.world_size()
 
 
-class HeadLosses:
-    """Per-head loss sums over the clips of an epoch, averaged over every rank's clips at the end."""
+def loss_meter(specs: list[HeadSpec], device: torch.device) -> MetricMeter:
+    """Per-head loss sums (weighted by clips) and the samples skipped."""
+    return MetricMeter({"heads": (len(specs),)}, counts=("skipped",), device=device)
 
-    def __init__(self, specs: list[HeadSpec], reduction: str):
-        self.specs, self.reduction = specs, reduction
-        self.sums = torch.zeros(len(specs), dtype=torch.float64)
-        self.clips = 0
 
-    def add(self, losses: torch.Tensor, clips: int) -> None:
-        self.sums += losses.detach().double().cpu() * clips
-        self.clips += clips
+def epoch_losses(totals: Totals, specs: list[HeadSpec], reduction: str) -> dict:
+    """{"loss": the reduced loss, "heads": {name: loss}, "clips", "skipped"}, over all ranks."""
+    per_head = totals.mean("heads")
+    return {"loss": float(reduce_heads(per_head, reduction)),
+            "heads": {s.name: float(v) for s, v in zip(specs, per_head)},
+            "clips": int(totals.weights["heads"]), "skipped": int(totals.counts["skipped"])}
 
-    def result(self, skipped: int) -> dict:
-        """{"loss": the reduced loss, "heads": {name: loss}, "clips", "skipped"}, over all ranks."""
-        totals = dist_utils.all_reduce_sum(torch.cat([self.sums, torch.tensor([self.clips, skipped],
-                                                                              dtype=torch.float64)]))
-        clips = int(totals[-2])
-        per_head = totals[:-2] / max(clips, 1)
-        return {"loss": float(reduce_heads(per_head, self.reduction)),
-                "heads": {s.name: float(v) for s, v in zip(self.specs, per_head)},
-                "clips": clips, "skipped": int(totals[-1])}
+
+def check_finite(meter: MetricMeter, recent: Totals, specs: list[HeadSpec], description: str, lr: float) -> None:
+    """NonFiniteLossError naming the first step and head whose loss was not finite, when the
+    interval's losses (`recent`, reduced over ranks) are not all finite."""
+    if torch.isfinite(recent.sums["heads"]).all():
+        return
+    step, head = meter.first_nonfinite_update("heads")
+    raise NonFiniteLossError(
+        f"{description}, SGD step {step + 1}: the training loss of head {specs[head].name} is not a finite "
+        f"number (lr {lr:g}); the run stopped, its last checkpoint is from before this epoch: start a new "
+        f"run (another --out) with a lower optim.lr, or check the input files (inf or NaN in the clips)")
 
 
 def train_one_epoch(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
                     optimizer: torch.optim.Optimizer, scheduler, device: torch.device, amp: bool,
-                    reduction: str = "mean", description: str = "epoch", on_step=None) -> dict:
+                    reduction: str = "mean", description: str = "epoch",
+                    on_log: Callable[[int, float, float], None] | None = None, first_step: int = 0) -> dict:
     """One epoch of SGD on the pseudo-labels. `model` may be DDP-wrapped.
 
-    Returns `HeadLosses.result` (training loss, per head and reduced, over ranks; clips seen and
-    skipped), the fraction of this rank's time spent waiting for data, and this rank's skip
-    summary. `on_step(step_in_epoch, loss)` is called after every step (TensorBoard logging).
+    Every `LOG_EVERY` steps and at the end the latest losses are reduced over ranks: checked
+    (`check_finite`), shown on the bar and given to `on_log(global step, loss, lr)` (steps
+    counted from `first_step`). Returns `epoch_losses` (training loss, per head and reduced, over
+    ranks; clips seen and skipped), the SGD `steps` taken, the fraction of this rank's time spent
+    waiting for data and this rank's skip summary.
     """
     model.train()
-    meter = HeadLosses(specs, reduction)
-    skips = SkipCounter()
-    wait = 0.0
-    start = last = time.perf_counter()
-    bar = progress(loader, desc=description, leave=False, disable=not dist_utils.is_main(),
-               dynamic_ncols=True)
-    for step, batch in enumerate(bar):
-        wait += time.perf_counter() - last
-        skips.add(batch)
+    meter, skips = loss_meter(specs, device), SkipCounter()
+    bar = progress(loader, desc=description, leave=False, disable=not dist_utils.is_main(), dynamic_ncols=True)
+
+    def log() -> None:
+        recent = meter.reduce(recent=True)
+        check_finite(meter, recent, specs, description, optimizer.param_groups[0]["lr"])
+        loss = epoch_losses(recent, specs, reduction)["loss"]
+        bar.set_postfix(loss=f"{loss:.3f}")
+        if on_log is not None:
+            on_log(first_step + meter.updates, loss, optimizer.param_groups[0]["lr"])
+
+    for batch in meter.timed(bar):
+        meter.count(skipped=skips.add(batch))
         if not all_ranks_have_data(batch):
             # A batch whose every sample failed to decode (on any rank): no step anywhere, since
             # DDP's gradient all-reduce needs every rank. The lr schedule still moves on.
             scheduler.step()
-            last = time.perf_counter()
             continue
         losses, index = batch_losses(model, batch, labels, specs, device, amp)
-        loss = reduce_heads(losses, reduction)
-        sgd_step(loss, optimizer, scheduler)
-        meter.add(losses, len(index))  # one host sync per step, for the bar and TensorBoard
-        loss_value = float(loss.detach())
-        if on_step is not None:
-            on_step(step, loss_value)
-        bar.set_postfix(loss=f"{loss_value:.3f}")
-        last = time.perf_counter()
-    total = time.perf_counter() - start
-    return meter.result(skips.total) | {"skip_summary": skips.summary() if skips.total else "",
-                                        "data_wait": wait / total if total > 0 else 0.0}
+        sgd_step(reduce_heads(losses, reduction), optimizer, scheduler)
+        meter.update(len(index), heads=losses)
+        if meter.updates % LOG_EVERY == 0:
+            log()
+    if meter.updates % LOG_EVERY:
+        log()
+    return epoch_losses(meter.reduce(), specs, reduction) | {
+        "steps": meter.updates, "data_wait": meter.data_wait,
+        "skip_summary": skips.summary() if skips.total else ""}
 
 
 @torch.no_grad()
@@ -166,30 +202,20 @@ def average_buffers(module: nn.Module) -> None:
             buffer.copy_(dist_utils.all_reduce_sum(buffer) / dist_utils.world_size())
 
 
-def weights_digest(module: nn.Module) -> str:
-    """Short hash of every parameter and buffer: equal on all ranks when they hold the same model."""
-    digest = hashlib.sha1()
-    for name, value in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 @torch.no_grad()
 def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dict[str, torch.Tensor],
                     device: torch.device, amp: bool, reduction: str = "mean") -> dict:
     """Cross-entropy of the held-out videos' pseudo-labels (eval mode, one centre clip each),
-    per head and reduced, averaged over every rank's share (`HeadLosses.result`)."""
+    per head and reduced, averaged over every rank's share (`epoch_losses`)."""
     model.eval()
-    meter = HeadLosses(specs, reduction)
-    skips = SkipCounter()
+    meter, skips = loss_meter(specs, device), SkipCounter()
     for batch in loader:
-        skips.add(batch)
+        meter.count(skipped=skips.add(batch))
         if not has_data(batch):
             continue
         losses, index = batch_losses(model, batch, labels, specs, device, amp)
-        meter.add(losses, len(index))
-    result = meter.result(skips.total)
+        meter.update(len(index), heads=losses)
+    result = epoch_losses(meter.reduce(), specs, reduction)
     if result["clips"] == 0:
         raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
     return result

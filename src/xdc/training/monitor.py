@@ -1,5 +1,5 @@
-"""What a pretraining run says: the epoch line, its TensorBoard scalars, the closing summary, and
-digests that show the ranks agree. Per-head losses sit beside chance (ln k): a mean over heads
+"""What a pretraining run says: its plan, the epoch line and summary.json record, its TensorBoard
+scalars, the closing summary, and digests that show the ranks agree. Per-head losses sit beside chance (ln k): a mean over heads
 hides a head that learns nothing.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from xdc import distributed as dist_utils
+from xdc.clustering.pseudo_labels import weights_digest
 from xdc.methods import MODALITIES, HeadSpec
-from xdc.training.loop import weights_digest
 from xdc.training.run_folder import RunFolder
 
 # A head whose loss stays within this fraction of chance (ln k) learned (next to) nothing.
@@ -227,19 +227,36 @@ def log_clusters(writer, record: dict, step: int) -> None:
                 writer.add_scalar(f"cluster/{modality}/{key}", record[modality][key], step)
 
 
-def rank_digests(labels: dict[str, np.ndarray], model: torch.nn.Module) -> list[dict[str, str]]:
-    """Per rank, short hashes of the labels and the model it holds: equal when the ranks agree."""
+def rank_digests(labels: dict[str, np.ndarray], encoders: list[torch.nn.Module]) -> list[dict[str, str]]:
+    """Per rank, short hashes of the labels and of the encoders it holds (the weights that gave
+    the features; a resumed run holds the same): equal when the ranks agree."""
     digest = hashlib.sha1()
     for name in sorted(labels):
         digest.update(name.encode())
         digest.update(np.ascontiguousarray(labels[name], dtype=np.int64).tobytes())
-    mine = {"labels": digest.hexdigest()[:16], "weights": weights_digest(model)}
+    mine = {"labels": digest.hexdigest()[:16], "weights": weights_digest(*encoders)}
     if not dist_utils.is_distributed():
         return [mine]
     every = [None] * dist_utils.world_size()
     torch.distributed.all_gather_object(every, mine)
     return every
 
+
+def log_training(writer, step: int, loss: float, lr: float) -> None:
+    """The training loss of the latest steps (every LOG_EVERY steps, training.loop) and the lr."""
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+
+
+def epoch_record(record: dict, epoch: int, train: dict, val: dict | None, stop: bool, specs: list[HeadSpec],
+                 prior: dict[str, float]) -> dict:
+    """An iteration's summary.json record after `epoch` (0-based): its clustering part (`record`)
+    and the training so far; samples skipped add up over the epochs."""
+    return {**record, "epochs": epoch + 1, "train_loss": train["loss"], "val_loss": val and val["loss"],
+            "train_clips": train["clips"], "stopped_early": bool(stop),
+            "skipped": record.get("skipped", 0) + train["skipped"] + (val["skipped"] if val else 0),
+            "heads": {s.name: {"train_loss": train["heads"][s.name], "val_loss": val and val["heads"][s.name],
+                               "chance": s.chance_loss, "prior_entropy": prior[s.name]} for s in specs}}
 
 
 def log_epoch(writer, record: dict, train: dict, val: dict, specs: list[HeadSpec], epoch: int, epochs: int,

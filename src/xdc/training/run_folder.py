@@ -4,9 +4,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,14 +13,15 @@ from typing import Iterator
 import numpy as np
 
 from xdc.errors import XdcError
-from xdc.files import write_text_atomic
+from xdc.files import atomic_file, leftover_temporaries, write_text_atomic
+from xdc.locks import folder_lock, lock_path
 
 _ITERATION_CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
 
 
 class RunFolderError(XdcError):
-    """The run folder cannot be used: another process holds it, the path is not a folder, or a
-    file in it cannot be read (pseudo-labels)."""
+    """The run folder cannot be used: the path is a file or a folder of other files, or a file in
+    it cannot be read (pseudo-labels). (Held by another process: xdc.locks.LockError.)"""
 
 
 class RunFolder:
@@ -37,7 +36,7 @@ class RunFolder:
         self.last = self.checkpoints / "last.pt"
         self.features = self.root / "features"  # the last extraction's float16 memmaps, per rank
         self.tensorboard = self.root / "tb"
-        self.lock_file = self.root / ".lock"  # flock'ed by the process that runs in the folder
+        self.lock_file = lock_path(self.root)  # held by the process that runs in the folder (xdc.locks)
 
     def iteration_checkpoint(self, iteration: int) -> Path:
         """Written when an iteration's training ends: its encoders, heads and labels."""
@@ -75,30 +74,39 @@ class RunFolder:
                                  f"found {getattr(labels, 'dtype', type(labels).__name__)}")
         return labels.astype(np.int64)
 
+    def holds_a_run(self) -> bool:
+        """Whether the folder is empty or holds a run's files (config.yaml, rows.csv, checkpoints/
+        or a lock): what `locked` may take."""
+        if not self.root.is_dir() or not any(self.root.iterdir()):
+            return True
+        return any(p.exists() for p in (self.config, self.rows, self.checkpoints, self.lock_file))
+
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold this folder for one process: an exclusive `flock` on `lock_file`, which the OS
-        releases when the process ends however it ends, so a lock is never stale. Creates the
-        folder; raises RunFolderError when it is a file or another process holds it. Then removes
-        the temporary files (`.NAME.*.tmp`, see checkpoint.atomic_file) a killed run left."""
+        """Hold this folder for one process (`xdc.locks.folder_lock`: the lock of docs/SCALE.md,
+        "Which lock"). Creates the folder; RunFolderError when it is a file, or a folder of other
+        files than a run's (never written into); LockError when another process holds it. Then
+        removes the temporary files that a killed write of this run left (`stale_temporaries`)."""
         if self.root.exists() and not self.root.is_dir():
             raise RunFolderError(f"{self.root} is a file, not a run folder: choose another --out")
+        if not self.holds_a_run():
+            raise RunFolderError(f"{self.root} holds other files and no run (no config.yaml, rows.csv or "
+                                 f"checkpoints/): choose another --out, e.g. a new folder inside it")
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_file, "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                raise RunFolderError(f"run folder {self.root} in use by PID {holder}: wait until that "
-                                     f"run ends (or stop it), or choose another folder") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            for tmp in self.root.rglob(".*.tmp"):  # only a dead writer leaves one: we hold the lock
-                tmp.unlink(missing_ok=True)
-            yield  # the lock goes with the handle's close
+        with folder_lock(self.root, "run folder"):
+            for path in self.stale_temporaries():  # only a dead writer leaves one: we hold the lock
+                path.unlink(missing_ok=True)
+            yield
+
+    def stale_temporaries(self) -> list[Path]:
+        """The temporary files (`xdc.files.atomic_file`) a killed write of a run leaves, where a
+        run writes them: beside config.yaml, rows.csv and summary.json, and in checkpoints/,
+        features/ and iterations/NN/. Nothing else: the folder may hold a user's own `.*.tmp`."""
+        found = [p for p in leftover_temporaries(self.root)
+                 if p.name.startswith(tuple(f".{f.name}." for f in (self.config, self.rows, self.summary)))]
+        for folder in [self.checkpoints, self.features] + [self.iteration_dir(n) for n in self.iterations()]:
+            found += leftover_temporaries(folder)
+        return found
 
     def write_summary(self, method: str, iterations: list[dict]) -> None:
         """summary.json (rank 0 only: the other ranks' records lack the cluster statistics)."""
@@ -109,6 +117,6 @@ class RunFolder:
 
     def save_labels(self, iteration: int, labels: dict) -> None:
         """iterations/NN/labels_<modality>.npy, one array per modality."""
-        self.iteration_dir(iteration).mkdir(parents=True, exist_ok=True)
         for modality, values in labels.items():
-            np.save(self.labels(iteration, modality), values)
+            with atomic_file(self.labels(iteration, modality)) as handle:
+                np.save(handle, values)
