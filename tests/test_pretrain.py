@@ -24,7 +24,7 @@ def test_every_shipped_config_validates(name):
     assert cfg.optim.gamma == 0.01
     if name not in ("tiny_cpu", "cpu"):  # CPU-scale configs use fewer clusters
         assert (cfg.cluster.k_video, cfg.cluster.k_audio) == (64, 128)
-    if cfg.data.frames == 32:  # the seed's 32-frame rule
+    if cfg.data.frames == 32:  # the paper's 32-frame rule
         assert (cfg.optim.batch_size, cfg.optim.lr) == (8, 0.0025)
 
 
@@ -130,7 +130,7 @@ def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path
 
 @pytest.mark.slow
 def test_r3d18_config_runs_with_tiny_sizes(av_manifest, tmp_path):
-    """Seed Table 5's backbone: the shipped R3D-18 config, shrunk to the tiny sizes."""
+    """The paper's Table 5's backbone: the shipped R3D-18 config, shrunk to the tiny sizes."""
     tiny = load_config(TINY)
     sizes = [f"data.{k}={getattr(tiny.data, k)}" for k in ("frames", "fps", "short_side", "crop", "eval_clips",
                                                             "num_workers")]

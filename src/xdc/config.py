@@ -88,7 +88,7 @@ class ModelConfig:
 
 @dataclass
 class ClusterConfig:
-    k_video: int = 64  # the paper's Kinetics setting (seed Tables 6-7)
+    k_video: int = 64  # the paper's Kinetics setting (the paper's Tables 6-7)
     k_audio: int = 128
     k_joint: int = 128  # CDC clusters the concatenated features
     niter: int = 20
@@ -111,7 +111,7 @@ FIRST_FEATURES = ("random", "handcrafted")  # cluster.first_features: what itera
 
 @dataclass
 class OptimConfig:
-    """Seed Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
+    """The paper's Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
 
     epoch_size: int = 1_000_000
     batch_size: int = 32  # per GPU (per rank): the global batch is batch_size × ranks
@@ -158,7 +158,7 @@ class PretrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # Encoders to start from (a pretraining checkpoint, e.g. RUN/checkpoints/iteration_NN.pt);
-    # iteration 0 then clusters their features. Used for the seed's longer last iteration (IG*).
+    # iteration 0 then clusters their features. Used for the paper's longer last iteration (IG*).
     init_from: str | None = None
 
 
@@ -167,7 +167,7 @@ FINETUNE_MODES = ("full", "fc", "linear", "knn", "retrieval")  # xdc.evaluation:
 
 @dataclass
 class FinetuneConfig:
-    """Seed Tables 3-4."""
+    """The paper's Tables 3-4."""
 
     mode: str = "full"  # full | fc | linear | knn | retrieval (xdc.evaluation.finetune)
     lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01])
