@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -54,3 +55,29 @@ def test_avdigits_table_calls_a_win_only_beyond_the_seed_spread():
     assert not avdigits.beats(one_seed, "xdc", "sdc", "linear_video")["wins"]  # no spread, no claim
     text = avdigits.markdown(one_seed, {}, "header")
     assert "| xdc | 0.600 | 0.500 |" in text and "±" not in text
+
+
+@pytest.mark.slow  # its CPU steps: xdc prepare, k-means, a 2-rank torchrun (~1-3 min on 2 cores)
+def test_gpu_check_runs_on_a_cpu_only_machine_and_says_what_it_skipped(tmp_path):
+    """benchmarks/gpu_check.sh: every GPU step skipped with its reason, the others measured, each
+    figure tagged with the item of issue 20 it checks."""
+    import json
+    import os
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run `bash benchmarks/gpu_check.sh OUT` for the real check")
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path), "--quick"],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    figures = json.loads((tmp_path / "gpu_check.json").read_text())["figures"]
+    assert all(f["item"] for f in figures.values())
+    for name in ("train_step_cudnn_benchmark_off", "train_step_cudnn_benchmark_on", "feature_extraction",
+                 "cuda_end_to_end"):
+        assert figures[name]["skipped"] == "no CUDA device"
+    assert figures["loader_from_shards"]["clips_per_s_from_shards_one_process"] > 0
+    assert figures["kmeans"]["seconds_project"] > 0 and figures["kmeans"]["gpu_skipped"] == "no CUDA device"
+    assert figures["rng_resume"]["restored_without_cuda"] and figures["two_ranks_cpu"]["ranks_agree"]
