@@ -24,9 +24,10 @@ Targets: `manifest_load_s_per_million` <= 5, `manifest_bytes_per_video` <= 150.
   then `cluster_features` for video, k=64, and audio, k=128, pca_dim 0 as the paper presets),
   while a thread samples the process's resident memory every 10 ms: the peak growth of anonymous
   memory (what the rank must hold; `peak_anon_bytes`) and of mapped file pages (the memmaps, page
-  cache the kernel can drop; `peak_file_bytes`). At 2 and 4 ranks, so that the per-rank figure
-  splits into a part per video of the rank's shard and a part per video of the whole set (labels
-  and indices every rank holds): `anon ≈ fixed + shard_bytes × videos/ranks + global_bytes × videos`.
+  cache the kernel can drop; `peak_file_bytes`). At 2 ranks, and 4 for the largest size, so that
+  the per-rank figure splits into a part per video of the rank's shard and a part per video of the
+  whole set (labels and indices every rank holds): anon ≈ fixed + shard_bytes_per_video ×
+  videos / ranks + whole_set_bytes_per_video × videos (`memory_table`), extrapolated to 65M.
 """
 
 from __future__ import annotations
@@ -288,22 +289,28 @@ def measure_cluster_memory(n: int, world: int, dim: int, folder: Path) -> dict:
 
 
 def memory_table(sizes: list[int], dim: int, folder: Path) -> dict:
-    """Measured at 2 ranks for every size and at 4 for the smallest; the split into shard and
-    global bytes per video from the two world sizes at the smallest, then every size, and 65M,
-    at 2, 8 and 64 ranks."""
+    """Measured at 2 ranks for every size and at 4 for the largest (every shard then holds more
+    rows than one 65,536-row chunk, so the chunk buffers weigh the same). Ranks other than 0 give
+    the bytes per video of the shard (2 vs 4 ranks) and of the whole set (the sizes at 2 ranks);
+    rank 0 holds more (the k-means sample and centroid training: a fixed part). The model then
+    gives rank 0 at the paper's sizes on 8 and 64 ranks."""
     runs = [measure_cluster_memory(n, 2, dim, folder) for n in sizes]
-    runs.append(measure_cluster_memory(sizes[0], 4, dim, folder))
-    n, two, four = sizes[0], runs[0]["peak_anon_bytes_max_rank"], runs[-1]["peak_anon_bytes_max_rank"]
-    # anon = fixed + shard × n / ranks + global × n, with `fixed` from the largest size at 2 ranks
-    shard = 4 * (two - four) / n
-    big = runs[len(sizes) - 1]
-    global_ = max(0.0, (big["peak_anon_bytes_max_rank"] - two) / (big["videos"] - n) - shard / 2)
-    fixed = max(0.0, two - (shard / 2 + global_) * n)
-    model = {"fixed_bytes": round(fixed), "shard_bytes_per_video": round(shard, 1),
-             "global_bytes_per_video": round(global_, 1)}
-    table = {f"{videos}_videos_{ranks}_ranks_gb": round((fixed + shard * videos / ranks + global_ * videos) / 1e9, 2)
-             for videos in (*SCALES.values(),) for ranks in (2, 8, 64)}
-    return {"measured": runs, "model": model, "per_rank_gb": table}
+    runs.append(measure_cluster_memory(sizes[-1], 4, dim, folder))
+
+    def others(run: dict) -> float:
+        return float(np.mean([r["peak_anon_bytes"] for r in run["per_rank"][1:]]))
+
+    small, big, big4 = runs[0], runs[-2], runs[-1]
+    n = big["videos"]
+    shard = (others(big) - others(big4)) / (n / 2 - n / 4)
+    whole = (others(big) - others(small)) / (n - small["videos"]) - shard / 2
+    fixed = others(big) - (shard / 2 + whole) * n
+    rank0_extra = big["per_rank"][0]["peak_anon_bytes"] - others(big)
+    model = {"fixed_bytes": round(fixed), "rank0_extra_bytes": round(rank0_extra),
+             "shard_bytes_per_video": round(shard, 1), "whole_set_bytes_per_video": round(whole, 1)}
+    table = {f"{name}_{ranks}_ranks_gb": round((fixed + rank0_extra + shard * videos / ranks + whole * videos) / 1e9, 2)
+             for name, videos in SCALES.items() for ranks in (8, 64)}
+    return {"measured": runs, "model": model, "rank0_gb": table}
 
 
 def main() -> None:
