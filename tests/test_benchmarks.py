@@ -160,3 +160,29 @@ def test_a_tiny_avdigits_run_goes_through_the_commands(avdigits, shared_fsdd, tm
     assert avdigits.run(args, TINY, [0], out) == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written
     assert json.loads((out / "results.json").read_text())["runs"][1]["probes"] == xdc["probes"]
+
+
+@pytest.mark.slow  # its CPU steps: xdc prepare, k-means, a 2-rank torchrun (~1-3 min on 2 cores)
+def test_gpu_check_runs_on_a_cpu_only_machine_and_says_what_it_skipped(tmp_path):
+    """benchmarks/gpu_check.sh: every GPU step skipped with its reason, the others measured, each
+    figure tagged with the item of issue 20 it checks."""
+    import json
+    import os
+    import subprocess
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: run `bash benchmarks/gpu_check.sh OUT` for the real check")
+    done = subprocess.run(["bash", str(BENCHMARKS / "gpu_check.sh"), str(tmp_path), "--quick"],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True,
+                          timeout=900, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    figures = json.loads((tmp_path / "gpu_check.json").read_text())["figures"]
+    assert all(f["item"] for f in figures.values())
+    for name in ("train_step_cudnn_benchmark_off", "train_step_cudnn_benchmark_on", "feature_extraction",
+                 "cuda_end_to_end"):
+        assert figures[name]["skipped"] == "no CUDA device"
+    assert figures["loader_from_shards"]["clips_per_s_from_shards_one_process"] > 0
+    assert figures["kmeans"]["seconds_project"] > 0 and figures["kmeans"]["gpu_skipped"] == "no CUDA device"
+    assert figures["rng_resume"]["restored_without_cuda"] and figures["two_ranks_cpu"]["ranks_agree"]
