@@ -65,8 +65,8 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
             assert entry["chance"] == pytest.approx(np.log(h.num_classes))
             assert 0 < entry["prior_entropy"] <= entry["chance"] + 1e-9  # unbalanced clusters: below ln k
             assert np.isfinite(entry["train_loss"]) and np.isfinite(entry["val_loss"])
-        # the reduced loss is the mean of the heads' (optim.head_reduction defaults to mean)
-        assert record["val_loss"] == pytest.approx(np.mean([e["val_loss"] for e in record["heads"].values()]))
+        # the loss that trains: the heads' summed (optim.head_reduction defaults to sum)
+        assert record["val_loss"] == pytest.approx(np.sum([e["val_loss"] for e in record["heads"].values()]))
         for modality in ("video", "audio"):
             labels = np.load(out / "iterations" / f"{n:02d}" / f"labels_{modality}.npy")
             assert labels.shape == (8,) and labels.min() >= 0 and labels.max() < k
