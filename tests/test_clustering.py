@@ -414,6 +414,13 @@ def _distributed_case(features, rank, world, distributed):
     return result, reassigned
 
 
+def _balanced_case(features, rank, world):
+    """cluster.assign=sinkhorn on this rank's shard: the full label array."""
+    mine = shard_indices(len(features), rank, world)
+    return cluster_features(features[mine], mine, len(features), 6, ClusterConfig(niter=10, assign="sinkhorn"),
+                            seed=3).labels
+
+
 def _rank_main(rank, world, port, out_dir, features):
     import faiss
 
@@ -441,6 +448,7 @@ def _rank_main(rank, world, port, out_dir, features):
         np.save(out_dir / f"every{rank}.npy", [every_rank(True), every_rank(rank == 0)])
         sent = broadcast_array(np.arange(6, dtype=np.float32).reshape(2, 3) if rank == 0 else None)
         np.save(out_dir / f"broadcast{rank}.npy", sent)
+        np.save(out_dir / f"balanced{rank}.npy", _balanced_case(features, rank, world))
     finally:
         torch_dist.destroy_process_group()
 
@@ -469,6 +477,8 @@ def test_cluster_features_two_ranks_match_one_process(tmp_path):
     reassigned = [np.load(tmp_path / f"reassigned{r}.npy") for r in range(2)]
     assert np.array_equal(reassigned[0], reassigned[1])
     assert np.array_equal(reassigned[0], single_reassigned)
+    balanced = [np.load(tmp_path / f"balanced{r}.npy") for r in range(2)]  # sinkhorn's sums over ranks
+    assert np.array_equal(balanced[0], balanced[1]) and np.array_equal(balanced[0], _balanced_case(features, 0, 1))
     assert (np.bincount(reassigned[0][keep], minlength=8) > 0).all()
     np.testing.assert_array_equal(np.load(tmp_path / "to_first0.npy"), [[0, 0], [1, 1], [1, 1]])
     assert np.load(tmp_path / "to_first0.npy").dtype == np.float16 and np.load(tmp_path / "to_first1.npy").size == 0
@@ -569,3 +579,19 @@ def test_label_entropy_is_the_loss_of_knowing_only_cluster_sizes():
     logits = torch.log(torch.tensor(p, dtype=torch.float32)).expand(100, 2)
     loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels[labels >= 0]))
     assert float(loss) == pytest.approx(label_entropy(labels), rel=1e-5)
+
+
+def test_sinkhorn_assignment_balances_clusters_kmeans_leaves_unequal():
+    """One blob holds 70% of the points: nearest-centroid labels pile up there, the balanced
+    assignment (cluster.assign=sinkhorn) gives every cluster about N/k; labels stay consistent with
+    the blobs (points of one small blob are not split across many clusters)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16)) * 4
+    truth = np.r_[np.zeros(1400, int), rng.integers(1, 4, 600)]
+    x = (centres[truth] + 0.5 * rng.standard_normal((2000, 16))).astype(np.float32)
+    nearest = cluster_features(x, np.arange(2000), 2000, 10, ClusterConfig(niter=10), seed=1)
+    balanced = cluster_features(x, np.arange(2000), 2000, 10, ClusterConfig(niter=10, assign="sinkhorn"), seed=1)
+    sizes = np.bincount(balanced.labels, minlength=10)
+    assert sizes.min() >= 0.5 * 200 and sizes.max() <= 1.5 * 200  # about N/k each
+    assert np.ptp(sizes) < np.ptp(np.bincount(nearest.labels, minlength=10))
+    assert nmi(balanced.labels, truth) > 0.5

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 # The allowed values of each setting come from the module that implements it: the config sits
 # above data, models, clustering and methods (docs/DESIGN.md, "How the code is laid out").
 from xdc.clustering.handcrafted import HOG_MIN_SIZE, VIDEO_DESCRIPTORS, descriptor_sizes
+from xdc.clustering.kmeans import ASSIGNMENTS
 from xdc.data.audio import MIN_WINDOW_SAMPLES, NORMALIZATIONS, stft_sizes
 from xdc.data.decode import SHORT_VIDEO
 from xdc.data.manifest import CHECK_FILES
@@ -31,7 +32,7 @@ from xdc.distributed import DEVICES
 from xdc.errors import XdcError
 from xdc.files import write_text_atomic
 from xdc.methods import HEAD_REDUCTIONS, METHODS
-from xdc.models.video import VIDEO_ARCHS
+from xdc.models.video import VIDEO_ARCHS, VIDEO_INPUTS
 
 PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
 # The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
@@ -83,6 +84,9 @@ class DataConfig:
 class ModelConfig:
     video_arch: str = "r2plus1d_18"
     width: int = 64  # channels of the first stage; 64 is torchvision's network, smaller for CPU runs
+    # What the video encoder's first conv sees (xdc.models.video): rgb | sobel (each frame's grey-
+    # level gradients, DeepCluster) | residual (each frame minus the one before)
+    video_input: str = "rgb"
     sync_bn: bool = False
 
 
@@ -100,6 +104,9 @@ class ClusterConfig:
     # orientations of the frames and of what moves; position- and colour-free). xdc.clustering.handcrafted
     video_descriptor: str = "layout"
     clips_per_video: int = 1  # clips averaged into one feature per video
+    # kmeans: each video to its nearest centroid | sinkhorn: equal cluster sizes (SeLa's balanced
+    # assignment, xdc.clustering.sinkhorn), against clusters that swallow most videos
+    assign: str = "kmeans"
     reassign_empty: bool | None = None  # None = the method decides (SDC: yes)
     uniform_sampling: bool | None = None  # sample clips uniformly over clusters; None = method decides
 
@@ -265,6 +272,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
     _check(cfg.video_arch in VIDEO_ARCHS, f"{prefix}.video_arch", cfg.video_arch, " | ".join(VIDEO_ARCHS))
     _check(cfg.width >= 1, f"{prefix}.width", cfg.width, ">= 1")
+    _check(cfg.video_input in VIDEO_INPUTS, f"{prefix}.video_input", cfg.video_input, " | ".join(VIDEO_INPUTS))
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
@@ -310,6 +318,7 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
         hog_start = c.first_features == "handcrafted" and c.video_descriptor == "hog"
         _check(not hog_start or cfg.data.crop >= HOG_MIN_SIZE, f"{prefix}data.crop", cfg.data.crop,
                f">= {HOG_MIN_SIZE} with cluster.video_descriptor=hog")
+        _check(c.assign in ASSIGNMENTS, f"{prefix}cluster.assign", c.assign, " | ".join(ASSIGNMENTS))
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from xdc import distributed as dist
+from xdc.clustering.sinkhorn import balanced_assign
 
 PCA_FIT_POINTS = 100_000  # PCA is fitted on at most this many points
 SEED_POINTS_PER_CENTROID = 16  # k-means++ seeding looks at this many points per centroid
 ASSIGN_CHUNK = 65_536  # rows preprocessed and assigned at a time (bounds memory)
+ASSIGNMENTS = ("kmeans", "sinkhorn")  # cluster.assign: the nearest centroid, or equal cluster sizes
 T = TypeVar("T")
 
 
@@ -316,7 +318,8 @@ def cluster_features(local_features, local_indices: np.ndarray, num_items: int, 
                      reassign_empty: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> ClusterResult:
     """k-means over the features every rank holds (rows of `local_features` are items `local_indices`).
 
-    `cfg` is a ClusterConfig (niter, max_points_per_centroid, pca_dim, whiten). Pass only rows
+    `cfg` is a ClusterConfig (niter, max_points_per_centroid, pca_dim, whiten, assign: `sinkhorn`
+    labels under equal cluster sizes, clustering.sinkhorn; `objective` stays k-means'). Pass only rows
     that have features (extraction's `present`); items no rank has get label -1. `local_features`:
     an array, or rows read when sliced (`methods.base.PresentRows`: float16 memmap rows, never
     copied whole). Returns labels of all `num_items` items, ordered by item index, identical on
@@ -377,6 +380,8 @@ def _cluster(local_features, local_indices: np.ndarray, num_items: int, k: int, 
     # preprocessed shard is held only to reassign empty clusters (that moves points between them).
     rows = PreprocessedRows(local_features, projection)
     local_labels, sq_dist = indexes.run(lambda where: assign(rows, centroids, where))
+    if cfg.assign == "sinkhorn":  # equal cluster masses instead of the nearest centroid (sinkhorn.py)
+        local_labels = balanced_assign(rows, centroids)
     objective = float(sum(float(v[0]) for v in dist.all_gather_arrays(np.array([sq_dist.sum()]))))
     sizes = _global_sizes(local_labels, k, multi)
     empty = int((sizes == 0).sum())
