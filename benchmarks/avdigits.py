@@ -370,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--video-arch", choices=VIDEO_ARCHS, help="video encoder")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="pretraining config overrides, e.g. cluster.pca_dim=32 optim.total_epochs=12")
+    parser.add_argument("--budget", type=int, nargs="+", default=[], metavar="ITERATION",
+                        help="also probe these iterations' checkpoints (linear): the budget curve, XDC − each "
+                             "method against the epochs trained (e.g. 0 1 3 5)")
     parser.add_argument("--probes", default="linear,fc,knn,retrieval",
                         help="probe modes among linear, fc, knn, retrieval (kNN: no training, DINO's "
                              "weighted votes; retrieval: recall@1 of test videos among training videos)")
@@ -415,6 +418,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = merge(settings, {"pretrain": OmegaConf.to_container(
             OmegaConf.from_dotlist([f"{k}={v}" for k, v in args.extra.items()]))})
     seeds = list(dict.fromkeys(args.seeds or settings["seeds"]))
+    iterations = settings["pretrain"]["iterations"]
+    if any(not 0 <= i < iterations for i in args.budget):
+        print(f"avdigits: --budget takes iterations in 0..{iterations - 1} (pretraining runs {iterations})",
+              file=sys.stderr)
+        return 2
     out = args.out or REPO / "runs" / ("avdigits" + "_hard" * args.hard + "_quick" * args.quick)
     try:
         return run(args, settings, seeds, out)
@@ -446,7 +454,7 @@ def run(args: argparse.Namespace, settings: dict, seeds: list[int], out: Path) -
 
     test_labels = list(read_manifest(manifests["test"]).text("label"))
     experiment = runner.Experiment(out, args.methods, seeds, args.probes, settings["pretrain"]["iterations"],
-                                   truth(data_dir), test_labels)
+                                   truth(data_dir), test_labels, tuple(args.budget))
     steps = runner.Commands(configs, manifests, {"superv": dotlist(settings["superv"]), "fc": dotlist(settings["fc"])},
                             quiet=args.jobs > 1)
     results = {"settings": settings, **runner.run_experiment(experiment, steps, args.jobs)}

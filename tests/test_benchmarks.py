@@ -138,7 +138,8 @@ def test_a_tiny_avdigits_run_goes_through_the_commands(avdigits, shared_fsdd, tm
     """Two pieces side by side, each running `xdc pretrain / clusters / finetune` in fresh
     processes; the table as printed is table.md; a rerun reuses every piece."""
     out = tmp_path / "avq"
-    args = avdigits.parse_args(["--methods", "scratch,xdc", "--probes", "linear,knn", "--jobs", "2", "--out", str(out)])
+    args = avdigits.parse_args(["--methods", "scratch,xdc", "--probes", "linear,knn", "--jobs", "2", "--budget", "0", "1",
+                                "--out", str(out)])
     assert avdigits.run(args, TINY, [0], out) == 0
     printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
@@ -155,6 +156,10 @@ def test_a_tiny_avdigits_run_goes_through_the_commands(avdigits, shared_fsdd, tm
     assert (out / "seed0" / "xdc" / "knn_video" / "features.pt").is_file()
     assert (out / "table.md").read_text() in printed and "| chance (1/10)" in printed
     assert "XDC − SCRATCH" in printed
+    # The budget curve: iteration 0's checkpoint probed in its own folder, the last one's is the probe.
+    assert (out / "seed0" / "xdc" / "iteration00_linear_audio" / "results.json").is_file()
+    assert xdc["budget"]["1"]["video"] == xdc["probes"]["linear"]["video"]
+    assert [p["epochs"] for p in results["budget"]] == [1, 2] and "Budget curve" in printed
 
     written = {p: p.stat().st_mtime_ns for p in (out / "seed0").rglob("*") if p.is_file() and p.name != "piece.json"}
     assert avdigits.run(args, TINY, [0], out) == 0

@@ -78,3 +78,35 @@ def test_markdown_table_reads_as_plain_text():
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # columns line up
     assert lines[1] == "|-------------|------:|" and lines[3] == "| longer name |  0.25 |"
+
+
+def test_budget_curve_pairs_each_iterations_probe_and_counts_epochs():
+    """Per probed iteration: epochs trained by its end, each method's score, XDC − each method
+    paired by seed; printed under the table (summary.budget_curve)."""
+    from xdc.experiments.summary import budget_curve
+
+    def trained(method, seed, scores):  # iteration -> linear top1 (both modalities); 3 epochs each
+        record = piece(method, seed, scores[max(scores)])
+        record["pretrain_summary"] = [{"epochs": 3} for _ in range(max(scores) + 1)]
+        record["budget"] = {str(i): {m: {"top1_video": s} for m in ("video", "audio")} for i, s in scores.items()}
+        return record
+
+    runs = [trained("xdc", seed, {0: 0.20 + 0.01 * seed, 2: 0.40 + 0.01 * seed}) for seed in range(5)]
+    runs += [trained("rand", seed, {0: 0.20, 2: 0.20}) for seed in range(5)]
+    runs += [piece("scratch", seed, 0.1) for seed in range(5)]  # no pretraining: not on the curve
+    methods = ["scratch", "rand", "xdc"]
+    curve = budget_curve(runs, methods, (0, 2))
+    assert [p["iteration"] for p in curve] == [0, 2] and [p["epochs"] for p in curve] == [3, 9]
+    assert list(curve[1]["methods"]) == ["rand", "xdc"]
+    assert curve[1]["methods"]["xdc"]["video"][0] == pytest.approx(0.42)
+    gap = [p["comparisons"]["xdc_minus_rand"]["linear"]["audio"] for p in curve]
+    assert gap[0]["mean"] == pytest.approx(0.02) and gap[1]["mean"] == pytest.approx(0.22) and gap[1]["beats"]
+    assert curve[0]["comparisons"]["xdc_minus_scratch"] == {}
+    results = {"methods": methods, "seeds": list(range(5)), "probes": ["linear"], "runs": runs,
+               "chance": chance(["0", "1"]), "rule": "the rule", "table": aggregate(runs, methods, ["linear"]),
+               "comparisons": comparisons(runs, methods, ["linear"]), "budget": curve}
+    text = table_text(results, "header")
+    assert "Budget curve" in text and "video XDC − RAND" in text
+    assert "XDC − SCRATCH" not in text.split("Budget curve")[1]  # scratch has no iterations
+    row = [line for line in text.split("Budget curve")[1].splitlines() if line.startswith("| 2 ")][0]
+    assert row.split("|")[2].strip() == "9" and "+0.220 [+0.200, +0.240] beats" in row

@@ -9,7 +9,8 @@ The output folder:
     settings.json        the settings stamp (`xdc.stamps`): a rerun reuses finished work only for
                          the same settings; more seeds, methods or probes only add pieces
     seed<S>/<method>/    one piece: run/ (its pretraining run folder, `RunFolder`),
-                         <probe>_<modality>/ (an `xdc finetune` folder), clusters/ (an `xdc
+                         <probe>_<modality>/ (an `xdc finetune` folder), iteration<NN>_linear_
+                         <modality>/ (the budget curve's probes of earlier checkpoints), clusters/ (an `xdc
                          clusters` folder), piece.json (its numbers), log.txt (Commands side by side)
     results.json         every piece, the means over seeds, the comparisons, chance
     table.md             the table the command printed
@@ -83,8 +84,9 @@ class Piece:
     def log(self) -> Path:
         return self.folder / "log.txt"
 
-    def probe_dir(self, mode: str, modality: str) -> Path:
-        return self.folder / f"{mode}_{modality}"
+    def probe_dir(self, mode: str, modality: str, iteration: int | None = None) -> Path:
+        """A probe's folder: of the last checkpoint, or of iteration `iteration`'s (budget curve)."""
+        return self.folder / (f"{mode}_{modality}" if iteration is None else f"iteration{iteration:02d}_{mode}_{modality}")
 
 
 @dataclass
@@ -117,6 +119,9 @@ class Experiment:
     iterations: int  # pretraining's: its last iteration's checkpoint is probed
     truth: Truth
     test_labels: list  # the probes' test videos' classes: chance and the majority rate
+    # Iterations whose checkpoints the linear probe also scores (the last is the main probe's): the
+    # budget curve, XDC − each method against the epochs trained so far (summary.budget_curve).
+    budget: tuple[int, ...] = ()
 
     def pieces(self) -> list[Piece]:
         return [Piece(seed, method, self.out / f"seed{seed}" / method) for seed in self.seeds
@@ -128,7 +133,7 @@ class Steps(Protocol):
 
     def pretrain(self, piece: Piece, resume: bool) -> None: ...
 
-    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None) -> None: ...
+    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None, folder: Path) -> None: ...
 
     def clusters(self, piece: Piece) -> None: ...
 
@@ -149,17 +154,18 @@ class InProcess:
         pretrain(replace(self.pretrain_cfg, method=piece.method, seed=piece.seed), self.rows, piece.run.root,
                  resume=resume)
 
-    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None) -> None:
+    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None, folder: Path) -> None:
         from xdc.evaluation.finetune import finetune
         from xdc.evaluation.weights import load_encoder
 
         cfg = replace(self.finetune_cfg, seed=piece.seed)
-        if self._loaded[0] != (piece.folder, modality):
+        if self._loaded[0] != (piece.folder, modality, checkpoint):
             torch.manual_seed(cfg.seed)  # Scratch: the same random encoder as `xdc finetune --scratch`
-            self._loaded = ((piece.folder, modality), load_encoder(modality, cfg.model, checkpoint, data=cfg.data))
+            self._loaded = ((piece.folder, modality, checkpoint),
+                            load_encoder(modality, cfg.model, checkpoint, data=cfg.data))
         loaded = self._loaded[1]
         finetune(replace(cfg, model=loaded.model, mode=mode), loaded.encoder, modality, self.splits["train"],
-                 self.splits["val"], self.splits["test"], piece.probe_dir(mode, modality), loaded.source)
+                 self.splits["val"], self.splits["test"], folder, loaded.source)
 
     def clusters(self, piece: Piece) -> None:
         from xdc.reports.clusters import cluster_report
@@ -188,11 +194,11 @@ class Commands:
                  "--out", str(piece.run.root), f"method={piece.method}", f"seed={piece.seed}",
                  *self.overrides.get(piece.method, ()))
 
-    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None) -> None:
+    def probe(self, piece: Piece, mode: str, modality: str, checkpoint: Path | None, folder: Path) -> None:
         source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--scratch"]
         splits = [arg for name in ("train", "val", "test") for arg in (f"--{name}", str(self.data[name]))]
         self.xdc(piece, "finetune", *source, "--modality", modality, "--mode", mode, "--config",
-                 str(self.configs["finetune"]), *splits, "--out", str(piece.probe_dir(mode, modality)),
+                 str(self.configs["finetune"]), *splits, "--out", str(folder),
                  f"seed={piece.seed}", *self.overrides.get(mode, ()))
 
     def clusters(self, piece: Piece) -> None:
@@ -258,8 +264,19 @@ def run_piece(experiment: Experiment, steps: Steps, piece: Piece) -> dict:
             if not (folder / "results.json").is_file():
                 share_features(piece, mode, modality)
                 with timed(seconds, "probes"):
-                    steps.probe(piece, mode, modality, checkpoint)
+                    steps.probe(piece, mode, modality, checkpoint, folder)
             record["probes"].setdefault(mode, {})[modality] = json.loads((folder / "results.json").read_text())
+    if experiment.budget and piece.method != SCRATCH:  # the linear probe of earlier checkpoints
+        record["budget"] = {}
+        for iteration in experiment.budget:
+            last = iteration == experiment.iterations - 1
+            for modality in MODALITIES:
+                folder = piece.probe_dir("linear", modality, None if last else iteration)
+                if not (folder / "results.json").is_file():
+                    with timed(seconds, "probes"):
+                        steps.probe(piece, "linear", modality, piece.run.iteration_checkpoint(iteration), folder)
+                record["budget"].setdefault(str(iteration), {})[modality] = json.loads(
+                    (folder / "results.json").read_text())
     record["features"] = {m: str(path.relative_to(experiment.out)) for m in MODALITIES
                           for path in features_of(piece, experiment.probes, m)[:1]}
     record["step_seconds"] = seconds
@@ -345,7 +362,8 @@ def run_experiment(experiment: Experiment, steps: Steps, jobs: int = 1) -> dict:
     return {"methods": methods, "seeds": experiment.seeds, "probes": probes,
             "chance": summary.chance(experiment.test_labels), "rule": summary.RULE, "runs": runs,
             "table": summary.aggregate(runs, methods, probes),
-            "comparisons": summary.comparisons(runs, methods, probes)}
+            "comparisons": summary.comparisons(runs, methods, probes),
+            **({"budget": summary.budget_curve(runs, methods, experiment.budget)} if experiment.budget else {})}
 
 
 def machine() -> str:

@@ -80,9 +80,9 @@ def paired_difference(seeds: list[int], differences: list[float]) -> dict:
     return result
 
 
-def comparisons(runs: list[dict], methods: list[str], probes: list[str]) -> dict:
+def comparisons(runs: list[dict], methods: list[str], probes: list[str], score_of=score) -> dict:
     """{"xdc_minus_<method>": {probe: {modality: paired_difference}}} for every other method, over
-    the seeds both ran (RULE)."""
+    the seeds both ran (RULE); `score_of(run, probe, modality)` reads a piece's score."""
     if WINNER not in methods:
         return {}
     by_seed = {m: {r["seed"]: r for r in runs if r["method"] == m} for m in methods}
@@ -93,7 +93,8 @@ def comparisons(runs: list[dict], methods: list[str], probes: list[str]) -> dict
         per_probe: dict = {}
         for mode in probes:
             for modality in MODALITIES:
-                pairs = [(seed, score(by_seed[WINNER][seed], mode, modality), score(by_seed[other][seed], mode, modality))
+                pairs = [(seed, score_of(by_seed[WINNER][seed], mode, modality),
+                          score_of(by_seed[other][seed], mode, modality))
                          for seed in sorted(by_seed[WINNER].keys() & by_seed[other].keys())]
                 pairs = [(seed, a - b) for seed, a, b in pairs if a is not None and b is not None]
                 if pairs:
@@ -101,6 +102,30 @@ def comparisons(runs: list[dict], methods: list[str], probes: list[str]) -> dict
                         [seed for seed, _ in pairs], [d for _, d in pairs])
         out[f"{WINNER}_minus_{other}"] = per_probe
     return out
+
+
+def budget_curve(runs: list[dict], methods: list[str], budget: tuple[int, ...]) -> list[dict]:
+    """The budget curve: per probed iteration, the epochs trained by its end (mean over the pieces),
+    each method's linear-probe score over seeds (mean, std) per modality, and XDC minus each other
+    method paired by seed (RULE). Does the gap open with training?"""
+    def at(iteration: int):
+        def score_of(run: dict, mode: str, modality: str) -> float | None:
+            result = run.get("budget", {}).get(str(iteration), {}).get(modality)
+            return None if result is None else float(result["top1_video"])
+        return score_of
+
+    curve = []
+    for iteration in budget:
+        score_of = at(iteration)
+        trained = [r for r in runs if str(iteration) in r.get("budget", {})]
+        epochs = [sum(record.get("epochs", 0) for record in r["pretrain_summary"][:iteration + 1]) for r in trained]
+        curve.append({"iteration": iteration, "epochs": mean_std(epochs)[0] if epochs else None,
+                      "methods": {m: {modality: mean_std(score_of(r, "linear", modality) for r in trained
+                                                         if r["method"] == m)
+                                      for modality in MODALITIES}
+                                  for m in methods if any(r["method"] == m for r in trained)},
+                      "comparisons": comparisons(trained, methods, ["linear"], score_of)})
+    return curve
 
 
 def chance(test_labels: list) -> dict:

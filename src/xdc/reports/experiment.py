@@ -99,6 +99,27 @@ def chance_sentence(results: dict) -> str:
             + ("; mean ± std over seeds." if len(seeds) > 1 else "."))
 
 
+def budget_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows): per probed iteration (and the epochs trained by its end), each method's
+    linear-probe score per modality and XDC minus each other method (summary.budget_curve)."""
+    curve = results["budget"]
+    methods = [m for m in results["methods"] if any(m in point["methods"] for point in curve)]
+    others = [name for name in curve[0]["comparisons"] if any(p["comparisons"][name] for p in curve)]
+    say_one_seed = not one_seed_only(results)
+    headers = ["iteration", "epochs", *(f"{modality} {m}" for modality in MODALITIES for m in methods),
+               *(f"{modality} XDC − {name.rpartition('_minus_')[2].upper()}" for modality in MODALITIES
+                 for name in others)]
+    rows = []
+    for point in curve:
+        seeds = max((len(r["seeds"]) for r in results["table"].values()), default=1)
+        rows.append([str(point["iteration"]), "-" if point["epochs"] is None else f"{point['epochs']:g}",
+                     *(_cell(point["methods"].get(m, {}).get(modality), seeds) for modality in MODALITIES
+                       for m in methods),
+                     *(difference(point["comparisons"][name].get("linear", {}).get(modality), say_one_seed)
+                       for modality in MODALITIES for name in others)])
+    return headers, rows
+
+
 def table_text(results: dict, header: str) -> str:
     """What the command prints and table.md holds: the table, chance, pseudo-label NMIs, head losses,
     the comparisons and their rule."""
@@ -119,6 +140,10 @@ def table_text(results: dict, header: str) -> str:
                   markdown_table(["method", "head", "train", "val", "ln k", "labels' entropy"], heads)]
     if results["comparisons"]:
         parts += ["", f"Comparisons: {comparison_caption(results)}", "", markdown_table(*comparison_table(results))]
+    if results.get("budget"):
+        parts += ["", "Budget curve: the linear probe of each probed iteration's checkpoint (video-level top-1, "
+                  "mean ± std over seeds) against the epochs trained by then, and XDC minus each method, "
+                  "paired by seed as above:", "", markdown_table(*budget_table(results))]
     return "\n".join(parts) + "\n"
 
 
