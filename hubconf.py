@@ -5,8 +5,9 @@
 
 `weights` may be a file written by `xdc export` (it names its architecture and width, so nothing
 else is needed), a pretrain checkpoint, a torchvision state dict or an official XDC release file;
-it is loaded strictly (only `fc.*` may differ). For files that do not name them, `arch` and
-`width` default to torchvision's network (r2plus1d_18, 64). The encoders return pooled features
+it is loaded strictly (only `fc.*` may differ). For files that do not name them, `arch`, `width`
+and a Sobel input are read off the weights (`models.weights.encoder_shape`); without weights they
+default to torchvision's network (r2plus1d_18, 64). The encoders return pooled features
 (`fc` is Identity; `model.feature_dim` gives their size); `model.xdc_input` holds the input
 settings an exported file carries (frames, fps, crop, mean/std, n_mels, ...; {} otherwise).
 """
@@ -27,6 +28,7 @@ def _load(modality, weights, arch, width):
         WeightsError,
         check_metadata,
         describe_encoder,
+        encoder_shape,
         load_strict,
         read_metadata,
         read_state_dict,
@@ -38,12 +40,15 @@ def _load(modality, weights, arch, width):
         check_metadata(meta, state, str(weights))  # a mislabelled file: one sentence, not a list of keys
     if meta.get("modality", modality) != modality:
         raise WeightsError(f"{weights} holds {describe_encoder(meta)}: use xdc_{meta['modality']}")
-    width = width or meta.get("width") or 64
-    arch = arch or meta.get("arch") or "r2plus1d_18"
-    model = video_encoder(arch, width) if modality == "video" else audio_encoder(width)
+    shape = encoder_shape(state) if state is not None else {}  # what the weights show, when the file says nothing
+    width = width or meta.get("width") or shape.get("width") or 64
+    arch = arch or meta.get("arch") or shape.get("arch") or "r2plus1d_18"
+    # what the first conv is fed: the file says so (exported), or a Sobel stem shows it
+    video_input = meta.get("video_input") or shape.get("video_input") or "rgb"
+    model = video_encoder(arch, width, video_input) if modality == "video" else audio_encoder(width)
     if state is not None:
         load_strict(model, state, source=str(weights))
-    model.xdc_input = {k: v for k, v in meta.items() if k not in ("modality", "arch", "width", "feature_dim")}
+    model.xdc_input = {k: v for k, v in meta.items() if k not in ("modality", "arch", "width", "feature_dim", "video_input")}
     return model
 
 

@@ -23,32 +23,34 @@ Split (speaker-disjoint): pretraining and probe training on george + jackson, va
 choice) on lucas, test on nicolas; handwritten images are split the same way, so no test image or
 voice is seen before testing. Superv pretrains on the true labels of the pretraining speakers only.
 
-Output: `OUT/results.json` (every run's numbers), `OUT/table.md` (mean ± std over seeds, the
-paper's comparisons per modality).
+Each (seed, method) is one piece of the experiment runner (xdc.experiments.runner), which runs
+these commands, reuses finished pieces, and makes the table: mean ± std over seeds beside chance
+and the test set's majority class, and XDC minus each method paired by seed with a 95% t-interval.
+Output: `OUT/results.json` (every piece's numbers, the means, the comparisons), `OUT/table.md`
+(the table as printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
 import json
-import math
 import os
-import platform
 import re
-import subprocess
 import sys
 import time
 import wave
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import TextIO
 
 import numpy as np
 from omegaconf import OmegaConf
 
 from xdc.config import dotlist
+from xdc.errors import XdcError
+from xdc.experiments import runner
+from xdc.experiments.summary import PROBES
+from xdc.methods import METHODS as PRETRAINING_METHODS
+from xdc.models.video import VIDEO_ARCHS
+from xdc.stamps import check_stamp, write_stamp
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd" / "recordings"
@@ -205,23 +207,20 @@ def fsdd_recordings(folder: Path) -> list[dict]:
 
 def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_digit: int | None,
                   seed: int = 0, hard: bool = False) -> dict[str, Path]:
-    """Write the videos and labelled manifests once (`xdc scan` probes them); reused if present
-    (only when made with the same settings). `hard`: see the module docstring (--hard)."""
+    """Write the videos and labelled manifests once (`xdc scan` probes them); reused when made
+    with the same settings (the folder's stamp, dataset.json, written last). `hard`: see the
+    module docstring (--hard)."""
     from sklearn.datasets import load_digits
     from tqdm import tqdm
 
     from xdc.data.encode import write_video
 
-    done = out / "dataset.json"
+    stamp = out / "dataset.json"
     wanted = {"seconds": seconds, "fps": fps, "size": size, "per_speaker_digit": per_speaker_digit,
               "seed": seed, "hard": hard}
-    if done.is_file():
-        made = json.loads(done.read_text())
-        known = {"seed": 0, "hard": False} | made  # folders written before those keys existed
-        differs = {k: (known[k], v) for k, v in wanted.items() if k in known and known[k] != v}
-        if differs:  # {key: (made with, wanted)}
-            raise SystemExit(f"{out} holds videos made with other settings {differs}: choose another folder")
-        return {k: out / v for k, v in made["manifests"].items()}
+    manifests = {name: out / f"{name}.csv" for name in ("pretrain", "pretrain_labeled", *SPLITS)}
+    if check_stamp(stamp, wanted, "choose another --data-dir (or delete it)"):
+        return manifests
     rng = np.random.default_rng(seed)
     digits = load_digits()
     # Each class's images, shuffled once, then cut into disjoint train/val/test pools.
@@ -256,16 +255,15 @@ def build_dataset(out: Path, seconds: float, fps: float, size: int, per_speaker_
         write_video(out / name, frames, fps, audio, rate)
         labels.append({"path": name, "label": str(item["digit"]), "speaker": item["speaker"],
                        "split": item["split"], "source": item["path"].name})
-    xdc("scan", str(out / "videos"), "-o", str(out / "scan.csv"), "--workers", "2")
-    manifests = write_split_manifests(out, labels)
-    # Names relative to `out` (as the manifests' own paths are), so the folder can be moved.
-    done.write_text(json.dumps({"manifests": {k: v.name for k, v in manifests.items()},
-                                "videos": len(labels)} | wanted))
+    runner.command("scan", str(out / "videos"), "-o", str(out / "scan.csv"), "--workers", "2")
+    write_split_manifests(out, labels, manifests)
+    write_stamp(stamp, wanted)
     return manifests
 
 
-def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
-    """pretrain (no labels), pretrain_labeled (Superv only), train / val / test (labelled)."""
+def write_split_manifests(out: Path, labels: list[dict], manifests: dict[str, Path]) -> None:
+    """`manifests`: pretrain (no labels), pretrain_labeled (Superv, and the clusters' labels),
+    train / val / test (labelled); and labels.json, every video's digit, speaker and split."""
     from xdc.data.manifest import read_manifest, write_manifest
 
     by_name = {Path(r["path"]).name: r for r in labels}
@@ -273,7 +271,6 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
     bad = [r for r in rows if r["status"] != "ok" or not r["has_audio"]]
     if bad:
         raise SystemExit(f"{len(bad)} rendered videos failed the scan, e.g. {bad[0]['path']}: {bad[0]['reason']}")
-    manifests = {}
 
     def write(name: str, split_names: tuple[str, ...], with_labels: bool) -> None:
         chosen = []
@@ -281,7 +278,7 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
             meta = by_name[Path(r["path"]).name]
             if meta["split"] in split_names:
                 chosen.append(dict(r, label=meta["label"] if with_labels else None))
-        manifests[name] = write_manifest(chosen, out / f"{name}.csv")
+        write_manifest(chosen, manifests[name])
 
     write("pretrain", ("train",), False)
     write("pretrain_labeled", ("train",), True)
@@ -289,20 +286,6 @@ def write_split_manifests(out: Path, labels: list[dict]) -> dict[str, Path]:
         write(split, (split,), True)
     with open(out / "labels.json", "w") as f:
         json.dump(labels, f)
-    return manifests
-
-
-# ----------------------------------------------------------------------------------- the runs
-
-def xdc(*args: str, log: TextIO | None = None) -> None:
-    """Run one `xdc` command in a fresh process, as a user would; its output goes to `log` if given."""
-    command = [sys.executable, "-m", "xdc.cli", *args]
-    print("$ xdc " + " ".join(args), file=log or sys.stdout, flush=True)
-    try:
-        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT if log else None)
-    except subprocess.CalledProcessError as error:
-        where = f" (its output: {log.name})" if log else ""
-        raise SystemExit(f"`xdc {args[0]}` failed with exit status {error.returncode}{where}") from None
 
 
 # The settings. Levers named by the issue: hand-crafted first clusters, k, widths, clip length,
@@ -351,10 +334,7 @@ HARD = {
                  "optim": {"warmup_epochs": 1, "step_epochs": 4, "total_epochs": 6}},
     "finetune": {"data": {"eval_clips": 2}},
 }
-METHODS = ("scratch", "rand", "sdc", "mdc", "cdc", "xdc", "superv")
-PROBES = ("linear", "fc", "knn", "retrieval")
-METRIC = {"retrieval": "recall@1"}  # what the table reports per probe mode; the others: top1_video
-MODALITIES = ("video", "audio")
+METHODS = ("scratch", *PRETRAINING_METHODS)  # Scratch: random encoders, no pretraining
 
 
 def merge(base: dict, extra: dict) -> dict:
@@ -368,181 +348,16 @@ def write_yaml(tree: dict, path: Path) -> Path:
     return path
 
 
-def run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], out: Path,
-             configs: dict[str, Path], data_dir: Path, quiet: bool = False) -> dict:
-    """Pretrain (unless Scratch), probe both encoders (linear and fc), analyse the clusters.
-    `quiet`: the commands' output goes to `log.txt` in the run's folder (for parallel runs)."""
-    folder = out / f"seed{seed}" / method
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "log.txt", "a") if quiet else contextlib.nullcontext() as log:
-        return _run_seed(seed, method, settings, manifests, folder, configs, data_dir, log)
+def truth(data_dir: Path) -> runner.Truth:
+    """Each video's digit, and its speaker as the nuisance of both modalities (the audio's noise
+    follows the speaker; the video's does not: a control)."""
+    labels = json.loads((data_dir / "labels.json").read_text())
+    speakers = {Path(r["path"]).name: r["speaker"] for r in labels}
+    return runner.Truth(classes={Path(r["path"]).name: r["label"] for r in labels},
+                        nuisance={"video": speakers, "audio": speakers})
 
 
-def _run_seed(seed: int, method: str, settings: dict, manifests: dict[str, Path], folder: Path,
-              configs: dict[str, Path], data_dir: Path, log: TextIO | None) -> dict:
-    result: dict = {"method": method, "seed": seed}
-    cache = f"data.cache_dir={json.dumps(str(data_dir / 'cache'))}"
-    started = time.perf_counter()
-    checkpoint = None
-    if method != "scratch":
-        run_dir = folder / "run"
-        last = run_dir / "checkpoints" / f"iteration_{settings['pretrain']['iterations'] - 1:02d}.pt"
-        if not last.is_file():
-            data = manifests["pretrain_labeled" if method == "superv" else "pretrain"]
-            extra = dotlist(settings["superv"]) if method == "superv" else []
-            if (run_dir / "checkpoints" / "last.pt").is_file():
-                xdc("pretrain", "--resume", str(run_dir), log=log)
-            else:
-                xdc("pretrain", "--config", str(configs["pretrain"]), "--data", str(data), "--out",
-                    str(run_dir), f"method={method}", f"seed={seed}", cache, *extra, log=log)
-        checkpoint = last
-        result["pretrain_seconds"] = round(time.perf_counter() - started, 1)
-        summary = json.loads((run_dir / "summary.json").read_text())
-        result["pretrain_summary"] = summary["iterations"]
-        if method != "superv":
-            result["iterations"] = pseudo_label_nmis(run_dir, data_dir)
-            report = folder / "clusters"
-            if not (report / "metrics.json").is_file():
-                xdc("clusters", str(run_dir), "--labels", str(manifests["pretrain_labeled"]), "-o",
-                    str(report), "--no-media", log=log)
-            result["clusters"] = json.loads((report / "metrics.json").read_text())
-    source = ["--checkpoint", str(checkpoint)] if checkpoint else ["--scratch"]
-    for mode in settings.get("probes", PROBES):
-        for modality in MODALITIES:
-            probe = folder / f"{mode}_{modality}"
-            if not (probe / "results.json").is_file():
-                extra = dotlist(settings["fc"]) if mode == "fc" else []
-                xdc("finetune", *source, "--modality", modality, "--mode", mode, "--config",
-                    str(configs["finetune"]), "--train", str(manifests["train"]), "--val",
-                    str(manifests["val"]), "--test", str(manifests["test"]), "--out", str(probe),
-                    f"seed={seed}", cache, *extra, log=log)
-            result[f"{mode}_{modality}"] = json.loads((probe / "results.json").read_text())
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    return result
-
-
-def pseudo_label_nmis(run_dir: Path, data_dir: Path) -> list[dict]:
-    """Per iteration, NMI of each modality's pseudo-labels with the digit and with the speaker
-    (the audio nuisance): do the clusters carry the class, and from the first iteration on?"""
-    from xdc.demo import iteration_nmis
-
-    # By file name (unique in videos/), not through read_manifest: the run's rows.csv holds
-    # absolute paths, which a moved output folder leaves pointing nowhere.
-    meta = {Path(r["path"]).name: r for r in json.loads((data_dir / "labels.json").read_text())}
-    with open(run_dir / "rows.csv", newline="") as f:
-        rows = [meta[Path(r["path"]).name] for r in csv.DictReader(f)]
-    digits = np.array([int(r["label"]) for r in rows])
-    speakers = np.unique([r["speaker"] for r in rows], return_inverse=True)[1]
-    return iteration_nmis(run_dir, digits, {"video": speakers, "audio": speakers})
-
-
-# ------------------------------------------------------------------------------------- the table
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = np.asarray([v for v in values if v is not None], np.float64)
-    if values.size == 0:
-        return float("nan"), float("nan")
-    return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
-
-
-def aggregate(results: list[dict]) -> dict:
-    """Per method, mean and std over seeds of every reported number."""
-    table = {}
-    for method in METHODS:
-        runs = [r for r in results if r["method"] == method]
-        if not runs:
-            continue
-        row = {"seeds": len(runs)}
-        for mode in PROBES:
-            for modality in MODALITIES:
-                row[f"{mode}_{modality}"] = mean_std([r[f"{mode}_{modality}"][METRIC.get(mode, "top1_video")] for r in runs
-                                                      if f"{mode}_{modality}" in r])
-        for modality in MODALITIES:
-            for key in ("purity", "nmi", "empty_clusters"):
-                values = [r["clusters"][modality].get(key) for r in runs if "clusters" in r]
-                row[f"{key}_{modality}"] = mean_std(values) if values else None
-        with_iterations = [r["iterations"] for r in runs if r.get("iterations")]
-        if with_iterations:  # (first, last) iteration, averaged over seeds
-            row["pseudo_labels"] = {
-                f"{modality}_{kind}": tuple(float(np.mean([its[i][modality][f"nmi_{kind}"] for its in with_iterations]))
-                                            for i in (0, -1))
-                for modality in MODALITIES for kind in ("class", "nuisance")}
-        heads = [r["pretrain_summary"][-1].get("heads", {}) for r in runs if r.get("pretrain_summary")]
-        if heads and heads[0]:  # each head's last-epoch losses and chance levels, mean over seeds
-            # val_loss is null for runs without early stopping (no validation pass): nan in the table.
-            row["heads"] = {name: {key: float(np.mean([np.nan if h[name][key] is None else h[name][key]
-                                                       for h in heads]))
-                                   for key in ("train_loss", "val_loss", "chance", "prior_entropy")}
-                            for name in heads[0]}
-        row["seconds"] = mean_std([r["seconds"] for r in runs])
-        table[method] = row
-    return table
-
-
-def beats(table: dict, winner: str, loser: str, key: str) -> dict | None:
-    """Is `winner` ahead of `loser` by more than the spread over seeds (the larger std)?"""
-    if winner not in table or loser not in table:
-        return None
-    (mw, sw), (ml, sl) = table[winner][key], table[loser][key]
-    margin = mw - ml
-    seeds = min(table[winner]["seeds"], table[loser]["seeds"])
-    return {"margin": round(margin, 4), "spread": round(max(sw, sl), 4), "seeds": seeds,
-            "wins": bool(margin > max(sw, sl)) and seeds > 1}
-
-
-def markdown(table: dict, comparisons: dict, header: str) -> str:
-    def cell(value, seeds):
-        if value is None or math.isnan(value[0]):
-            return "–"
-        return f"{value[0]:.3f} ± {value[1]:.3f}" if seeds > 1 else f"{value[0]:.3f}"  # no spread
-
-    lines = [header, "",
-             "| method | video linear | audio linear | video fc | audio fc | video kNN | audio kNN | video R@1 | "
-             "audio R@1 | video purity | video NMI | audio purity | audio NMI | empty (v / a) | s per seed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for method, row in table.items():
-        n = row["seeds"]
-        empty = (f"{row['empty_clusters_video'][0]:.1f} / {row['empty_clusters_audio'][0]:.1f}"
-                 if row.get("empty_clusters_video") else "–")  # mean over seeds
-        lines.append(f"| {method} | {cell(row['linear_video'], n)} | {cell(row['linear_audio'], n)} | "
-                     f"{cell(row['fc_video'], n)} | {cell(row['fc_audio'], n)} | {cell(row['knn_video'], n)} | "
-                     f"{cell(row['knn_audio'], n)} | {cell(row['retrieval_video'], n)} | "
-                     f"{cell(row['retrieval_audio'], n)} | {cell(row['purity_video'], n)} | "
-                     f"{cell(row['nmi_video'], n)} | {cell(row['purity_audio'], n)} | {cell(row['nmi_audio'], n)} | "
-                     f"{empty} | {row['seconds'][0]:.0f} |")
-    lines += ["", "Pseudo-labels: NMI with the digit (and with the speaker, the audio nuisance), first "
-              "iteration -> last, mean over seeds:", "",
-              "| method | video: digit | audio: digit | audio: speaker |", "|---|---|---|---|"]
-    for method, row in table.items():
-        if row.get("pseudo_labels"):
-            p = row["pseudo_labels"]
-            lines.append(f"| {method} | {p['video_class'][0]:.3f} -> {p['video_class'][1]:.3f} | "
-                         f"{p['audio_class'][0]:.3f} -> {p['audio_class'][1]:.3f} | "
-                         f"{p['audio_nuisance'][0]:.3f} -> {p['audio_nuisance'][1]:.3f} |")
-    lines += ["", "Each head's loss at the last epoch of the last iteration, mean over seeds, beside chance: "
-              "ln k, and the entropy of its labels (what knowing only the cluster sizes scores):", "",
-              "| method | head | train | val | ln k | labels' entropy |", "|---|---|---|---|---|---|"]
-    for method, row in table.items():
-        for name, h in row.get("heads", {}).items():
-            lines.append(f"| {method} | {name} | {h['train_loss']:.3f} | {h['val_loss']:.3f} | {h['chance']:.3f} | "
-                         f"{h['prior_entropy']:.3f} |")
-    lines += ["", "Does XDC beat the method by more than the spread over seeds (linear probe, "
-              "video-level top-1)?", "", "| comparison | video | audio |", "|---|---|---|"]
-    for name, per_modality in comparisons.items():
-        cells = []
-        for modality in MODALITIES:
-            c = per_modality.get(modality)
-            if c is None:
-                cells.append("–")
-            elif c["seeds"] < 2:
-                cells.append(f"one seed: no spread ({c['margin']:+.3f})")
-            else:
-                cells.append(f"{'yes' if c['wins'] else 'no'} ({c['margin']:+.3f}, spread {c['spread']:.3f})")
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, 800 videos, small budget (<= 15 min)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2; --quick: 0)")
@@ -552,9 +367,12 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"a subset of {','.join(METHODS)} (spaces or commas)")
     parser.add_argument("--first-features", choices=("handcrafted", "random"),
                         help="iteration 0 clusters: hand-crafted features or random encoders (the paper)")
-    parser.add_argument("--video-arch", choices=("r2plus1d_18", "r3d_18"), help="video encoder")
+    parser.add_argument("--video-arch", choices=VIDEO_ARCHS, help="video encoder")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="pretraining config overrides, e.g. cluster.pca_dim=32 optim.total_epochs=12")
+    parser.add_argument("--budget", type=int, nargs="+", default=[], metavar="ITERATION",
+                        help="also probe these iterations' checkpoints (linear): the budget curve, XDC − each "
+                             "method against the epochs trained (e.g. 0 1 3 5)")
     parser.add_argument("--probes", default="linear,fc,knn,retrieval",
                         help="probe modes among linear, fc, knn, retrieval (kNN: no training, DINO's "
                              "weighted votes; retrieval: recall@1 of test videos among training videos)")
@@ -563,44 +381,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: runs/avdigits[_quick])")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="runs side by side (default 2: one per core of a 2-core machine)")
+                        help="pieces side by side (default 2: one per core of a 2-core machine)")
     args = parser.parse_args(argv)
     if args.jobs < 1 or args.threads < 1:
         parser.error("--jobs and --threads must be at least 1")
-    methods = [m for text in args.methods for m in text.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
+    if args.seeds and min(args.seeds) < 0:
+        parser.error("--seeds: integers >= 0")
+    args.methods = list(dict.fromkeys(m for text in args.methods for m in text.split(",") if m))
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or not args.methods:
         parser.error(f"--methods: unknown {unknown}; choose among {','.join(METHODS)}")
-    probes = [m for m in args.probes.split(",") if m]
-    if not probes or set(probes) - set(PROBES):
+    args.probes = list(dict.fromkeys(m for m in args.probes.split(",") if m))
+    if not args.probes or set(args.probes) - set(PROBES):
         parser.error(f"--probes: among {','.join(PROBES)}")
+    args.extra = {}  # pretraining overrides, from the flags and --set
+    if args.first_features:
+        args.extra["cluster.first_features"] = args.first_features
+    if args.video_arch:
+        args.extra["model.video_arch"] = args.video_arch
+    for item in args.overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        args.extra[key] = value
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     settings = FULL
     if args.hard:
         settings = merge(settings, HARD)
     if args.quick:
         settings = merge(settings, QUICK)
-    extra = {}
-    if args.first_features:
-        extra["cluster.first_features"] = args.first_features
-    if args.video_arch:
-        extra["model.video_arch"] = args.video_arch
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        extra[key] = value
-    if extra:  # written into pretrain.yaml (and the finetune config's model section)
+    if args.extra:  # written into pretrain.yaml (and the finetune config's model section)
         settings = merge(settings, {"pretrain": OmegaConf.to_container(
-            OmegaConf.from_dotlist([f"{k}={v}" for k, v in extra.items()]))})
-    seeds = args.seeds or settings["seeds"]
-    name = "avdigits" + ("_hard" if args.hard else "") + ("_quick" if args.quick else "")
-    out = args.out or REPO / "runs" / name
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = out / "settings.json"  # finished pieces are reused: only for the same settings
-    if stamp.is_file() and {k: v for k, v in json.loads(stamp.read_text()).items() if k != "probes"} != settings:
-        raise SystemExit(f"{out} holds runs with other settings: choose another --out (or delete it)")
-    stamp.write_text(json.dumps(settings, indent=1))  # probes only add pieces: not part of the stamp
-    settings = merge(settings, {"probes": probes})
+            OmegaConf.from_dotlist([f"{k}={v}" for k, v in args.extra.items()]))})
+    seeds = list(dict.fromkeys(args.seeds or settings["seeds"]))
+    iterations = settings["pretrain"]["iterations"]
+    if any(not 0 <= i < iterations for i in args.budget):
+        print(f"avdigits: --budget takes iterations in 0..{iterations - 1} (pretraining runs {iterations})",
+              file=sys.stderr)
+        return 2
+    out = args.out or REPO / "runs" / ("avdigits" + "_hard" * args.hard + "_quick" * args.quick)
+    try:
+        return run(args, settings, seeds, out)
+    except XdcError as err:  # a user error (settings of an earlier run, a failed command): one line
+        print(f"avdigits: {err}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace, settings: dict, seeds: list[int], out: Path) -> int:
+    # Seeds and probes only add pieces: not part of the stamp.
+    runner.claim(out, {k: v for k, v in settings.items() if k != "seeds"})
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # inherited by every `xdc` process
     started = time.perf_counter()
 
@@ -608,61 +441,31 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = args.data_dir or out / "data"
     manifests = build_dataset(data_dir, d["seconds"], d["fps"], d["size"], d["per_speaker_digit"],
                               hard=d.get("hard", False))
-    configs = {"pretrain": write_yaml(settings["pretrain"], out / "pretrain.yaml"),
-               "finetune": write_yaml(merge({"data": settings["pretrain"]["data"],
-                                             "model": settings["pretrain"]["model"]}, settings["finetune"]),
-                                      out / "finetune.yaml")}
+    pretrain = merge(settings["pretrain"], {"data": {"cache_dir": str(data_dir / "cache")}})
+    configs = {"pretrain": write_yaml(pretrain, out / "pretrain.yaml"),
+               "finetune": write_yaml(merge({"data": pretrain["data"], "model": pretrain["model"]},
+                                            settings["finetune"]), out / "finetune.yaml")}
     from xdc.config import load_config
     from xdc.data.cache import build_cache
     from xdc.data.manifest import read_manifest
 
-    data_cfg = load_config(configs["pretrain"]).data
     rows = [r for name in ("pretrain", "val", "test") for r in read_manifest(manifests[name])]
-    build_cache(rows, data_cfg, data_dir / "cache")
+    build_cache(rows, load_config(configs["pretrain"]).data, data_dir / "cache")
 
-    results = []
-    results_path = out / "results.json"
-    pieces = [(seed, method) for seed in seeds for method in methods]
-    if args.jobs == 1:
-        for seed, method in pieces:
-            print(f"\n=== seed {seed}, {method} ({time.perf_counter() - started:.0f} s so far) ===", flush=True)
-            results.append(run_seed(seed, method, settings, manifests, out, configs, data_dir))
-            results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
-    else:  # independent runs side by side, one per core; each run's output in its own log.txt
-        print(f"{len(pieces)} runs, {args.jobs} at a time; their output: {out}/seed*/*/log.txt", flush=True)
-        with ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_seed, seed, method, settings, manifests, out, configs,
-                                   data_dir, True): (seed, method) for seed, method in pieces}
-            try:
-                for done, future in enumerate(as_completed(futures), 1):
-                    seed, method = futures[future]
-                    results.append(future.result())
-                    results_path.write_text(json.dumps({"settings": settings, "runs": results}, indent=1))
-                    print(f"[{done}/{len(pieces)}] seed {seed}, {method}: {results[-1]['seconds']:.0f} s "
-                          f"({time.perf_counter() - started:.0f} s so far)", flush=True)
-            except BaseException:  # a failed run: start no other (the one beside it finishes)
-                pool.shutdown(cancel_futures=True)
-                raise
-        order = {piece: i for i, piece in enumerate(pieces)}
-        results.sort(key=lambda r: order[r["seed"], r["method"]])
-    table = aggregate(results)
-    comparisons = {f"XDC vs {m.upper()}": {mod: beats(table, "xdc", m, f"linear_{mod}")
-                                           for mod in MODALITIES}
-                   for m in methods if m not in ("xdc",)}
-    wall = time.perf_counter() - started
+    test_labels = list(read_manifest(manifests["test"]).text("label"))
+    experiment = runner.Experiment(out, args.methods, seeds, args.probes, settings["pretrain"]["iterations"],
+                                   truth(data_dir), test_labels, tuple(args.budget))
+    steps = runner.Commands(configs, manifests, {"superv": dotlist(settings["superv"]), "fc": dotlist(settings["fc"])},
+                            quiet=args.jobs > 1)
+    results = {"settings": settings, **runner.run_experiment(experiment, steps, args.jobs)}
+    results["wall_seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"] = runner.machine()
     flags = "".join(f" {f}" for f, on in (("--hard", args.hard), ("--quick", args.quick)) if on)
-    flags += "".join(f" {k}={v}" for k, v in extra.items())
-    header = (f"avdigits{flags}: seeds {seeds}, {len(rows)} videos; "
-              f"{wall / 60:.1f} min wall on {platform.node()} ({os.cpu_count()} CPUs, "
-              f"{args.jobs} run(s) at a time, {args.threads} torch thread(s) each); mean ± std over seeds, video-level top-1 "
-              f"on the test speaker")
-    text = markdown(table, comparisons, header)
-    (out / "table.md").write_text(text)
-    results_path.write_text(json.dumps({"settings": settings, "runs": results, "table": table,
-                                        "comparisons": comparisons, "wall_seconds": round(wall, 1)},
-                                       indent=1))
-    print("\n" + text)
-    print(f"wrote {out / 'table.md'} and {results_path}")
+    flags += "".join(f" {k}={v}" for k, v in args.extra.items())
+    header = (f"avdigits{flags}: seeds {seeds}, {len(rows)} videos; {results['wall_seconds'] / 60:.1f} min wall "
+              f"on {results['machine']} ({args.jobs} piece(s) at a time, {args.threads} torch thread(s) each); "
+              f"video-level top-1 on the test speaker")
+    runner.finish(out, results, header)
     return 0
 
 

@@ -3,10 +3,11 @@
 #
 #     bash benchmarks/elastic_check.sh OUT_DIR
 #
-# Runs tests/test_multinode.py's scenario (b) outside pytest: 8 small generated clips; a reference
-# run with 2 ranks under one torchrun agent; then the same run as a 2-node job (two agents on
-# 127.0.0.1, c10d rendezvous, --max-restarts 1) whose second worker is SIGKILLed inside an epoch.
-# torchrun relaunches the job, the relaunched `xdc pretrain --out RUN` continues from
+# Runs benchmarks/elastic.py (needs only what `pip install xdc` installs; tests/test_multinode.py
+# runs the same scenarios under pytest): 8 small generated clips; a reference run with 2 ranks
+# under one torchrun agent; then the same run as a 2-node job (two agents on 127.0.0.1, c10d
+# rendezvous, --max-restarts 1) whose second worker is SIGKILLed inside an epoch. torchrun
+# relaunches the job, the relaunched `xdc pretrain --out RUN` continues from
 # RUN/checkpoints/last.pt, and the final pseudo-labels are compared with the reference's. Prints
 #     elastic: resumed after kill, labels equal: yes
 # (or what differed) and exits non-zero when it did not resume or the labels differ.
@@ -14,4 +15,4 @@ set -euo pipefail
 out=${1:?usage: elastic_check.sh OUT_DIR}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" "$here/tests/test_multinode.py" "$out"
+exec "${PYTHON:-python3}" "$here/benchmarks/elastic.py" "$out"

@@ -15,6 +15,19 @@
 - extrapolated: the same figures at 240k (Kinetics), 2M (AudioSet) and 65M (IG-Kinetics) videos,
   linear in the number of videos (clustering: fixed + per-video, 2 ranks).
 Targets: `manifest_load_s_per_million` <= 5, `manifest_bytes_per_video` <= 150.
+
+    python benchmarks/scale.py --memory --json out.json [--memory-videos 240000 2000000]
+
+- memory (`--memory`, instead of the above): what clustering holds per rank. Gloo ranks on this
+  machine each write their shard of 512-d float16 features for both modalities as extraction
+  does (memmaps on disk), then run pretraining's clustering step on them (XDC: `cluster_inputs`,
+  then `cluster_features` for video, k=64, and audio, k=128, pca_dim 0 as the paper presets),
+  while a thread samples the process's resident memory every 10 ms: the peak growth of anonymous
+  memory (what the rank must hold; `peak_anon_bytes`) and of mapped file pages (the memmaps, page
+  cache the kernel can drop; `peak_file_bytes`). At 2 ranks, and 4 for the largest size, so that
+  the per-rank figure splits into a part per video of the rank's shard and a part per video of the
+  whole set (labels and indices every rank holds): anon ≈ fixed + shard_bytes_per_video ×
+  videos / ranks + whole_set_bytes_per_video × videos (`memory_table`), extrapolated to 65M.
 """
 
 from __future__ import annotations
@@ -33,7 +46,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xdc.data.manifest import Manifest, read_manifest, release_free_memory, usable_rows, write_manifest
+from xdc.data.manifest import (
+    Manifest,
+    read_manifest,
+    release_free_memory,
+    usable_rows,
+    write_manifest,
+)
 from xdc.data.manifest_csv import STRINGS
 
 SCALES = {"kinetics_240k": 240_000, "audioset_2m": 2_000_000, "ig_kinetics_65m": 65_000_000}
@@ -57,7 +76,7 @@ def synthetic_manifest(n: int, seed: int = 0) -> Manifest:
     paths = np.strings.add(np.strings.add(np.strings.add(paths, "_"), start), ".mp4")
     skip = rng.random(n) < 0.01
     status = np.where(skip, 1, 0).astype(np.int32)
-    ints = lambda value: np.full(n, value, np.int32)  # noqa: E731
+    ints = lambda value: np.full(n, value, np.int32)
     columns = {
         "path": paths, "status": status, "reason": np.where(skip, 0, -1).astype(np.int32),
         # Varied as in a real scan: sizes, rates and frame counts take a few dozen values each.
@@ -175,6 +194,125 @@ def measure_clustering(n: int, dim: int, k: int, folder: Path) -> dict:
             "fixed_s": fixed, "per_video_s": per_video, "label_exchange_per_video_s": exchange_per_video}
 
 
+def resident() -> tuple[int, int]:
+    """(anonymous, file-backed) resident bytes of this process."""
+    fields = {}
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                name, value, _ = line.split()
+                fields[name] = int(value) * 1024
+    return fields["RssAnon:"], fields["RssFile:"]
+
+
+class PeakSampler:
+    """The peak of `resident()` over a block, sampled every 10 ms by a thread."""
+
+    def __enter__(self):
+        import threading
+
+        self.base = resident()
+        self.peak = list(self.base)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.01):
+            now = resident()
+            self.peak = [max(p, v) for p, v in zip(self.peak, now)]
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        now = resident()
+        self.peak = [max(p, v) for p, v in zip(self.peak, now)]
+
+
+def _memory_rank(rank: int, world: int, init: str, n: int, dim: int, folder: str, out: str) -> None:
+    import torch
+    import torch.distributed as torch_dist
+
+    from xdc.clustering import Features, cluster_features, shard_indices
+    from xdc.config import ClusterConfig
+    from xdc.methods import get_method
+
+    torch.set_num_threads(1)
+    torch_dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    mine = shard_indices(n, rank, world)
+    arrays, rng = {}, np.random.default_rng(rank)
+    for name in ("video", "audio"):  # what extraction leaves: a float16 memmap per modality
+        path = Path(folder) / f"{name}.rank{rank}.f16.npy"
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(mine), dim))
+        for start in range(0, len(mine), 65_536):
+            rows = min(65_536, len(mine) - start)
+            array[start:start + rows] = np.abs(rng.standard_normal((rows, dim), dtype=np.float32))
+        array.flush()
+        del array
+        arrays[name] = np.load(path, mmap_mode="r")
+    present = np.ones(len(mine), bool)
+    present[::97] = False  # a few videos without features, as a real extraction has
+    features = Features(arrays, mine, present)
+    method, cfg = get_method("xdc"), ClusterConfig()  # the paper presets: k 64 / 128, pca_dim 0
+    torch_dist.barrier()
+    started = time.perf_counter()
+    with PeakSampler() as peak:  # pretrain.cluster's k-means part
+        results = {}
+        for name, x in method.cluster_inputs(features).items():
+            results[name] = cluster_features(x, features.indices[features.present], n,
+                                             method.num_clusters(name, cfg), cfg, seed=0)
+    seconds = time.perf_counter() - started
+    figures = {"peak_anon_bytes": peak.peak[0] - peak.base[0], "peak_file_bytes": peak.peak[1] - peak.base[1],
+               "seconds": seconds}
+    gathered = [None] * world
+    torch_dist.all_gather_object(gathered, figures)
+    if rank == 0:
+        Path(out).write_text(json.dumps(gathered))
+    torch_dist.destroy_process_group()
+
+
+def measure_cluster_memory(n: int, world: int, dim: int, folder: Path) -> dict:
+    import torch.multiprocessing as mp
+
+    out = folder / f"memory_{n}_{world}.json"
+    (folder / "features").mkdir(exist_ok=True)
+    mp.spawn(_memory_rank, args=(world, f"file://{folder / f'rendezvous_{n}_{world}'}", n, dim,
+                                 str(folder / "features"), str(out)), nprocs=world)
+    ranks = json.loads(out.read_text())
+    for path in (folder / "features").iterdir():
+        path.unlink()
+    return {"videos": n, "ranks": world, "dim": dim,
+            "peak_anon_bytes_max_rank": max(r["peak_anon_bytes"] for r in ranks),
+            "peak_file_bytes_max_rank": max(r["peak_file_bytes"] for r in ranks),
+            "seconds": max(r["seconds"] for r in ranks), "per_rank": ranks}
+
+
+def memory_table(sizes: list[int], dim: int, folder: Path) -> dict:
+    """Measured at 2 ranks for every size and at 4 for the largest (every shard then holds more
+    rows than one 65,536-row chunk, so the chunk buffers weigh the same). Ranks other than 0 give
+    the bytes per video of the shard (2 vs 4 ranks) and of the whole set (the sizes at 2 ranks);
+    rank 0 holds more (the k-means sample and centroid training: a fixed part). The model then
+    gives rank 0 at the paper's sizes on 8 and 64 ranks."""
+    runs = [measure_cluster_memory(n, 2, dim, folder) for n in sizes]
+    runs.append(measure_cluster_memory(sizes[-1], 4, dim, folder))
+
+    def others(run: dict) -> float:
+        return float(np.mean([r["peak_anon_bytes"] for r in run["per_rank"][1:]]))
+
+    small, big, big4 = runs[0], runs[-2], runs[-1]
+    n = big["videos"]
+    shard = (others(big) - others(big4)) / (n / 2 - n / 4)
+    whole = (others(big) - others(small)) / (n - small["videos"]) - shard / 2
+    fixed = others(big) - (shard / 2 + whole) * n
+    rank0_extra = big["per_rank"][0]["peak_anon_bytes"] - others(big)
+    model = {"fixed_bytes": round(fixed), "rank0_extra_bytes": round(rank0_extra),
+             "shard_bytes_per_video": round(shard, 1), "whole_set_bytes_per_video": round(whole, 1)}
+    table = {f"{name}_{ranks}_ranks_gb": round((fixed + rank0_extra + shard * videos / ranks + whole * videos) / 1e9, 2)
+             for name, videos in SCALES.items() for ranks in (8, 64)}
+    return {"measured": runs, "model": model, "rank0_gb": table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", type=int, default=2_000_000)
@@ -183,10 +321,20 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=128)
     parser.add_argument("--epoch-size", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--memory", action="store_true", help="the clustering memory table instead (see above)")
+    parser.add_argument("--memory-videos", type=int, nargs="+", default=[240_000, 2_000_000])
+    parser.add_argument("--memory-dim", type=int, default=512, help="feature size per modality (R(2+1)D-18: 512)")
     parser.add_argument("--load-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load_child:
         return load_child(args.load_child)
+    if args.memory:
+        with tempfile.TemporaryDirectory() as scratch:
+            result = memory_table(sorted(args.memory_videos), args.memory_dim, Path(scratch))
+        print(json.dumps(result, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return None
 
     with tempfile.TemporaryDirectory() as scratch:
         manifest = measure_manifest(args.videos, Path(scratch))

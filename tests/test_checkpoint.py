@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from xdc.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from xdc.checkpoint import (
+    cuda_state_for,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from xdc.training.schedule import EarlyStopping
 
 
@@ -46,6 +52,27 @@ def test_rng_state_restores_every_generator(tmp_path):
     assert torch.equal(expected[0], got[0])
     np.testing.assert_array_equal(expected[1], got[1])
     assert expected[2] == got[2]
+
+
+def test_rng_state_holds_this_device_only_and_old_lists_still_restore(tmp_path):
+    state = rng_state()
+    # One CUDA state, this process's device's, as for the CPU generator; none without CUDA in use.
+    assert isinstance(state["cuda"], torch.Tensor) if torch.cuda.is_initialized() else state["cuda"] is None
+    # A checkpoint written before by a rank that saw 2 GPUs: every GPU's state, in a list.
+    states = [torch.tensor([seed, 0], dtype=torch.int64).view(torch.uint8) for seed in (1, 2)]  # seed, offset
+    save_checkpoint({"rng": state | {"cuda": states}}, tmp_path / "two_gpus.pt")
+    loaded = load_checkpoint(tmp_path / "two_gpus.pt")["rng"]
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(loaded)  # on this machine (no GPU): the CPU generators come back, no IndexError
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+    # Which state a device takes: its own entry where the list has one, else the first (a rank on
+    # the 4th GPU resuming a 2-GPU checkpoint); a current checkpoint's single state as it is.
+    first, second = loaded["cuda"]
+    assert cuda_state_for(loaded["cuda"], 0) is first and cuda_state_for(loaded["cuda"], 1) is second
+    assert cuda_state_for(loaded["cuda"], 3) is first
+    assert cuda_state_for(second, 5) is second
+    assert cuda_state_for(None, 0) is None and cuda_state_for([], 0) is None
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):

@@ -262,19 +262,53 @@ def test_extraction_restart_keeps_the_rows_a_crash_left(tmp_path):
     assert fresh.present.tolist() == [True, True] + [False] * 4
 
 
-def test_kmeans_takes_the_cpu_path_when_faiss_has_no_gpu():
+def test_kmeans_honours_device_cpu_and_says_where_it_runs():
     import faiss
 
-    from xdc.clustering.kmeans import flat_index, use_gpu_default
+    from xdc.clustering.kmeans import (
+        Indexes,
+        faiss_gpus,
+        kmeans_device_note,
+        kmeans_uses_gpu,
+    )
 
-    if faiss.get_num_gpus() > 0:
-        pytest.skip("this faiss build sees a GPU")
-    assert not use_gpu_default()
-    assert type(flat_index(16)) is faiss.IndexFlatL2  # a CPU index, not a GpuIndexFlatL2
-    with pytest.raises(RuntimeError, match=r"xdc\[gpu\]"):
-        flat_index(16, use_gpu=True)
+    # The choice, whatever faiss this machine has: a run on the CPU never asks for the GPU.
+    assert not kmeans_uses_gpu("cpu", gpus=8) and not kmeans_uses_gpu(torch.device("cpu"), gpus=1)
+    assert not kmeans_uses_gpu("cuda", gpus=0)  # a CUDA run with faiss-cpu: the CPU
+    assert kmeans_uses_gpu("cuda", gpus=1) and kmeans_uses_gpu(torch.device("cuda", 3), gpus=1)
+    assert kmeans_device_note("cpu") == "k-means on the CPU (device cpu)"
+    if faiss_gpus() == 0:
+        note = kmeans_device_note("cuda")
+        assert note.startswith("k-means on the CPU: faiss") and "docs/SCALE.md" in note
+    assert type(Indexes().flat(16)) is faiss.IndexFlatL2  # a CPU index, not a GpuIndexFlatL2
     x, truth = blobs(n=400, k=4, d=16, seed=1)
-    assert nmi(kmeans(x, 4).labels, truth) > 0.95  # cluster_features, on the CPU
+    result = cluster_features(x, np.arange(400), 400, 4, ClusterConfig(), device="cpu")
+    assert nmi(result.labels, truth) > 0.95
+
+
+def test_kmeans_out_of_gpu_memory_says_so_once_and_goes_on_on_the_cpu(capsys):
+    from xdc.clustering.kmeans import Indexes
+
+    def work(indexes):  # what a faiss GPU index raises when cudaMalloc fails (faiss' own words)
+        tried.append(indexes.use_gpu)
+        if indexes.use_gpu:
+            raise RuntimeError("Error in virtual void* faiss::gpu::StandardGpuResourcesImpl::allocMemory(...): "
+                               "StandardGpuResources: alloc fail type TemporaryMemoryBuffer dev 0 space Device "
+                               "stream 0x1 size 1610612736 bytes (cudaMalloc error out of memory [2])")
+        return "assigned"
+
+    tried = []
+    indexes = Indexes(use_gpu=True)
+    assert indexes.run(work) == "assigned" and tried == [True, False]
+    assert indexes.run(work) == "assigned" and tried == [True, False, False]  # the CPU from then on
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "k-means ran out of GPU memory" in err and "on the CPU" in err
+
+    def broken(indexes):
+        raise RuntimeError("an index of another size")
+
+    with pytest.raises(RuntimeError, match="another size"):  # not a memory error: not hidden
+        Indexes(use_gpu=True).run(broken)
 
 
 def test_extract_features_rejects_items_outside_the_shard(tmp_path):
@@ -380,6 +414,13 @@ def _distributed_case(features, rank, world, distributed):
     return result, reassigned
 
 
+def _balanced_case(features, rank, world):
+    """cluster.assign=sinkhorn on this rank's shard: the full label array."""
+    mine = shard_indices(len(features), rank, world)
+    return cluster_features(features[mine], mine, len(features), 6, ClusterConfig(niter=10, assign="sinkhorn"),
+                            seed=3).labels
+
+
 def _rank_main(rank, world, port, out_dir, features):
     import faiss
 
@@ -393,12 +434,21 @@ def _rank_main(rank, world, port, out_dir, features):
         np.save(out_dir / f"sizes{rank}.npy", result.sizes)
         np.save(out_dir / f"reassigned{rank}.npy", reassigned)
         # Arrays as tensors: rank r sends r + 1 rows (padded to the longest, cut back).
-        from xdc.distributed import all_gather_arrays, broadcast_array
+        from xdc.distributed import (
+            all_gather_arrays,
+            broadcast_array,
+            every_rank,
+            gather_arrays,
+        )
 
         gathered = all_gather_arrays(np.full((rank + 1, 3), rank, np.int64))
         np.save(out_dir / f"gathered{rank}.npy", np.concatenate(gathered))
+        to_first = gather_arrays(np.full((rank + 1, 2), rank, np.float16))  # received by rank 0 alone
+        np.save(out_dir / f"to_first{rank}.npy", np.zeros(0) if to_first is None else np.concatenate(to_first))
+        np.save(out_dir / f"every{rank}.npy", [every_rank(True), every_rank(rank == 0)])
         sent = broadcast_array(np.arange(6, dtype=np.float32).reshape(2, 3) if rank == 0 else None)
         np.save(out_dir / f"broadcast{rank}.npy", sent)
+        np.save(out_dir / f"balanced{rank}.npy", _balanced_case(features, rank, world))
     finally:
         torch_dist.destroy_process_group()
 
@@ -427,9 +477,14 @@ def test_cluster_features_two_ranks_match_one_process(tmp_path):
     reassigned = [np.load(tmp_path / f"reassigned{r}.npy") for r in range(2)]
     assert np.array_equal(reassigned[0], reassigned[1])
     assert np.array_equal(reassigned[0], single_reassigned)
+    balanced = [np.load(tmp_path / f"balanced{r}.npy") for r in range(2)]  # sinkhorn's sums over ranks
+    assert np.array_equal(balanced[0], balanced[1]) and np.array_equal(balanced[0], _balanced_case(features, 0, 1))
     assert (np.bincount(reassigned[0][keep], minlength=8) > 0).all()
+    np.testing.assert_array_equal(np.load(tmp_path / "to_first0.npy"), [[0, 0], [1, 1], [1, 1]])
+    assert np.load(tmp_path / "to_first0.npy").dtype == np.float16 and np.load(tmp_path / "to_first1.npy").size == 0
     for r in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"gathered{r}.npy"), [[0] * 3, [1] * 3, [1] * 3])
+        assert np.load(tmp_path / f"every{r}.npy").tolist() == [True, False]
         broadcast = np.load(tmp_path / f"broadcast{r}.npy")
         assert broadcast.dtype == np.float32 and broadcast.tolist() == [[0, 1, 2], [3, 4, 5]]
 
@@ -442,6 +497,34 @@ def test_cluster_features_without_process_group():
     assert nmi(result.labels, truth) > 0.95  # labels are in item order, not row order
     with pytest.raises(ValueError, match="indices"):
         cluster_features(x, np.arange(10), 500, 5, ClusterConfig())
+
+
+def test_cluster_inputs_read_the_memmaps_by_chunks_and_give_the_labels_of_copies(tmp_path, monkeypatch):
+    """Methods hand k-means row views of the float16 memmaps (`PresentRows`), not copies: the
+    labels are those of clustering the copied rows, as before."""
+    from xdc.clustering import Features
+    from xdc.clustering import kmeans as kmeans_module
+    from xdc.methods import get_method
+
+    monkeypatch.setattr(kmeans_module, "ASSIGN_CHUNK", 100)  # several chunks on a small shard
+    x, _ = blobs(n=700, k=5, d=12, seed=6)
+    arrays = {}
+    for name, values in (("video", x), ("audio", x[:, ::-1] * 2)):
+        np.save(tmp_path / f"{name}.f16.npy", values.astype(np.float16))
+        arrays[name] = np.load(tmp_path / f"{name}.f16.npy", mmap_mode="r")
+    present = np.arange(700) % 9 != 0
+    features = Features(arrays, np.arange(700), present)
+    cfg = ClusterConfig(niter=5, pca_dim=6)
+    copies = {"video": arrays["video"][present], "audio": arrays["audio"][present],
+              "joint": np.concatenate([l2(arrays["video"][present]), l2(arrays["audio"][present])], axis=1)}
+    for method in ("xdc", "cdc"):
+        for name, rows in get_method(method).cluster_inputs(features).items():
+            assert rows.shape == copies[name].shape and type(rows[:3]) is np.ndarray
+            np.testing.assert_array_equal(np.asarray(rows), copies[name])
+            lazy = cluster_features(rows, np.flatnonzero(present), 700, 5, cfg, seed=3)
+            copied = cluster_features(copies[name], np.flatnonzero(present), 700, 5, cfg, seed=3)
+            np.testing.assert_array_equal(lazy.labels, copied.labels)
+            assert lazy.labels[0] == -1 and (lazy.labels[present] >= 0).all()
 
 
 # ------------------------------------------------------------------------------------ real clips
@@ -496,3 +579,19 @@ def test_label_entropy_is_the_loss_of_knowing_only_cluster_sizes():
     logits = torch.log(torch.tensor(p, dtype=torch.float32)).expand(100, 2)
     loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels[labels >= 0]))
     assert float(loss) == pytest.approx(label_entropy(labels), rel=1e-5)
+
+
+def test_sinkhorn_assignment_balances_clusters_kmeans_leaves_unequal():
+    """One blob holds 70% of the points: nearest-centroid labels pile up there, the balanced
+    assignment (cluster.assign=sinkhorn) gives every cluster about N/k; labels stay consistent with
+    the blobs (points of one small blob are not split across many clusters)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((4, 16)) * 4
+    truth = np.r_[np.zeros(1400, int), rng.integers(1, 4, 600)]
+    x = (centres[truth] + 0.5 * rng.standard_normal((2000, 16))).astype(np.float32)
+    nearest = cluster_features(x, np.arange(2000), 2000, 10, ClusterConfig(niter=10), seed=1)
+    balanced = cluster_features(x, np.arange(2000), 2000, 10, ClusterConfig(niter=10, assign="sinkhorn"), seed=1)
+    sizes = np.bincount(balanced.labels, minlength=10)
+    assert sizes.min() >= 0.5 * 200 and sizes.max() <= 1.5 * 200  # about N/k each
+    assert np.ptp(sizes) < np.ptp(np.bincount(nearest.labels, minlength=10))
+    assert nmi(balanced.labels, truth) > 0.5

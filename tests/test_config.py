@@ -141,14 +141,14 @@ def test_dotlist_is_what_load_config_takes():
 def test_user_errors_share_one_base_and_one_exit_code(tmp_path, capsys):
     from xdc.data.manifest_csv import ManifestError
     from xdc.data.scan import ScanError
-    from xdc.demo import DemoError
     from xdc.evaluation.labelled import FinetuneError
+    from xdc.experiments.runner import ExperimentError
     from xdc.evaluation.splits import SplitError
     from xdc.models.weights import WeightsError
     from xdc.reports.clusters import ReportError
 
     for error in (ConfigError, ManifestError, ScanError, SplitError, WeightsError, FinetuneError,
-                  ReportError, DemoError):
+                  ReportError, ExperimentError):
         assert issubclass(error, XdcError)
     assert issubclass(ConfigError, ValueError) and issubclass(WeightsError, RuntimeError)  # as before
     assert xdc_main(["demo", "--config", "nope", "--out", str(tmp_path / "d")]) == 2

@@ -6,11 +6,10 @@ import json
 
 import pytest
 
-from xdc.evaluation.splits import SplitError
-
 from xdc.cli import main as xdc_main
 from xdc.data.manifest import read_manifest
 from xdc.demo import probe_split
+from xdc.evaluation.splits import SplitError
 
 
 def test_probe_split_is_stratified_and_disjoint():
@@ -49,17 +48,21 @@ def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     argv = ["demo", "--quick", "--out", str(out), "--methods", "scratch,sdc,xdc", *TINY]
     assert xdc_main(argv) == 0
+    printed = capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert list(results["methods"]) == ["scratch", "sdc", "xdc"]
+    assert results["methods"] == ["scratch", "sdc", "xdc"] and results["seeds"] == [0]
+    assert [(r["seed"], r["method"]) for r in results["runs"]] == [(0, "scratch"), (0, "sdc"), (0, "xdc")]
     assert results["data"]["videos"] == 10 and results["data"]["probe"] == {"train": 6, "val": 2, "test": 2}
-    for method, entry in results["methods"].items():
+    assert results["chance"] == {"classes": 2, "test_videos": 2, "chance": 0.5, "majority": 0.5}
+    for entry in results["runs"]:
         for modality in ("video", "audio"):
-            probe = entry["probe"][modality]
+            probe = entry["probes"]["linear"][modality]
             assert 0.0 <= probe["top1_video"] <= 1.0 and probe["best_lr"] > 0
-            assert entry["knn"][modality]["mode"] == "knn" and 0.0 <= entry["knn"][modality]["top1_video"] <= 1.0
-            recall = entry["retrieval"][modality]
+            knn = entry["probes"]["knn"][modality]
+            assert knn["mode"] == "knn" and 0.0 <= knn["top1_video"] <= 1.0
+            recall = entry["probes"]["retrieval"][modality]
             assert 0.0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1.0
-        if method == "scratch":
+        if entry["method"] == "scratch":
             assert "clusters" not in entry
             continue
         for modality in ("video", "audio"):
@@ -68,32 +71,49 @@ def test_demo_end_to_end(tmp_path, capsys):
             assert 0.5 <= clusters["purity"] <= 1.0  # 2 balanced classes: purity is at least 1/2
             assert 0.0 <= clusters["nmi_nuisance"] <= 1.0
         assert [r["iteration"] for r in entry["iterations"]] == [0, 1]
-    diff = results["comparisons"]["xdc_minus_sdc"]["video"]
-    assert diff == pytest.approx(results["methods"]["xdc"]["probe"]["video"]["top1_video"]
-                                 - results["methods"]["sdc"]["probe"]["video"]["top1_video"], abs=1e-4)
+    xdc_run, sdc_run = results["runs"][2], results["runs"][1]
+    diff = results["comparisons"]["xdc_minus_sdc"]["linear"]["video"]
+    assert diff["interval"] is None and not diff["beats"]  # one seed: no interval, no verdict
+    assert diff["mean"] == pytest.approx(xdc_run["probes"]["linear"]["video"]["top1_video"]
+                                         - sdc_run["probes"]["linear"]["video"]["top1_video"])
+    # One table: printed, in table.md, and in the report, with chance and the majority rate beside the scores.
+    table = (out / "table.md").read_text()
+    assert table in printed and "| chance (1/2)" in table and "| majority class" in table
+    assert "One seed: no interval" in table and "t-interval" in table
     page = (out / "report.html").read_text()
-    for text in ("scratch", "sdc", "xdc", "video acc", "video kNN", "audio R@1", "filters.png",
-                 "clusters/xdc/index.html"):
-        assert text in page
-    assert (out / "filters.png").stat().st_size > 1000 and (out / "clusters" / "xdc" / "index.html").is_file()
+    for text in ("scratch", "sdc", "xdc", "video linear", "video kNN", "audio R@1", "filters.png",
+                 "seed0/xdc/clusters/index.html", "chance 1/2 = 0.500", "2 test videos", "1 seed (0)",
+                 "one seed, so no error marks", "video: 3 of 3 clusters shown"):
+        assert text in page, text
+    assert (out / "filters.png").stat().st_size > 1000
     # Pictures, and a cluster browser with media for every pretrained method, linked from the report.
     plots = results["plots"]
     assert set(plots) == {"plot_probe.png", "plot_nmi_video.png", "plot_nmi_audio.png", "plot_maps.png"}
     for src in plots:
         assert f'src="{src}"' in page and (out / src).stat().st_size > 1000
     for method in ("sdc", "xdc"):
-        assert f'href="clusters/{method}/index.html"' in page
-        assert "<audio" in (out / "clusters" / method / "index.html").read_text()
+        assert f'href="seed0/{method}/clusters/index.html"' in page
+        assert "<audio" in (out / "seed0" / method / "clusters" / "index.html").read_text()
     # The pretraining manifest never held the labels.
     assert all(row["label"] is None for row in read_manifest(out / "data" / "manifest.csv"))
 
     # Run again into the same folder: everything is reused (no file rewritten), and the numbers are the same.
-    written = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()}
+    runs = list(out.glob("seed0/*/run"))
+    written = {p: p.stat().st_mtime_ns for run in runs for p in run.rglob("*") if p.is_file()}
     assert xdc_main(argv) == 0
     again = json.loads((out / "results.json").read_text())
-    assert again["methods"]["xdc"]["probe"] == results["methods"]["xdc"]["probe"]
-    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("*") if p.is_file()} == written
-    # Other settings into the same folder: refused, rather than mixing old runs with new ones.
+    assert again["runs"][2]["probes"] == xdc_run["probes"]
+    assert {p: p.stat().st_mtime_ns for run in runs for p in run.rglob("*") if p.is_file()} == written
+    # A second seed adds its pieces: the first seed's are reused, and the comparisons get an interval.
+    assert xdc_main(argv + ["--seeds", "0", "1"]) == 0
     capsys.readouterr()
+    two = json.loads((out / "results.json").read_text())
+    assert [(r["seed"], r["method"]) for r in two["runs"]][3:] == [(1, "scratch"), (1, "sdc"), (1, "xdc")]
+    assert two["runs"][2]["probes"] == xdc_run["probes"]
+    assert two["runs"][5]["pretrain_summary"] != xdc_run["pretrain_summary"]  # another initialisation
+    low, high = two["comparisons"]["xdc_minus_sdc"]["linear"]["video"]["interval"]
+    assert low <= two["comparisons"]["xdc_minus_sdc"]["linear"]["video"]["mean"] <= high
+    assert "±" in (out / "table.md").read_text() and "error marks span" in (out / "report.html").read_text()
+    # Other settings into the same folder: refused, rather than mixing old runs with new ones.
     assert xdc_main(argv + ["pretrain.optim.lr=0.02"]) == 2
-    assert "holds a demo run with other settings" in capsys.readouterr().err
+    assert "holds work made with other settings (pretrain.optim.lr differ)" in capsys.readouterr().err

@@ -154,3 +154,37 @@ def test_superv_multi_label_rows_train_sigmoid_heads():
     np.testing.assert_array_equal(method.modality_labels({"true": targets})["video"], [0, 1, 0, 1])
     single = get_method("superv", ["dog", "cat", "dog"])
     assert not single.multilabel and single.make_labels({}, 3, 0, 0, CFG)["true"].tolist() == [1, 0, 1]
+
+
+def _encoder_gradients(model, specs, video, audio, targets, reduction, only=None):
+    """Each encoder's gradient (flattened) of the heads' loss, or of head `only` alone."""
+    model.zero_grad()
+    losses = head_losses(model(video, audio), targets, specs)
+    loss = losses[[s.name for s in specs].index(only)] if only else reduce_heads(losses, reduction)
+    loss.backward()
+    return {name: torch.cat([p.grad.flatten() for p in enc.parameters()])
+            for name, enc in (("video", model.video_encoder), ("audio", model.audio_encoder))}
+
+
+def test_sum_gives_each_xdc_encoder_the_gradient_of_its_head_alone():
+    """Table 2's lr is a single-head network's: with head_reduction=sum (the default) each XDC
+    encoder gets exactly its own head's gradient; `mean` would halve it."""
+    from xdc.config import OptimConfig
+    from xdc.models import audio_encoder, video_encoder
+    from xdc.training.loop import PretrainModel
+
+    assert OptimConfig().head_reduction == "sum"
+    torch.manual_seed(0)
+    model = PretrainModel(video_encoder("r2plus1d_18", 4), audio_encoder(4))
+    specs = get_method("xdc").heads(CFG)
+    model.reset_heads(specs)
+    model.eval()  # BatchNorm on running statistics: the two passes see the same function
+    video, audio = torch.randn(4, 3, 4, 16, 16), torch.randn(4, 1, 40, 32)
+    targets = {"video": torch.tensor([0, 1, 2, 0]), "audio": torch.tensor([4, 3, 2, 1])}
+    both = _encoder_gradients(model, specs, video, audio, targets, "sum")
+    mean = _encoder_gradients(model, specs, video, audio, targets, "mean")
+    for spec in specs:  # xdc: video_to_audio trains the video encoder, audio_to_video the audio one
+        alone = _encoder_gradients(model, specs, video, audio, targets, "sum", only=spec.name)
+        assert torch.allclose(both[spec.encoder], alone[spec.encoder], atol=1e-7)
+        assert torch.allclose(mean[spec.encoder], alone[spec.encoder] / 2, atol=1e-7)
+        assert alone[spec.encoder].abs().sum() > 0

@@ -91,3 +91,33 @@ def test_head_reset_gives_fresh_parameters():
     head.reset_parameters()
     assert torch.all(head.bias == 0)
     assert head.weight.abs().max() < 0.1 and head.weight.std() > 0
+
+
+def test_sobel_input_sees_gradients_not_colour_or_brightness():
+    """video_input=sobel (DeepCluster): the stem takes 2 channels, nothing is added to the state
+    dict, and a flat frame of any colour has zero gradients inside the frame."""
+    from xdc.models.video import SobelInput
+
+    model = video_encoder("r2plus1d_18", 8, "sobel")
+    plain = video_encoder("r2plus1d_18", 8)
+    assert model.stem[0].weight.shape[1] == 2 and set(model.state_dict()) == set(plain.state_dict())
+    assert model(torch.randn(2, 3, 4, 32, 32)).shape == (2, model.feature_dim)
+    flat = torch.ones(1, 3, 2, 16, 16) * torch.tensor([0.2, 0.7, -1.0]).view(1, 3, 1, 1, 1)
+    gradients = SobelInput()(flat)
+    assert gradients.shape == (1, 2, 2, 16, 16) and gradients[..., 1:-1, 1:-1].abs().max() < 1e-6
+    edge = torch.zeros(1, 3, 1, 8, 8)
+    edge[..., 4:] = 1.0  # a vertical edge: an x-gradient, no y-gradient inside
+    g = SobelInput()(edge)[0, :, 0, 1:-1, 1:-1]
+    assert g[0].abs().max() > 1 and g[1].abs().max() < 1e-6
+
+
+def test_residual_input_sees_only_what_moves():
+    """video_input=residual: a clip that does not move gives the same features whatever it shows."""
+    model = video_encoder("r3d_18", 4, "residual").eval()
+    still = [torch.rand(1, 3, 1, 16, 16).expand(1, 3, 4, 16, 16) for _ in range(2)]
+    with torch.no_grad():
+        assert torch.allclose(model(still[0]), model(still[1]))
+        moving = torch.rand(1, 3, 4, 16, 16)
+        assert not torch.allclose(model(moving), model(still[0]))
+    with pytest.raises(ValueError, match="unknown video input 'flow'"):
+        video_encoder("r3d_18", 4, "flow")

@@ -24,7 +24,7 @@ def test_every_shipped_config_validates(name):
     assert cfg.optim.gamma == 0.01
     if name not in ("tiny_cpu", "cpu"):  # CPU-scale configs use fewer clusters
         assert (cfg.cluster.k_video, cfg.cluster.k_audio) == (64, 128)
-    if cfg.data.frames == 32:  # the seed's 32-frame rule
+    if cfg.data.frames == 32:  # the paper's 32-frame rule
         assert (cfg.optim.batch_size, cfg.optim.lr) == (8, 0.0025)
 
 
@@ -65,8 +65,8 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
             assert entry["chance"] == pytest.approx(np.log(h.num_classes))
             assert 0 < entry["prior_entropy"] <= entry["chance"] + 1e-9  # unbalanced clusters: below ln k
             assert np.isfinite(entry["train_loss"]) and np.isfinite(entry["val_loss"])
-        # the reduced loss is the mean of the heads' (optim.head_reduction defaults to mean)
-        assert record["val_loss"] == pytest.approx(np.mean([e["val_loss"] for e in record["heads"].values()]))
+        # the loss that trains: the heads' summed (optim.head_reduction defaults to sum)
+        assert record["val_loss"] == pytest.approx(np.sum([e["val_loss"] for e in record["heads"].values()]))
         for modality in ("video", "audio"):
             labels = np.load(out / "iterations" / f"{n:02d}" / f"labels_{modality}.npy")
             assert labels.shape == (8,) and labels.min() >= 0 and labels.max() < k
@@ -130,7 +130,7 @@ def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path
 
 @pytest.mark.slow
 def test_r3d18_config_runs_with_tiny_sizes(av_manifest, tmp_path):
-    """Seed Table 5's backbone: the shipped R3D-18 config, shrunk to the tiny sizes."""
+    """The paper's Table 5's backbone: the shipped R3D-18 config, shrunk to the tiny sizes."""
     tiny = load_config(TINY)
     sizes = [f"data.{k}={getattr(tiny.data, k)}" for k in ("frames", "fps", "short_side", "crop", "eval_clips",
                                                             "num_workers")]

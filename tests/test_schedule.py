@@ -1,4 +1,4 @@
-"""The lr schedule of seed Table 1 and early stopping after 3 consecutive validation-loss rises."""
+"""The lr schedule of the paper's Table 1 and early stopping after 3 consecutive validation-loss rises."""
 
 from __future__ import annotations
 

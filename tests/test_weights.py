@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -144,6 +146,31 @@ def test_export_names_what_the_hub_needs_and_honours_the_umask(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(WeightsError, match=r"holds a video encoder \(r3d_18, width 16\): use xdc_video"):
         torch.hub.load(str(repo), "xdc_audio", source="local", weights=str(tmp_path / "f.pth"))
+
+
+
+@pytest.mark.parametrize("video_input", ["sobel", "residual"])
+def test_export_and_hub_keep_the_video_input(tmp_path, video_input):
+    """A video encoder fed Sobel gradients or residual frames comes back from `xdc export` and
+    torch.hub with the same input filter (the export says which; a Sobel stem shows it too)."""
+    from xdc.cli import main
+    from xdc.config import PretrainConfig, config_to_yaml
+
+    pre = PretrainConfig()
+    pre.model.width, pre.model.video_input = 8, video_input
+    torch.manual_seed(0)
+    encoder = video_encoder("r2plus1d_18", 8, video_input).eval()
+    ckpt = save_checkpoint({"video_encoder": encoder.state_dict(), "audio_encoder": audio_encoder(8).state_dict(),
+                            "config": config_to_yaml(pre)}, tmp_path / "last.pt")
+    assert main(["export", str(ckpt), "--modality", "video", "-o", str(tmp_path / "v.pth")]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    clip = torch.rand(2, 3, 4, 32, 32)
+    for weights in (tmp_path / "v.pth", ckpt):  # exported; a plain checkpoint (no `xdc` entry)
+        if video_input == "residual" and weights == ckpt:
+            continue  # nothing in residual weights shows the filter: only the export says it
+        hub = torch.hub.load(str(repo), "xdc_video", source="local", weights=str(weights)).eval()
+        with torch.no_grad():
+            assert torch.allclose(hub(clip), encoder(clip), atol=1e-5)
 
 
 # ------------------------------------------------------------------------- issue 22.6 and 22.13

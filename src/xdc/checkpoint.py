@@ -58,12 +58,14 @@ def load_error_reason(err: BaseException) -> str:
 
 
 def rng_state() -> dict[str, Any]:
-    """torch, CUDA, numpy and Python RNG states, as tensors and plain numbers."""
+    """torch, CUDA, numpy and Python RNG states, as tensors and plain numbers. CUDA: the generator of
+    this process's own device only (None when it never used CUDA), like the CPU one: a rank saves
+    what it draws from, so a checkpoint of 8 GPUs resumes on 1 or 4 (`set_rng_state`)."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
@@ -71,11 +73,23 @@ def rng_state() -> dict[str, Any]:
     }
 
 
+def cuda_state_for(saved: torch.Tensor | list[torch.Tensor] | None, device: int) -> torch.Tensor | None:
+    """The CUDA generator state for CUDA device `device` from a checkpoint's `rng["cuda"]`: one
+    tensor (one device's, as `rng_state` writes it) or, in older checkpoints, a list of every GPU
+    the process saw: the entry of `device` when the list has one, else the first. None: no state."""
+    if saved is None or isinstance(saved, torch.Tensor):
+        return saved
+    if not saved:
+        return None
+    return saved[device] if device < len(saved) else saved[0]
+
+
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured (CUDA states only where CUDA is present)."""
+    """Restore what `rng_state` captured; the CUDA state (onto this process's current device) only
+    where CUDA is present."""
     torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    if state["cuda"] is not None and len(state["cuda"]) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_state_for(state["cuda"], torch.cuda.current_device()).cpu())
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached"]))

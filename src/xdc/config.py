@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 # The allowed values of each setting come from the module that implements it: the config sits
 # above data, models, clustering and methods (docs/DESIGN.md, "How the code is laid out").
 from xdc.clustering.handcrafted import HOG_MIN_SIZE, VIDEO_DESCRIPTORS, descriptor_sizes
+from xdc.clustering.kmeans import ASSIGNMENTS
 from xdc.data.audio import MIN_WINDOW_SAMPLES, NORMALIZATIONS, stft_sizes
 from xdc.data.decode import SHORT_VIDEO
 from xdc.data.manifest import CHECK_FILES
@@ -31,7 +32,7 @@ from xdc.distributed import DEVICES
 from xdc.errors import XdcError
 from xdc.files import write_text_atomic
 from xdc.methods import HEAD_REDUCTIONS, METHODS
-from xdc.models.video import VIDEO_ARCHS
+from xdc.models.video import VIDEO_ARCHS, VIDEO_INPUTS
 
 PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
 # The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
@@ -83,12 +84,15 @@ class DataConfig:
 class ModelConfig:
     video_arch: str = "r2plus1d_18"
     width: int = 64  # channels of the first stage; 64 is torchvision's network, smaller for CPU runs
+    # What the video encoder's first conv sees (xdc.models.video): rgb | sobel (each frame's grey-
+    # level gradients, DeepCluster) | residual (each frame minus the one before)
+    video_input: str = "rgb"
     sync_bn: bool = False
 
 
 @dataclass
 class ClusterConfig:
-    k_video: Union[int, str] = 64  # the paper's Kinetics k (seed Tables 6-7); "auto": xdc.training.sizes
+    k_video: Union[int, str] = 64  # the paper's Kinetics k (its Tables 6-7); "auto": xdc.training.sizes
     k_audio: Union[int, str] = 128
     k_joint: Union[int, str] = 128  # CDC clusters the concatenated features
     niter: int = 20
@@ -100,6 +104,9 @@ class ClusterConfig:
     # orientations of the frames and of what moves; position- and colour-free). xdc.clustering.handcrafted
     video_descriptor: str = "layout"
     clips_per_video: int = 1  # clips averaged into one feature per video
+    # kmeans: each video to its nearest centroid | sinkhorn: equal cluster sizes (SeLa's balanced
+    # assignment, xdc.clustering.sinkhorn), against clusters that swallow most videos
+    assign: str = "kmeans"
     reassign_empty: bool | None = None  # None = the method decides (SDC: yes)
     uniform_sampling: bool | None = None  # sample clips uniformly over clusters; None = method decides
 
@@ -112,7 +119,7 @@ FIRST_FEATURES = ("random", "handcrafted")  # cluster.first_features: what itera
 
 @dataclass
 class OptimConfig:
-    """Seed Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
+    """The paper's Table 1. Epochs are counted in clips (`epoch_size`), not in passes over the data."""
 
     epoch_size: int = 1_000_000
     epoch_passes: int = 0  # pretraining: epochs of min(epoch_size, this × usable videos); 0 = off
@@ -133,8 +140,9 @@ class OptimConfig:
     val_fraction: float = 0.1  # share of videos held out for the validation loss
     val_max_videos: int = 10_000  # at most this many of them (the loss needs no more at scale)
     # How the heads' cross-entropies combine into the loss (pretraining): "sum" gives every head
-    # the full gradient that Table 2's lr was set for; "mean" divides it by the number of heads.
-    head_reduction: str = "mean"
+    # the full gradient that Table 2's lr was set for (a single-head network's); "mean" divides it
+    # by the number of heads (XDC's encoders would train at half, MDC's at a quarter of that lr).
+    head_reduction: str = "sum"
 
 
 @dataclass
@@ -159,7 +167,7 @@ class PretrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # Encoders to start from (a pretraining checkpoint, e.g. RUN/checkpoints/iteration_NN.pt);
-    # iteration 0 then clusters their features. Used for the seed's longer last iteration (IG*).
+    # iteration 0 then clusters their features. Used for the paper's longer last iteration (IG*).
     init_from: str | None = None
 
 
@@ -168,7 +176,7 @@ FINETUNE_MODES = ("full", "fc", "linear", "knn", "retrieval")  # xdc.evaluation:
 
 @dataclass
 class FinetuneConfig:
-    """Seed Tables 3-4."""
+    """The paper's Tables 3-4."""
 
     mode: str = "full"  # full | fc | linear | knn | retrieval (xdc.evaluation.finetune)
     lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01])
@@ -266,6 +274,7 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
     _check(cfg.video_arch in VIDEO_ARCHS, f"{prefix}.video_arch", cfg.video_arch, " | ".join(VIDEO_ARCHS))
     _check(cfg.width >= 1, f"{prefix}.width", cfg.width, ">= 1")
+    _check(cfg.video_input in VIDEO_INPUTS, f"{prefix}.video_input", cfg.video_input, " | ".join(VIDEO_INPUTS))
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
@@ -313,6 +322,7 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
         hog_start = c.first_features == "handcrafted" and c.video_descriptor == "hog"
         _check(not hog_start or cfg.data.crop >= HOG_MIN_SIZE, f"{prefix}data.crop", cfg.data.crop,
                f">= {HOG_MIN_SIZE} with cluster.video_descriptor=hog")
+        _check(c.assign in ASSIGNMENTS, f"{prefix}cluster.assign", c.assign, " | ".join(ASSIGNMENTS))
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)

@@ -40,6 +40,9 @@ def init_distributed(device: str = "auto", timeout_minutes: float | None = None)
     if use_cuda:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
+        # A run's clip shapes are fixed (frames, crop, batch): cuDNN times its kernels once per
+        # shape and keeps the fastest (benchmarks/gpu_check.sh measures on against off).
+        torch.backends.cudnn.benchmark = True
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
@@ -124,26 +127,56 @@ def broadcast_array(array: np.ndarray | None, src: int = 0) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
-    """Every rank's array, in rank order, on every rank. The arrays share dtype and trailing axes;
-    their first axes may differ: each is padded to the longest, then cut back."""
-    array = np.ascontiguousarray(array)
-    if not is_distributed():
-        return [array]
+def _shapes_and_padded(array: np.ndarray) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Every rank's array shape (all-gathered headers) and this rank's array padded to the longest
+    first axis, on the communication device."""
     device = _comm_device()
     headers = [torch.empty(2 + _MAX_DIMS, dtype=torch.int64, device=device) for _ in range(world_size())]
     dist.all_gather(headers, _header(array).to(device))
     shapes = [_read_header(h)[1] for h in headers]
     if any(shape[1:] != array.shape[1:] for shape in shapes) or any(_read_header(h)[0] != array.dtype
                                                                     for h in headers):
-        raise ValueError(f"all_gather_arrays: ranks hold arrays of different dtypes or trailing shapes: {shapes}")
-    longest = max(shape[0] for shape in shapes)
-    padded = np.zeros((longest, *array.shape[1:]), array.dtype)
+        raise ValueError(f"ranks hold arrays of different dtypes or trailing shapes: {shapes}")
+    padded = np.zeros((max(shape[0] for shape in shapes), *array.shape[1:]), array.dtype)
     padded[:len(array)] = array
-    mine = torch.from_numpy(padded).to(device)
+    return shapes, torch.from_numpy(padded).to(device)
+
+
+def all_gather_arrays(array: np.ndarray) -> list[np.ndarray]:
+    """Every rank's array, in rank order, on every rank. The arrays share dtype and trailing axes;
+    their first axes may differ: each is padded to the longest, then cut back."""
+    array = np.ascontiguousarray(array)
+    if not is_distributed():
+        return [array]
+    shapes, mine = _shapes_and_padded(array)
     gathered = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(gathered, mine)
     return [g[:shape[0]].cpu().numpy() for g, shape in zip(gathered, shapes)]
+
+
+def gather_arrays(array: np.ndarray, dst: int = 0) -> list[np.ndarray] | None:
+    """`all_gather_arrays`, received by rank `dst` only (the others get None): for data one rank
+    uses, such as k-means' sample, which would otherwise be copied onto every rank."""
+    array = np.ascontiguousarray(array)
+    if not is_distributed():
+        return [array]
+    shapes, mine = _shapes_and_padded(array)
+    if rank() != dst:
+        dist.gather(mine, None, dst=dst)
+        return None
+    gathered = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.gather(mine, gathered, dst=dst)
+    return [g[:shape[0]].cpu().numpy() for g, shape in zip(gathered, shapes)]
+
+
+def every_rank(flag: bool) -> bool:
+    """True when `flag` is True on every rank (a collective: every rank calls it). Loops whose
+    body holds collectives use it to stop on all ranks at the same step."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], dtype=torch.int64, device=_comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

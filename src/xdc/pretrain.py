@@ -261,7 +261,8 @@ def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
             recompute_batches=min(50, fewest) if iteration == 0 and not cfg.init_from else 0)
         results, skipped = cluster_feature_sets(
             features, method.cluster_inputs(features), {n: method.num_clusters(n, cfg.cluster) for n in method.clusterings},
-            len(p.rows), cfg.cluster, method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration)
+            len(p.rows), cfg.cluster, method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration,
+            device=p.device)
     labels = method.make_labels({name: r.labels for name, r in results.items()}, len(p.rows), iteration,
                                 cfg.seed, cfg.cluster)
     record = {"iteration": iteration, "seconds_clustering": round(time.perf_counter() - started, 2),

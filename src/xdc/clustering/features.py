@@ -52,6 +52,14 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_items, world_size, dtype=np.int64)
 
 
+def _decoded_batches(loader, skipped: list) -> Iterator[dict]:
+    """The batches of `loader` that hold at least one decoded item; the others' skips go to `skipped`."""
+    for batch in loader:
+        skipped.extend(batch.get("skipped", []))
+        if "index" in batch and len(batch["index"]) > 0:
+            yield batch
+
+
 @torch.no_grad()
 def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_batches: int = 50,
                          amp: bool = True) -> int:
@@ -61,10 +69,15 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
     activations, so eval-mode features would be badly scaled. Forward passes in train mode with
     momentum=None make each running stat the plain average over the batches seen; no gradient, no
     labels. `encoders` maps a batch key ("video", "audio") to its encoder; one pass over `loader`
-    (train or eval batches) serves them all. Pass bare encoders, not DDP wrappers. Under
-    torch.distributed each rank averages over its own batches, then the ranks' stats are averaged
-    weighted by their batch counts (a SyncBatchNorm layer already syncs every forward, so every
-    rank must run the same number of batches). Returns the batches used on this rank.
+    (train or eval batches) serves them all. Pass bare encoders, not DDP wrappers.
+
+    Under torch.distributed every rank runs the same number of forwards: the fewest batches with a
+    decoded item any rank has, at most `max_batches`. A SyncBatchNorm layer exchanges statistics in
+    every forward, so one rank running fewer would leave the others waiting for the timeout. How
+    many of its batches decode a rank only learns while reading them, so the ranks agree step by
+    step (`every_rank`: one small all-reduce per batch, next to a forward pass) rather than on a
+    count up front; feeding a rank's last good batch again instead would weight it twice. Then
+    each rank's stats are averaged. Returns the batches used (the same on every rank).
     """
     device = torch.device(device)
     norms = [m for enc in encoders.values() for m in enc.modules()
@@ -80,12 +93,11 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
         for enc in encoders.values():
             enc.train()
         with autocast(device, amp):
-            for batch in loader:
-                if used >= max_batches:
+            batches = _decoded_batches(loader, skipped)
+            while used < max_batches:
+                batch = next(batches, None)
+                if not dist.every_rank(batch is not None):
                     break
-                skipped.extend(batch.get("skipped", []))
-                if "index" not in batch or len(batch["index"]) == 0:
-                    continue  # every item of this batch was skipped
                 for key, enc in encoders.items():
                     enc(to_device(flat_clips(batch[key], key), device))
                 used += 1
@@ -94,19 +106,17 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
             m.momentum = momentum
         for key, enc in encoders.items():
             enc.train(modes[key])
-    total = used
     if dist.is_distributed():
-        total = int(dist.all_reduce_sum(torch.tensor([used], dtype=torch.float64)).item())
-        for m in norms:
-            weight = float(m.num_batches_tracked.item())
+        for m in norms:  # each rank averaged over its own batches: average the ranks' averages
             for name in ("running_mean", "running_var"):
                 stat = getattr(m, name)
-                summed = dist.all_reduce_sum(stat.double() * weight)
-                stat.copy_((summed / max(total, 1)).to(stat.dtype))
-            m.num_batches_tracked.fill_(total)
-    if total == 0:
+                stat.copy_((dist.all_reduce_sum(stat.double()) / dist.world_size()).to(stat.dtype))
+            m.num_batches_tracked.fill_(used * dist.world_size())
+    if used == 0:
+        where = (f" on rank {dist.rank()}; all {dist.world_size()} ranks stop when one has none"
+                 if dist.is_distributed() else "")
         raise NoFeaturesError(f"no video could be decoded to recompute BatchNorm statistics on "
-                              f"({describe_skipped(skipped)}): re-encode or remove the broken files")
+                              f"({describe_skipped(skipped)}{where}): re-encode or remove the broken files")
     return used
 
 

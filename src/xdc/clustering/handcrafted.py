@@ -1,17 +1,20 @@
 """Hand-crafted features for iteration 0 (no network), in the same format as `extract_features`.
 
-The seed notes that clustering hand-crafted features first (e.g. spectrogram statistics, iDT)
-cuts the number of clustering iterations needed. These are cheap stand-ins computed from the
-dataset items themselves:
+The paper (supplementary A) notes that clustering hand-crafted features first (e.g. iDT, audio
+spectrograms) cut the number of clustering iterations in its small-scale experiments, and that its
+authors did not pursue it: such features are costly to extract at scale and may bias what is
+learned. These are cheap descriptors computed from the dataset items themselves, not iDT:
 - audio: per mel band, the mean and std of the log-mel over time, plus the mean absolute
   temporal delta (how fast each band changes): 3 × n_mels values;
 - video, `layout` (default): the time-averaged frame pooled to 8×8 per colour channel (layout and
   colour), plus the mean absolute frame difference pooled to a 4×4 grid (where things move):
   192 + 16 values;
-- video, `hog` (`cluster.video_descriptor`): histograms of oriented gradients (Dalal & Triggs;
-  the HOG of iDT) of the grey frames over the whole frame, at full and half resolution, once
-  weighted by the gradient's magnitude (shape) and once also by how much the pixel changes to
-  the next frame (the shape of what moves): 2 scales × 2 × 18 values. Unlike `layout`, they
+- video, `hog` (`cluster.video_descriptor`): ONE global histogram of gradient orientations (18
+  unsigned bins, the orientation binning of Dalal & Triggs' HOG, without its cells and blocks) of
+  the grey frames over the whole frame, at full and half resolution, once weighted by the
+  gradient's magnitude (shape) and once also by how much the pixel changes to the next frame (the
+  shape of what moves): 2 scales × 2 × 18 values, averaged over the frames. No trajectories,
+  optical flow, HOF/MBH or Fisher vectors: not iDT. Unlike `layout`, they
   depend neither on where an object is nor on the background's colour, which layout clusters
   follow when objects are small (avdigits --hard: NMI of the first video clusters with the
   digit 0.17 against 0.06).

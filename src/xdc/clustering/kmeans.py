@@ -15,26 +15,32 @@ The tricks, each named where it is done:
   giant cluster cannot dominate the classification loss (trivial solution).
 
 Distributed (`cluster_features`): ranks hold shards of the features; a sample is gathered to rank
-0, which fits PCA and centroids and broadcasts them; each rank assigns its own shard; the labels
-are all-gathered so every rank holds the same full array. With a faiss GPU build (`xdc[gpu]`)
-centroid training and assignment run on each rank's own GPU (`flat_index`).
+0, which fits PCA and centroids and broadcasts them; each rank assigns its own shard, chunk by
+chunk; the labels are all-gathered so every rank holds the same full array. For a run on CUDA with
+a faiss GPU build (docs/SCALE.md), centroid training and assignment run on each rank's own GPU
+(`Indexes`), with the CPU as the fallback when the GPU runs out of memory.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import faiss
 import numpy as np
 import torch
 
 from xdc import distributed as dist
+from xdc.clustering.sinkhorn import balanced_assign
 
 PCA_FIT_POINTS = 100_000  # PCA is fitted on at most this many points
 SEED_POINTS_PER_CENTROID = 16  # k-means++ seeding looks at this many points per centroid
 ASSIGN_CHUNK = 65_536  # rows preprocessed and assigned at a time (bounds memory)
+ASSIGNMENTS = ("kmeans", "sinkhorn")  # cluster.assign: the nearest centroid, or equal cluster sizes
+T = TypeVar("T")
 
 
 @dataclass
@@ -55,29 +61,76 @@ class ClusterResult:
         return int((self.labels < 0).sum())
 
 
-def use_gpu_default() -> bool:
-    """GPU k-means when CUDA is there and this faiss build has GPU support (`pip install
-    'xdc[gpu]'`, docs/SCALE.md); otherwise the CPU path, silently."""
-    return torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+def faiss_gpus() -> int:
+    """GPUs this faiss build can use: 0 for a CPU build (faiss-cpu) or when it sees none."""
+    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
-@functools.cache
-def _gpu_resources(device: int):
-    return faiss.StandardGpuResources()  # cached: it holds the GPU's scratch memory
+def kmeans_uses_gpu(device: str | torch.device, gpus: int) -> bool:
+    """k-means on the GPU only for a run on CUDA (`device`) with a faiss that sees `gpus` > 0 GPUs:
+    device=cpu never touches the GPU, even on a GPU machine."""
+    return torch.device(device).type == "cuda" and gpus > 0
 
 
-def flat_index(d: int, use_gpu: bool | None = None):
-    """Exact L2 index for k-means and assignment: on this rank's own GPU (torch's current device)
-    when `use_gpu` (default: `use_gpu_default()`), else on the CPU. faiss.Kmeans(gpu=True) would
-    spread over every GPU of the node, which the other ranks are using."""
-    index = faiss.IndexFlatL2(d)
-    if not (use_gpu_default() if use_gpu is None else use_gpu):
-        return index
-    if not use_gpu_default():
-        raise RuntimeError("use_gpu=True, but CUDA or a faiss build with GPU support is missing "
-                           "(pip install 'xdc[gpu]': docs/SCALE.md)")
-    device = torch.cuda.current_device()
-    return faiss.index_cpu_to_gpu(_gpu_resources(device), device, index)
+def kmeans_device_note(device: str | torch.device) -> str:
+    """Where k-means runs for a run on `device`, in one line for the run's plan; when a CUDA run
+    clusters on the CPU, why and what to install."""
+    if torch.device(device).type != "cuda":
+        return "k-means on the CPU (device cpu)"
+    if faiss_gpus() > 0:
+        return f"k-means on each rank's GPU (faiss {faiss.__version__}, GPU build)"
+    if not hasattr(faiss, "StandardGpuResources"):
+        return (f"k-means on the CPU: faiss {faiss.__version__} is a CPU build (faiss-cpu); for the GPU "
+                "install faiss-gpu as docs/SCALE.md says (faiss on the GPU)")
+    return f"k-means on the CPU: faiss {faiss.__version__}'s GPU build sees no GPU (NVIDIA driver, CUDA_VISIBLE_DEVICES?)"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA out-of-memory, or faiss's: a RuntimeError "StandardGpuResources: alloc fail ...
+    (cudaMalloc error out of memory [2])"."""
+    text = str(err)
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in text or "alloc fail" in text
+
+
+class Indexes:
+    """Where one clustering's exact L2 indexes live: this rank's GPU (torch's current device;
+    faiss.Kmeans(gpu=True) would spread over every GPU of the node, which the other ranks use) or
+    the CPU. The faiss GPU resources (their scratch memory) are made at the first GPU index, after
+    torch's caching allocator has handed its free blocks back (faiss allocates outside it), and let
+    go by `close`, so training gets that memory back. `run` falls back to the CPU on a GPU
+    out-of-memory."""
+
+    def __init__(self, use_gpu: bool = False):
+        self.use_gpu = use_gpu
+        self._resources = None
+
+    def flat(self, d: int):
+        index = faiss.IndexFlatL2(d)
+        if not self.use_gpu:
+            return index
+        if self._resources is None:
+            torch.cuda.empty_cache()
+            self._resources = faiss.StandardGpuResources()
+        return faiss.index_cpu_to_gpu(self._resources, torch.cuda.current_device(), index)
+
+    def run(self, work: Callable[[Indexes], T]) -> T:
+        """`work(self)`; when it runs out of GPU memory, one warning line and `work` again on the
+        CPU (and the CPU for the rest of this clustering)."""
+        if self.use_gpu:
+            try:
+                return work(self)
+            except RuntimeError as err:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(err):
+                    raise
+                reason = str(err).strip().splitlines()[-1][-160:]  # faiss puts the cause last
+                print(f"warning: rank {dist.rank()}: k-means ran out of GPU memory ({reason}); it goes on on the CPU",
+                      file=sys.stderr, flush=True)
+                self.close()
+        return work(self)
+
+    def close(self) -> None:
+        """Back to the CPU, the GPU resources released."""
+        self.use_gpu, self._resources = False, None
 
 
 # ---------------------------------------------------------------- preprocessing (PCA, L2)
@@ -161,10 +214,11 @@ def kmeans_plus_plus(x: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def train_centroids(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
-                    max_points_per_centroid: int = 256, use_gpu: bool | None = None,
+                    max_points_per_centroid: int = 256, indexes: Indexes | None = None,
                     init: str = "kmeans++") -> tuple[np.ndarray, float]:
     """faiss.Kmeans on `x` (subsampled by faiss to k × max_points_per_centroid), started from
-    k-means++ seeds or, with init="random", faiss' own random points; (centroids, last obj)."""
+    k-means++ seeds or, with init="random", faiss' own random points; (centroids, last obj).
+    `indexes`: where the search runs (default: the CPU)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     _check_k(k, len(x))
     if init not in ("kmeans++", "random"):
@@ -172,14 +226,15 @@ def train_centroids(x: np.ndarray, k: int, niter: int = 20, seed: int = 0,
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
                       max_points_per_centroid=max_points_per_centroid,
                       min_points_per_centroid=1)  # small CPU runs: don't warn about few points
-    km.index = flat_index(x.shape[1], use_gpu)
+    km.index = (indexes or Indexes()).flat(x.shape[1])
     km.train(x, init_centroids=kmeans_plus_plus(x, k, seed) if init == "kmeans++" else None)
     return km.centroids.astype(np.float32), float(km.obj[-1]) if len(km.obj) else 0.0
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, use_gpu: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row of `x` (exact search): (labels int64, squared distances)."""
-    index = flat_index(centroids.shape[1], use_gpu)
+def assign(x, centroids: np.ndarray, indexes: Indexes | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row of `x` (exact search), read ASSIGN_CHUNK rows at a time (`x`:
+    an array or `PreprocessedRows`): (labels int64, squared distances)."""
+    index = (indexes or Indexes()).flat(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids, dtype=np.float32))
     labels = np.empty(len(x), np.int64)
     sq_dist = np.empty(len(x), np.float32)
@@ -189,6 +244,21 @@ def assign(x: np.ndarray, centroids: np.ndarray, use_gpu: bool | None = None) ->
         labels[start:start + len(chunk)] = label_chunk[:, 0]
         sq_dist[start:start + len(chunk)] = dist_chunk[:, 0]
     return labels, sq_dist
+
+
+class PreprocessedRows:
+    """`apply_preprocessing` of the rows of `features`, computed when read: `assign` reads slices of
+    ASSIGN_CHUNK rows, so the preprocessed float32 shard is never held whole (at 65M videos and
+    512-d features without PCA: 16 GB a rank on 8 ranks)."""
+
+    def __init__(self, features, projection: Projection | None):
+        self.features, self.projection = features, projection
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        return apply_preprocessing(self.features[rows], self.projection)
 
 
 def _global_sizes(labels: np.ndarray, k: int, distributed: bool) -> np.ndarray:
@@ -244,14 +314,18 @@ def reassign_empty_clusters(x: np.ndarray, labels: np.ndarray, centroids: np.nda
 
 # ---------------------------------------------------------------- distributed
 
-def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_items: int, k: int,
-                     cfg, reassign_empty: bool = False, seed: int = 0) -> ClusterResult:
+def cluster_features(local_features, local_indices: np.ndarray, num_items: int, k: int, cfg,
+                     reassign_empty: bool = False, seed: int = 0, device: str | torch.device = "cpu") -> ClusterResult:
     """k-means over the features every rank holds (rows of `local_features` are items `local_indices`).
 
-    `cfg` is a ClusterConfig (niter, max_points_per_centroid, pca_dim, whiten). Pass only rows
-    that have features (extraction's `present`); items no rank has get label -1. Returns labels
-    of all `num_items` items, ordered by item index, identical on every rank. Without an
-    initialised process group it is the single-process computation.
+    `cfg` is a ClusterConfig (niter, max_points_per_centroid, pca_dim, whiten, assign: `sinkhorn`
+    labels under equal cluster sizes, clustering.sinkhorn; `objective` stays k-means'). Pass only rows
+    that have features (extraction's `present`); items no rank has get label -1. `local_features`:
+    an array, or rows read when sliced (`methods.base.PresentRows`: float16 memmap rows, never
+    copied whole). Returns labels of all `num_items` items, ordered by item index, identical on
+    every rank. `device`: the run's; on "cuda" with a faiss GPU build, k-means runs on this rank's
+    GPU (`kmeans_uses_gpu`). Without an initialised process group it is the single-process
+    computation.
     """
     local_indices = np.asarray(local_indices, dtype=np.int64)
     if len(local_indices) != len(local_features):
@@ -259,47 +333,62 @@ def cluster_features(local_features: np.ndarray, local_indices: np.ndarray, num_
     if len(local_indices) and (local_indices.min() < 0 or local_indices.max() >= num_items):
         raise ValueError(f"item indices must be in [0, {num_items})")
     multi = dist.world_size() > 1
+    indexes = Indexes(kmeans_uses_gpu(device, faiss_gpus()))
+    try:
+        return _cluster(local_features, local_indices, num_items, k, cfg, reassign_empty, seed, multi, indexes)
+    finally:
+        indexes.close()
 
+
+def _cluster(local_features, local_indices: np.ndarray, num_items: int, k: int, cfg, reassign_empty: bool,
+             seed: int, multi: bool, indexes: Indexes) -> ClusterResult:
     # 1. The training sample: drawn from the global item list, so it does not depend on sharding.
     rank_indices = dist.all_gather_arrays(local_indices)  # kept for step 4
-    all_indices = np.sort(np.concatenate(rank_indices))
-    if len(np.unique(all_indices)) != len(all_indices):
+    all_indices = np.concatenate(rank_indices)
+    all_indices.sort()  # in place: at 65M videos each copy is 520 MB on every rank
+    if (all_indices[1:] == all_indices[:-1]).any():
         raise ValueError("an item index is held by more than one row/rank")
     _check_k(k, len(all_indices))
     budget = min(len(all_indices), k * cfg.max_points_per_centroid)
     rng = np.random.default_rng(seed)
     sample_items = np.sort(rng.choice(all_indices, budget, replace=False))
+    del all_indices
     local_take = np.flatnonzero(np.isin(local_indices, sample_items))
-    gathered = dist.all_gather_arrays(np.asarray(local_features[local_take], dtype=np.float32))
-    gathered_items = dist.all_gather_arrays(local_indices[local_take])
+    # To rank 0 only, in the features' own dtype (float16 from extraction): it alone fits on them.
+    gathered = dist.gather_arrays(np.asarray(local_features[local_take]))
+    gathered_items = dist.gather_arrays(local_indices[local_take])
 
     # 2. Rank 0 fits PCA and centroids on the sample (ordered by item index) and broadcasts them.
     matrix = bias = centroids = None
     if dist.rank() == 0:
         items = np.concatenate(gathered_items)
-        sample = np.concatenate(gathered)[np.argsort(items)]
+        sample = np.concatenate(gathered).astype(np.float32)[np.argsort(items)]
+        del gathered
         projection = fit_pca(sample, cfg.pca_dim, cfg.whiten) if cfg.pca_dim > 0 else None
         if projection is not None:
             matrix, bias = projection.matrix, projection.bias
-        centroids, _ = train_centroids(apply_preprocessing(sample, projection), k, cfg.niter, seed,
-                                       cfg.max_points_per_centroid)
-    del gathered
+        preprocessed = apply_preprocessing(sample, projection)
+        centroids, _ = indexes.run(lambda where: train_centroids(preprocessed, k, cfg.niter, seed,
+                                                                 cfg.max_points_per_centroid, where))
     if cfg.pca_dim > 0:
         projection = Projection(dist.broadcast_array(matrix), dist.broadcast_array(bias))
     else:
         projection = None
     centroids = dist.broadcast_array(centroids)
 
-    # 3. Each rank assigns its own shard (preprocessed in chunks to bound memory).
-    x_local = np.empty((len(local_indices), centroids.shape[1]), np.float32)
-    for start in range(0, len(local_indices), ASSIGN_CHUNK):
-        x_local[start:start + ASSIGN_CHUNK] = apply_preprocessing(
-            local_features[start:start + ASSIGN_CHUNK], projection)
-    local_labels, sq_dist = assign(x_local, centroids)
+    # 3. Each rank assigns its own shard, preprocessed chunk by chunk as it is read; the whole
+    # preprocessed shard is held only to reassign empty clusters (that moves points between them).
+    rows = PreprocessedRows(local_features, projection)
+    local_labels, sq_dist = indexes.run(lambda where: assign(rows, centroids, where))
+    if cfg.assign == "sinkhorn":  # equal cluster masses instead of the nearest centroid (sinkhorn.py)
+        local_labels = balanced_assign(rows, centroids)
     objective = float(sum(float(v[0]) for v in dist.all_gather_arrays(np.array([sq_dist.sum()]))))
     sizes = _global_sizes(local_labels, k, multi)
     empty = int((sizes == 0).sum())
     if reassign_empty and empty:
+        x_local = np.empty((len(rows), centroids.shape[1]), np.float32)
+        for start in range(0, len(rows), ASSIGN_CHUNK):  # the chunks assign read: the same values
+            x_local[start:start + ASSIGN_CHUNK] = rows[start:start + ASSIGN_CHUNK]
         local_labels, centroids = reassign_empty_clusters(x_local, local_labels, centroids, seed,
                                                           distributed=multi)
         sizes = _global_sizes(local_labels, k, multi)

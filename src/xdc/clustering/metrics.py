@@ -71,7 +71,7 @@ def cluster_sizes_summary(labels, k: int) -> dict:
 
 
 def per_cluster_purity(labels, true_labels, class_names, top: int = 5) -> list[dict]:
-    """Non-empty clusters ranked by purity (seed Tables 6-7): one row per cluster,
+    """Non-empty clusters ranked by purity (the paper's Tables 6-7): one row per cluster,
     {rank, cluster, size, purity, top: [(class name, share of the cluster), ...]}."""
     labels, true_labels = _valid_pairs(labels, true_labels)
     if true_labels.max() >= len(class_names):

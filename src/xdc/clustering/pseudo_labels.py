@@ -82,9 +82,10 @@ def iteration_features(dataset: Dataset, out_dir: Path, iteration: int, device: 
 
 
 def cluster_feature_sets(features: Features, feature_sets: dict[str, np.ndarray], ks: dict[str, int],
-                         num_videos: int, cfg, reassign_empty: bool, seed: int) -> tuple[dict[str, ClusterResult], int]:
+                         num_videos: int, cfg, reassign_empty: bool, seed: int,
+                         device: str | torch.device = "cpu") -> tuple[dict[str, ClusterResult], int]:
     """k-means on each feature set (its rows: the videos `features.present` marks), with `cfg` a
-    ClusterConfig (kmeans.cluster_features); labels of every video, identical on every rank. Also
+    ClusterConfig, on the run's `device` (kmeans.cluster_features); labels of every video, identical on every rank. Also
     the videos skipped by the extraction, over all ranks. NoFeaturesError when fewer videos than k
     have features."""
     skipped, have = (int(v) for v in dist.all_reduce_sum(
@@ -94,7 +95,7 @@ def cluster_feature_sets(features: Features, feature_sets: dict[str, np.ndarray]
         if have < ks[name]:
             raise no_features_error(name, have, ks[name], num_videos, features.skipped)
         results[name] = cluster_features(x, features.indices[features.present], num_videos, ks[name], cfg,
-                                         reassign_empty=reassign_empty, seed=seed)
+                                         reassign_empty=reassign_empty, seed=seed, device=device)
     return results, skipped
 
 

@@ -47,7 +47,7 @@ class LoadedEncoder:
 def build_encoder(modality: str, model: ModelConfig) -> nn.Module:
     """A randomly initialised encoder of `model`'s architecture and width."""
     if modality == "video":
-        return video_encoder(model.video_arch, model.width)
+        return video_encoder(model.video_arch, model.width, model.video_input)
     return audio_encoder(model.width)
 
 
@@ -76,7 +76,8 @@ def load_encoder(modality: str, model: ModelConfig, checkpoint: str | Path | Non
     if checkpoint is not None:
         pretrain = checkpoint_config(checkpoint)
         if pretrain is not None:  # rebuild the encoder the checkpoint was trained with
-            model = replace(model, video_arch=pretrain.model.video_arch, width=pretrain.model.width)
+            model = replace(model, video_arch=pretrain.model.video_arch, width=pretrain.model.width,
+                            video_input=pretrain.model.video_input)
             if data is not None:
                 for key in INPUT_SETTINGS:
                     ours, theirs = getattr(data, key), getattr(pretrain.data, key)
@@ -116,6 +117,8 @@ def export_metadata(checkpoint: str | Path, modality: str, state_dict: dict[str,
     if pretrain is not None:
         recorded.update(arch=pretrain.model.video_arch if modality == "video" else "resnet18",
                         width=pretrain.model.width, method=pretrain.method)
+        if modality == "video":  # what its first conv is fed (models.video.VIDEO_INPUTS)
+            recorded["video_input"] = pretrain.model.video_input
         recorded.update({key: list(value) if isinstance(value, tuple) else value
                          for key in EXPORTED_INPUT for value in [getattr(pretrain.data, key)]})
     check_metadata(recorded, state_dict, str(checkpoint))

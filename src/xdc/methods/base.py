@@ -15,6 +15,7 @@ The training loop builds the heads, trains them on the sum or mean of their cros
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,33 @@ class HeadSpec:
         return math.log(2) if self.multilabel else math.log(self.num_classes)
 
 
+class PresentRows:
+    """The feature rows of the videos that have features (`present`), read from the extraction's
+    float16 memmaps only when sliced: k-means reads its sample and then ASSIGN_CHUNK rows at a
+    time, so a rank's shard is never copied whole into memory (at 65M videos, 512-d, both
+    modalities: 16 GB a rank on 8 ranks as float16, twice that as float32). `combine` turns the
+    parts' rows into one array (CDC's [f_v; f_a]); with one part the rows come as stored."""
+
+    def __init__(self, parts: list[np.ndarray], present: np.ndarray,
+                 combine: Callable[[list[np.ndarray]], np.ndarray] | None = None):
+        self.parts, self.rows, self.combine = parts, np.flatnonzero(present), combine
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self[:0].shape[1:])
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """Rows by position among the present ones (a slice or an index array)."""
+        read = [np.asarray(part[self.rows[rows]]) for part in self.parts]
+        return self.combine(read) if self.combine else read[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[:], dtype=dtype)
+
+
 class Method:
     """Base class; subclasses set the class attributes and `heads`."""
 
@@ -59,10 +87,10 @@ class Method:
     def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
         raise NotImplementedError
 
-    def cluster_inputs(self, features) -> dict[str, np.ndarray]:
+    def cluster_inputs(self, features) -> dict[str, PresentRows]:
         """The rows k-means sees for each of `clusterings`, from extracted features
-        (`clustering.Features`: one array per modality, rows of the videos that have features)."""
-        return {name: features[name][features.present] for name in self.clusterings}
+        (`clustering.Features`: one float16 memmap per modality), read only when k-means asks."""
+        return {name: PresentRows([features[name]], features.present) for name in self.clusterings}
 
     def num_clusters(self, clustering: str, cfg: ClusterConfig) -> int:
         return {"video": cfg.k_video, "audio": cfg.k_audio, "joint": cfg.k_joint}[clustering]

@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xdc.clustering import l2_normalise
-from xdc.methods.base import HeadSpec, Method
+from xdc.methods.base import HeadSpec, Method, PresentRows
 
 if TYPE_CHECKING:  # the config sits above: it checks its values against the lists down here
     from xdc.config import ClusterConfig
+
+
+def joint(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([l2_normalise(part) for part in parts], axis=1)
 
 
 class CDC(Method):
@@ -24,11 +28,10 @@ class CDC(Method):
     def heads(self, cfg: ClusterConfig) -> list[HeadSpec]:
         return [HeadSpec("video", "joint", cfg.k_joint), HeadSpec("audio", "joint", cfg.k_joint)]
 
-    def cluster_inputs(self, features) -> dict[str, np.ndarray]:
-        """[f_v; f_a], each part L2-normalised so that neither modality dominates the distances."""
-        present = features.present
-        return {"joint": np.concatenate([l2_normalise(features["video"][present]),
-                                         l2_normalise(features["audio"][present])], axis=1)}
+    def cluster_inputs(self, features) -> dict[str, PresentRows]:
+        """[f_v; f_a], each part L2-normalised so that neither modality dominates the distances
+        (built a chunk of rows at a time, as k-means reads them)."""
+        return {"joint": PresentRows([features["video"], features["audio"]], features.present, joint)}
 
     def modality_labels(self, labels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"video": labels["joint"], "audio": labels["joint"]}

@@ -74,6 +74,8 @@ def encoder_shape(state_dict: dict[str, torch.Tensor]) -> dict:
     stem, conv1 = state_dict.get("stem.0.weight"), state_dict.get("conv1.weight")
     if stem is not None and stem.ndim == 5:
         shape.update(modality="video", arch="r2plus1d_18" if stem.shape[2] == 1 else "r3d_18")
+        if stem.shape[1] == 2:  # a stem for Sobel gradients (models.video, video_input=sobel)
+            shape["video_input"] = "sobel"
     elif conv1 is not None and conv1.ndim == 4:
         shape.update(modality="audio", arch="resnet18")
     return shape

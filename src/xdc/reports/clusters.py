@@ -5,7 +5,7 @@ with `RUN_DIR/rows.csv`), against the true labels of a manifest (matched by the 
 column, so labels of the originals fit a run on `xdc prepare` copies; else by file path), or
 without labels (the self-supervised case: cluster sizes and NMI with the previous iteration):
 - `clusters_<modality>.md`: top and bottom 10 clusters ranked by purity, each with its 5 most
-  frequent labels and their share of the cluster (the seed's Tables 6-7 format);
+  frequent labels and their share of the cluster (the paper's Tables 6-7 format);
 - `clusters_<modality>.csv`: every non-empty cluster;
 - `metrics.json`: `{"video": {purity, nmi, ari, accuracy, num_clusters, empty_clusters, ...},
   "audio": {...}}` (accuracy = Hungarian accuracy);
@@ -160,7 +160,7 @@ def _purity(value: float | None) -> str:
 
 
 def markdown_table(ranked: list[dict], modality: str, rows: int = TABLE_ROWS) -> str:
-    """Top and bottom `rows` clusters ranked by purity, as seed Tables 6-7 (by size without labels)."""
+    """Top and bottom `rows` clusters ranked by purity, as the paper's Tables 6-7 (by size without labels)."""
     shown = ranked if len(ranked) <= 2 * rows else ranked[:rows] + ranked[-rows:]
     lines = [f"# {modality} clusters: top and bottom {rows} by purity", "",
              "| # | cluster | size | purity | 5 most frequent labels (share) |", "|---|---|---|---|---|"]

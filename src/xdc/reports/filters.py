@@ -4,7 +4,7 @@ R(2+1)D factorises conv1 into a spatial conv (`stem.0`, 1×7×7 on RGB) and a te
 follows it (`stem.3`, 3×1×1 over the spatial conv's channels): the first is drawn as RGB tiles,
 the second as one small (input channel × time) heat map per output filter. R3D's conv1
 (`stem.0`, 3×7×7) is drawn as one strip of RGB frames per filter. Two checkpoints are drawn
-side by side, as in seed Figure 1.
+side by side, as in the paper's Figure 1.
 """
 
 from __future__ import annotations

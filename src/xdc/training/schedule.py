@@ -1,4 +1,4 @@
-"""The pretraining learning-rate schedule (seed Table 1) and early stopping on the validation loss.
+"""The pretraining learning-rate schedule (the paper's Table 1) and early stopping on the validation loss.
 
 The schedule is a multiplier of the base lr, stepped once per SGD step:
 - warmup (Goyal et al.): for the first `warmup_epochs` epochs the lr grows linearly, step by step,

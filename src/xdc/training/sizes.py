@@ -7,7 +7,7 @@ the run folder is taken, so config.yaml records what the run used and a relaunch
 command on the same rows finds the same config:
 
 - `cluster.k_video | k_audio | k_joint: auto` -> k = clamp(round(N / 39), 2, the paper's k
-  (64 video, 128 audio and joint; seed Tables 6-7)). 39 is faiss's `min_points_per_centroid`,
+  (64 video, 128 audio and joint; the paper's Tables 6-7)). 39 is faiss's `min_points_per_centroid`,
   the fewest points per centroid its k-means trains on without warning: with fewer, a centroid
   is the mean of a handful of videos. On Kinetics (240k videos) the rule gives the paper's k.
 - `optim.epoch_passes: P` (0: off) -> `optim.epoch_size` = min(epoch_size, P × N): on a small
@@ -21,7 +21,7 @@ from dataclasses import replace
 from xdc.config import AUTO, PretrainConfig
 
 VIDEOS_PER_CLUSTER = 39  # faiss's min_points_per_centroid
-PAPER_K = {"video": 64, "audio": 128, "joint": 128}  # the most `auto` gives (Kinetics, seed Tables 6-7)
+PAPER_K = {"video": 64, "audio": 128, "joint": 128}  # the most `auto` gives (Kinetics, the paper's Tables 6-7)
 K_RULE = f"clamp(round(videos / {VIDEOS_PER_CLUSTER}), 2, the paper's {'/'.join(map(str, PAPER_K.values()))})"
 
 
