@@ -162,7 +162,7 @@ def test_export_and_hub_keep_the_video_input(tmp_path, video_input):
     encoder = video_encoder("r2plus1d_18", 8, video_input).eval()
     ckpt = save_checkpoint({"video_encoder": encoder.state_dict(), "audio_encoder": audio_encoder(8).state_dict(),
                             "config": config_to_yaml(pre)}, tmp_path / "last.pt")
-    assert main(["export", str(ckpt), "--modality", "video", "-o", str(tmp_path / "v.pth")]) == 0
+    assert main(["export", "--checkpoint", str(ckpt), "--modality", "video", "-o", str(tmp_path / "v.pth")]) == 0
     repo = Path(__file__).resolve().parents[1]
     clip = torch.rand(2, 3, 4, 32, 32)
     for weights in (tmp_path / "v.pth", ckpt):  # exported; a plain checkpoint (no `xdc` entry)
@@ -186,7 +186,7 @@ def _checkpoint_with_config(tmp_path):
 
 
 def test_export_of_an_export_is_checked_against_its_weights(tmp_path, capsys):
-    """`xdc export v.pth --modality audio` of an exported video encoder is one line (it wrote a file
+    """`xdc export --checkpoint v.pth --modality audio` of an exported video encoder is one line (it wrote a file
     tagged audio/resnet18 holding R(2+1)D weights); with the right modality it keeps the input settings."""
     from xdc.cli import main
     from xdc.models.weights import read_metadata
