@@ -97,7 +97,9 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitt
     if not dist_utils.is_main():
         return
     o, c, num_videos, ranks = cfg.optim, cfg.cluster, len(rows), dist_utils.world_size()
-    per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp) for m in MODALITIES)
+    # At the run's batch size: per clip, a CPU forward of 4 clips costs several times one of 16.
+    per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp, o.batch_size)
+                   for m in MODALITIES)
     read = seconds_to_decode(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1))
     val = validation_videos(cfg, num_videos)
     clips = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * (o.epoch_size + val))
