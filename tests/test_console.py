@@ -89,3 +89,13 @@ def test_log_txt_holds_every_line_the_console_showed(av_manifest, tmp_path):
     pca = [line for line in log if "to fit the PCA" in line]  # raised in each of the iterations
     assert len(pca) == 1 and pca[0].startswith("warning: cluster.pca_dim=32, but only 8 videos")
     assert stderr.count("to fit the PCA") == 1 and "UserWarning" not in stderr
+
+
+def test_a_stream_kept_past_the_command_still_writes_to_the_console(tmp_path, capsys):
+    """A handler that took sys.stderr during the command (logging, tqdm) may write after it."""
+    with console_log(), run_log(tmp_path / "log.txt"):
+        kept = sys.stderr
+        print("inside", file=kept)
+    print("after", file=kept, flush=True)
+    assert (tmp_path / "log.txt").read_text() == "inside\n"
+    assert capsys.readouterr().err == "inside\nafter\n"

@@ -31,10 +31,12 @@ class _Record:
         self.in_run = False  # inside a run_log block
 
     def write(self, text: str) -> None:
-        (self.file or self.early).write(text)
+        target = self.file or self.early  # neither once closed: a stream kept past the command
+        if target is not None:
+            target.write(text)
 
     def open(self, path: Path) -> None:
-        self.close()
+        self.close()  # a previous run's log, in a command that runs several
         path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(path, "a", encoding="utf-8")
         if self.early is not None:
@@ -49,6 +51,7 @@ class _Record:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+            self.file = None
 
 
 class _Tee(io.TextIOBase):
@@ -108,6 +111,7 @@ def console_log() -> Iterator[None]:
         finally:
             sys.stdout, sys.stderr = streams
             record.close()
+            record.early = None
 
 
 @contextmanager
