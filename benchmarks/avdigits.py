@@ -300,8 +300,9 @@ FULL = {
         "model": {"video_arch": "r2plus1d_18", "width": 16},
         "cluster": {"k_video": 32, "k_audio": 32, "k_joint": 32, "first_features": "handcrafted",
                     "niter": 20, "max_points_per_centroid": 64},
-        "optim": {"epoch_size": 1000, "batch_size": 16, "lr": 0.01, "warmup_epochs": 1,
-                  "step_epochs": 6, "total_epochs": 8, "early_stop": True, "patience": 2,
+        # reference_batch: the global batch the lr is set for (one process here): no batch warning
+        "optim": {"epoch_size": 1000, "batch_size": 16, "reference_batch": 16, "lr": 0.01,
+                  "warmup_epochs": 1, "step_epochs": 6, "total_epochs": 8, "early_stop": True, "patience": 2,
                   "val_fraction": 0.1},
     },
     "superv": {"optim": {"early_stop": False}},  # Table 2: Superv rows train without e-stop

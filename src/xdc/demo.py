@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from xdc.config import DEMO_METHODS, ConfigError, DemoConfig, load_config
+from xdc.console import run_log
 from xdc.experiments import runner
 
 PROBES = ["linear", "knn", "retrieval"]
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default="demo",
                         help="demo settings: a YAML file or a packaged name (demo: "
                              "xdc/configs/demo.yaml; --quick merges demo_quick.yaml on top)")
-    parser.add_argument("--methods", type=_method_list, metavar="M1,M2",
+    parser.add_argument("--methods", type=_method_list, metavar="METHODS",
                         help=f"comma-separated subset of: {','.join(DEMO_METHODS)}")
     parser.add_argument("--seeds", type=_seed, nargs="+", metavar="S",
                         help="seeds to run every method with, e.g. 0 1 2 3 4 (default: the config's "
@@ -117,7 +118,12 @@ def truth(labels_csv: Path, labeled_rows: list[dict]) -> runner.Truth:
 def demo(out: Path, cfg: DemoConfig, seeds: list[int]) -> dict:
     """Everything above, in order; returns the results (also written to out/results.json)."""
     from xdc.data.cache import build_cache
-    from xdc.data.manifest import describe_dropped, read_manifest, usable_rows, write_manifest
+    from xdc.data.manifest import (
+        describe_dropped,
+        read_manifest,
+        usable_rows,
+        write_manifest,
+    )
     from xdc.reports.experiment import write_plots, write_report
     from xdc.reports.filters import draw_filters
 
@@ -169,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
     if args.methods:
         cfg = replace(cfg, methods=[m for m in DEMO_METHODS if m in args.methods])
     torch.set_num_threads(cfg.threads)
-    demo(args.out, cfg, list(dict.fromkeys(args.seeds)) if args.seeds else [cfg.pretrain.seed])
+    with run_log(args.out / "log.txt"):  # the demo's own lines; each pretraining run keeps its own log too
+        demo(args.out, cfg, list(dict.fromkeys(args.seeds)) if args.seeds else [cfg.pretrain.seed])
     return 0
 
 
