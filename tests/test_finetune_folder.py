@@ -170,7 +170,8 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(labelled_man
     subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, timeout=600, check=True)
     full = (tmp_path / "full.txt").read_text()
     assert (tmp_path / "full_rc").read_text().strip() == "2" and "Traceback" not in full
-    assert full.strip().splitlines()[-1].startswith(f"xdc finetune: the disk holding {disk / 'out'} is full")
+    last = full.strip().splitlines()[-1]  # names the file being written, in the run's folder
+    assert last.startswith(f"xdc finetune: the disk holding {disk / 'out'}/") and " is full (" in last
     assert (tmp_path / "room_rc").read_text().strip() == "0", (tmp_path / "room.txt").read_text()
     assert main(finetune_args(labelled_manifests, weights, tmp_path / "roomy", "linear", "fc_lrs=[0.01,0.1]")) == 0
     kept = json.loads((tmp_path / "results.json").read_text())

@@ -78,7 +78,7 @@ def test_installed_package_is_the_wheel(venv, outside):
 def test_installed_demo_quick(venv, outside):
     run([venv / "bin" / "xdc", "demo", "--quick", "--out", "q"], outside, timeout=580)
     assert (outside / "q" / "report.html").stat().st_size > 1000
-    assert (outside / "q" / "results.json").is_file() and (outside / "q" / "runs" / "xdc" / "summary.json").is_file()
+    assert (outside / "q" / "results.json").is_file() and (outside / "q" / "seed0" / "xdc" / "run" / "summary.json").is_file()
 
 
 def test_installed_pretrain_without_config(venv, outside, shared_videos):
