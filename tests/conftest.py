@@ -1,12 +1,18 @@
-"""Shared test fixtures: the real files in ../shared and small media files the tests make."""
+"""Shared test fixtures and helpers: the real files in ../shared, small media files the tests make,
+the tiny pretraining settings, a finished tiny run, and running `xdc` in this process or a child."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from xdc.config import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -14,6 +20,44 @@ SHARED_VIDEOS = SHARED / "videos"
 SHARED_FSDD = SHARED / "fsdd" / "recordings"
 
 torch.set_num_threads(1)  # CI has 2 cores; DataLoader workers and torchrun ranks share them
+
+TINY = str(resolve_config("tiny_cpu", "pretrain"))  # the packaged file
+# tiny_cpu made smaller still: one run takes seconds on a loaded 2-core machine.
+SMALL = ["iterations=2", "optim.total_epochs=1", "optim.warmup_epochs=0", "optim.epoch_size=8",
+         "optim.batch_size=4", "data.short_side=32", "data.crop=32", "model.width=4"]
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now: a torch.distributed rendezvous's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict:
+    """The environment for a child `python -m xdc...`: this checkout's code."""
+    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    """`xdc ARGV` in this process: (exit code, stderr)."""
+    from xdc.cli import main
+
+    capsys.readouterr()
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def assert_user_error(rc: int, err: str, command: str, *words: str) -> str:
+    """Exit code 2, no traceback, and the last stderr line is `xdc COMMAND: ...` naming `words`
+    (progress bars and warnings may come before it)."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith(f"xdc {command}: "), err
+    for word in words:
+        assert word in line, line
+    return line
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +156,39 @@ def labelled_manifests(tmp_path_factory) -> Path:
         write_manifest(scan_paths([root / subset], labels_from_dirs=True, progress=False),
                        root / f"{subset}.csv")
     return root
+
+
+def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:
+    """The manifest's rows with `broken` of the files overwritten by garbage after the scan."""
+    from xdc.data.manifest import read_manifest, write_manifest
+
+    rows = []
+    for i, row in enumerate(read_manifest(av_manifest)):
+        copy = folder / f"clip_{i}.mp4"
+        shutil.copy(row["path"], copy)
+        if i < broken:
+            copy.write_bytes(b"not a video" * 100)
+        rows.append(dict(row, path=str(copy)))
+    return write_manifest(rows, folder / "manifest.csv")
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory, av_manifest) -> Path:
+    """A complete 2-iteration tiny run (pretrain() in this process). Read only: damage `run_copy`."""
+    from xdc.config import load_config
+    from xdc.data.manifest import read_manifest, usable_rows
+    from xdc.pretrain import pretrain
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    rows, _ = usable_rows(read_manifest(av_manifest), require_audio=True)
+    pretrain(load_config(TINY, SMALL), rows, run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    """A copy of `finished_run` for this test to damage, as a RunFolder."""
+    from xdc.training.run_folder import RunFolder
+
+    shutil.copytree(finished_run, tmp_path / "run")
+    return RunFolder(tmp_path / "run")

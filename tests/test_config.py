@@ -1,4 +1,6 @@
-"""xdc.config: packaged configs, how a config argument resolves, the demo's DemoConfig, validation."""
+"""xdc.config: packaged configs, how a config argument resolves, the demo's DemoConfig, validation
+(fitted `auto` settings, optimizer values, data and clustering limits), refused through `xdc
+pretrain` before any work with one line; the one XdcError base of every user error (xdc.errors)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from dataclasses import asdict, fields, replace
 
 import pytest
 import torch
+from conftest import SMALL, TINY, assert_user_error, cli
 
 import xdc.config
 from xdc.cli import main as xdc_main
@@ -25,6 +28,7 @@ from xdc.config import (
     load_config,
     packaged_configs,
     resolve_config,
+    smallest_feature_size,
 )
 from xdc.demo import load_demo_config
 from xdc.errors import XdcError
@@ -162,3 +166,73 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         xdc_main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out == f"xdc {xdc.__version__}\n"  # 0.1.0
+
+
+@pytest.mark.parametrize(("override", "words"), [("cluster.k_video=lots", "cluster.k_video='lots'"),
+                                                  ("cluster.k_audio=1", "cluster.k_audio=1"),
+                                                  ("optim.epoch_passes=-1", "optim.epoch_passes=-1")])
+def test_fitted_settings_are_validated(override, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config("cpu", [override])
+
+
+def test_finetune_refuses_epoch_passes():
+    with pytest.raises(ConfigError, match=r"optim.epoch_passes=2 is out of range: expected 0 \(pretraining only\)"):
+        load_config("cpu", ["optim.epoch_passes=2"], schema=FinetuneConfig)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optim.lr=inf", "optim.lr=inf is out of range: expected in (0, 10]"),
+    ("optim.lr=1e6", "optim.lr=1000000.0 is out of range: expected in (0, 10]"),
+    ("optim.lr=nan", "optim.lr=nan is out of range"),
+    ("optim.weight_decay=inf", "optim.weight_decay=inf is out of range: expected in [0, 1]"),
+    ("optim.momentum=nan", "optim.momentum=nan is out of range"),
+    ("optim.gamma=inf", "optim.gamma=inf is out of range"),
+])
+def test_non_finite_and_absurd_optimizer_values_are_refused(override, expected, av_manifest, tmp_path, capsys):
+    """Issue 22 item 12: refused before any work, one line."""
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", av_manifest, "--out", tmp_path / "run", override)
+    assert rc == 2
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.sample_rate=1", ["data.sample_rate=1", "data.win_ms"]),
+    ("data.win_ms=0.01", ["data.win_ms=0.01"]),
+    ("data.n_mels=300", ["data.n_mels=300", "257 frequency bins"]),
+    ("cluster.pca_dim=33", ["cluster.pca_dim=33", "<= 32"]),  # width 4: 32-d features
+    ("device=cuda", ["device=cuda", "device=cpu"]),
+])
+def test_settings_refused_before_any_work(tmp_path, capsys, av_manifest, override, words):
+    if override == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "run"
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", av_manifest, "--out", out, *SMALL, override)
+    line = assert_user_error(rc, err, "pretrain", *words)
+    assert err.strip() == line and not out.exists()
+
+
+def test_a_bad_override_is_blamed_on_the_override(capsys, av_manifest, tmp_path):
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", av_manifest, "--out", tmp_path / "r",
+                  "optim.lr=abc")
+    line = assert_user_error(rc, err, "pretrain", "bad config (override optim.lr=abc)")
+    assert "tiny_cpu" not in line
+
+
+def test_pca_limit_follows_the_features_clustered():
+    from xdc.clustering.handcrafted import (
+        audio_descriptor,
+        descriptor_sizes,
+        video_descriptor,
+    )
+
+    assert video_descriptor(torch.rand(2, 1, 3, 4, 16, 16)).shape[1] == descriptor_sizes(40)["video"]
+    assert audio_descriptor(torch.rand(2, 1, 1, 40, 9)).shape[1] == descriptor_sizes(40)["audio"]
+    assert smallest_feature_size(load_config(TINY, ["model.width=64", "method=cdc"])) == 1024
+    hand = ["model.width=64", "cluster.first_features=handcrafted"]
+    assert smallest_feature_size(load_config(TINY, hand)) == 120  # 3 × 40 mel bands
+    assert smallest_feature_size(load_config(TINY, hand + ["method=cdc"])) == 208 + 120
+    with pytest.raises(ConfigError, match="cluster.pca_dim=121"):
+        load_config(TINY, hand + ["cluster.pca_dim=121"])
+    load_config(TINY, ["cluster.pca_dim=500", "method=rand"])  # RAND clusters nothing

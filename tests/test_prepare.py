@@ -1,4 +1,5 @@
-"""`xdc prepare`: training copies of real clips (size, rotation, keyframes, audio) and resuming."""
+"""xdc.data.prepare and xdc.data.transcode (`xdc prepare`): training copies of real clips (size,
+rotation, keyframes, audio), resuming, one prepare per folder, a full disk, never a file outside --out."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import subprocess_env
 
 from xdc.cli import main as xdc_main
 from xdc.data.encode import write_video
 from xdc.data.manifest import read_manifest, write_manifest
-from xdc.data.prepare import prepare_manifest
-from xdc.data.scan import scan_paths
+from xdc.data.manifest_csv import ManifestError
+from xdc.data.prepare import output_path, prepare_manifest
+from xdc.data.scan import probe_file, scan_paths
 from xdc.data.transcode import PrepareOptions, output_size
 
 # Rotation, Xvid with packed B-frames in AVI + mp3, VP9 + silent Opus without duration, VFR phone clip.
@@ -162,12 +165,7 @@ def test_output_size():
 
 # ------------------------------------------------------------------------- nothing lost (issue 22)
 
-REPO = Path(__file__).resolve().parents[1]
 FRAME_COLUMNS = ("shard", "offset", "size")  # where a sample lies: shard layout, not content
-
-
-def _python_env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
 
 def _small_manifest(folder: Path, clips: int = 6) -> Path:
@@ -184,7 +182,7 @@ def test_two_prepares_into_one_folder_one_is_refused(shared_videos, tmp_path, ca
     manifest = write_manifest(rows, tmp_path / "m.csv")
     out = tmp_path / "p"
     running = subprocess.Popen([sys.executable, "-m", "xdc.cli", "prepare", str(manifest), "--out", str(out),
-                                "--workers", "1", *first], env=_python_env(), stdout=subprocess.PIPE,
+                                "--workers", "1", *first], env=subprocess_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -225,7 +223,7 @@ def test_full_disk_stops_keeps_what_was_done_and_a_rerun_finishes(tmp_path, shar
               f"&& echo wrote-a-manifest; rm {mount}/filler; {command}; echo second=$?; "
               f"cp {mount}/p/manifest.csv {tmp_path}/full.csv")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          env=_python_env(), timeout=600)
+                          env=subprocess_env(), timeout=600)
     assert "first=2" in done.stdout and "second=0" in done.stdout, done.stdout + done.stderr
     assert "wrote-a-manifest" not in done.stdout and "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]
@@ -284,3 +282,19 @@ def test_shard_size_help_shows_its_default_once():
 
     text = " ".join(command_parser("prepare")[1].format_help().split())
     assert text.count("default: 1GB") == 1 and "(default 1GB)" not in text
+
+
+def test_prepare_refuses_to_write_outside_out(tmp_path, clip_factory):
+    """A manifest path with `..` is normalised: the copy lands under --out, never beside it."""
+    clip_factory("data/a/x.mp4", seconds=1.0)
+    clip_factory("data/b/y.mp4", seconds=1.0, seed=1)
+    rows = list(read_manifest(write_manifest([probe_file(tmp_path / "data/a/x.mp4")], tmp_path / "m.csv")))
+    rows.append({**rows[0], "path": str(tmp_path / "data/a/../../data/b/y.mp4")})
+    manifest = write_manifest(rows, tmp_path / "data/a/manifest.csv")
+    out = tmp_path / "out"
+    prepare_manifest(manifest, out, progress=False)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.mp4") if "data" not in p.parts)
+    assert written == [Path("out/a/x.mp4"), Path("out/b/y.mp4")]
+    with pytest.raises(ManifestError, match="outside --out"):
+        output_path(tmp_path / "elsewhere/z.mp4", tmp_path / "data", out)
+    assert output_path(tmp_path / "data/a/../b/y.mp4", tmp_path / "data", out) == out / "b/y.mp4"

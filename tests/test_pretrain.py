@@ -1,19 +1,26 @@
-"""`xdc pretrain` end to end on CPU on real clips, one run per method, plus shipped configs."""
+"""xdc.pretrain (`xdc pretrain`) end to end on CPU on real clips: one run per method, shipped
+configs, bad inputs and undecodable videos (one line, or counted and skipped), a scan -> pretrain
+over bad files, continuing a run launched again."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL, TINY, assert_user_error, broken_copy, cli
 
+from xdc.checkpoint import load_checkpoint
 from xdc.cli import main as xdc_main
-from xdc.config import load_config, packaged_configs, resolve_config
+from xdc.config import load_config, packaged_configs
+from xdc.data.manifest import read_manifest, write_manifest
+from xdc.data.scan import probe_file
 from xdc.methods import get_method
+from xdc.training.run_folder import RunFolder
 
-TINY = resolve_config("tiny_cpu", "pretrain")
 # Smaller than tiny_cpu.yaml so five runs stay short: 1 iteration would not test re-clustering.
 FAST = ["optim.epoch_size=16", "optim.total_epochs=2", "iterations=2"]
 
@@ -92,32 +99,7 @@ def test_pretrain_writes_the_run_folder(method, av_manifest, tmp_path):
     assert any(p.name.startswith("events.out.tfevents") for p in (out / "tb").iterdir())
 
 
-def test_tensorboard_scalars(av_manifest, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    out = tmp_path / "run"
-    assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, *FAST,
-                    "iterations=2", "cluster.first_features=handcrafted") == 0
-    events = EventAccumulator(str(out / "tb"))
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "val/loss", "cluster/video/empty_clusters",
-            "cluster/audio/nmi", "cluster/video/nmi_prev"} <= tags
-    epochs = json.loads((out / "summary.json").read_text())["iterations"][0]["epochs"]
-    assert len(events.Scalars("train/loss")) >= epochs * 2  # 2 steps per epoch of 16 clips, batches of 8
-    # One step axis: iteration 1 clusters at the global step where iteration 0's training ended.
-    assert [e.step for e in events.Scalars("cluster/video/nmi_prev")] == [epochs * 2]
-    assert "config/text_summary" in events.Tags()["tensors"]  # the config as text
-    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
-    # log.txt: the plan with its estimate, the epoch lines, no progress-bar redraws.
-    log = (out / "log.txt").read_text()
-    assert "plan: xdc pretraining" in log and "estimate: about" in log and "epoch 1/2" in log
-    assert "\r" not in log and "\x1b[" not in log
-
-
 def test_superv_predicts_the_manifest_labels_in_rows_order(av_manifest, tmp_path):
-    from xdc.data.manifest import read_manifest
-
     out = tmp_path / "run"
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", out, "--method", "superv",
                     *FAST, "iterations=1") == 0
@@ -144,8 +126,6 @@ def test_r3d18_config_runs_with_tiny_sizes(av_manifest, tmp_path):
 
 
 def test_superv_multi_label_manifest(av_manifest, tmp_path):
-    from xdc.data.manifest import read_manifest, write_manifest
-
     # AudioSet-style: some rows name two classes
     rows = [dict(row, label=f"{row['label']}|loud" if i % 2 else row["label"])
             for i, row in enumerate(read_manifest(av_manifest))]
@@ -162,8 +142,6 @@ def test_superv_multi_label_manifest(av_manifest, tmp_path):
 
 
 def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
-    from xdc.data.manifest import read_manifest, write_manifest
-
     unlabelled = write_manifest([dict(r, label=None) for r in read_manifest(av_manifest)],
                                 av_manifest.parent / "unlabelled.csv")
     assert pretrain("--config", TINY, "--data", unlabelled, "--out", tmp_path / "s", "--method", "superv") == 2
@@ -188,22 +166,6 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
-def broken_copy(av_manifest: Path, folder: Path, broken: int = 1) -> Path:
-    """The manifest's rows with `broken` of the files overwritten by garbage after the scan."""
-    import shutil
-
-    from xdc.data.manifest import read_manifest, write_manifest
-
-    rows = []
-    for i, row in enumerate(read_manifest(av_manifest)):
-        copy = folder / f"clip_{i}.mp4"
-        shutil.copy(row["path"], copy)
-        if i < broken:
-            copy.write_bytes(b"not a video" * 100)
-        rows.append(dict(row, path=str(copy)))
-    return write_manifest(rows, folder / "manifest.csv")
-
-
 def test_undecodable_video_is_counted_not_fatal(av_manifest, tmp_path, capsys):
     out = tmp_path / "run"
     manifest = broken_copy(av_manifest, tmp_path)
@@ -216,38 +178,6 @@ def test_undecodable_video_is_counted_not_fatal(av_manifest, tmp_path, capsys):
     labels = np.load(out / "iterations/00/labels_video.npy")
     assert labels[0] == -1 and (labels[1:] >= 0).all()
     assert record["skipped"] == 0  # the unlabelled video is never drawn for training
-
-
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_training_loop_counts_skipped_samples(av_manifest, tmp_path):
-    from torch.utils.data import Subset
-
-    from xdc.data.datasets import AudioVideoClips, clip_loader
-    from xdc.data.manifest import read_manifest
-    from xdc.methods import get_method
-    from xdc.models import audio_encoder, video_encoder
-    from xdc.training.loop import PretrainModel, train_one_epoch
-    from xdc.training.schedule import make_scheduler
-
-    cfg = load_config(TINY)
-    rows = read_manifest(broken_copy(av_manifest, tmp_path, broken=2))
-    specs = get_method("xdc").heads(cfg.cluster)
-    model = PretrainModel(video_encoder("r2plus1d_18", 8), audio_encoder(8))
-    model.reset_heads(specs)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scheduler = make_scheduler(optimizer, cfg.optim, 2)
-    dataset = AudioVideoClips(rows, cfg.data, mode="train")
-    # Two batches: the first only the two broken videos (no step), the second all good ones.
-    order = Subset(dataset, [0, 1, 2, 3, 4, 5])
-    loader = clip_loader(order, batch_size=2, sampler=list(range(4)))
-    labels = {"video": torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), "audio": torch.tensor([3, 2, 1, 0] * 2)}
-    before = [p.detach().clone() for p in model.video_encoder.parameters()]
-    stats = train_one_epoch(model, specs, loader, labels, optimizer, scheduler, torch.device("cpu"),
-                            amp=False)
-    assert stats["skipped"] == 2 and stats["clips"] == 2
-    assert "2 samples skipped (2 videos)" in stats["skip_summary"]
-    assert scheduler.last_epoch == 2  # the schedule advanced for the skipped batch too
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.video_encoder.parameters()))
 
 
 def test_init_from_starts_from_a_previous_runs_encoders(av_manifest, tmp_path):
@@ -294,49 +224,101 @@ def test_the_same_command_twice_continues_the_run(av_manifest, tmp_path, capsys)
     assert "holds a run on other manifest rows" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("optim.lr=inf", "optim.lr=inf is out of range: expected in (0, 10]"),
-    ("optim.lr=1e6", "optim.lr=1000000.0 is out of range: expected in (0, 10]"),
-    ("optim.lr=nan", "optim.lr=nan is out of range"),
-    ("optim.weight_decay=inf", "optim.weight_decay=inf is out of range: expected in [0, 1]"),
-    ("optim.momentum=nan", "optim.momentum=nan is out of range"),
-    ("optim.gamma=inf", "optim.gamma=inf is out of range"),
-])
-def test_non_finite_and_absurd_optimizer_values_are_refused(override, expected, av_manifest, tmp_path, capsys):
-    """Issue 22 item 12: refused before any work, one line."""
-    assert pretrain("--config", TINY, "--data", av_manifest, "--out", tmp_path / "run", override) == 2
-    err = capsys.readouterr().err
-    assert expected in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+def make_bad_files(folder: Path, good: Path) -> dict[str, Path]:
+    """The reliability probe's bad files, made from the real clip `good`."""
+    data = good.read_bytes()
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"zero": folder / "zero.mp4", "truncated": folder / "truncated.mp4", "bitflip": folder / "bitflip.mp4",
+             "text": folder / "text.mp4", "random": folder / "random.mp4", "unicode": folder / "vidéo_ü_日本.mp4",
+             "newline": folder / "new\nline.mp4", "huge_header": folder / "huge_header.mp4",
+             "hls": folder / "playlist.mp4"}
+    files["zero"].write_bytes(b"")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    flipped = bytearray(data)
+    rng = np.random.default_rng(0)
+    for i in rng.integers(len(data) // 4, len(data), 200):
+        flipped[i] ^= 0xFF
+    files["bitflip"].write_bytes(bytes(flipped))
+    files["text"].write_text("this is not a video\n")
+    files["random"].write_bytes(rng.integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    files["unicode"].write_bytes(data)
+    files["newline"].write_bytes(data)
+    # A header claiming 16000×16000 (the avc1 sample entry's width and height fields).
+    huge = bytearray(data)
+    at = huge.find(b"avc1", huge.find(b"stsd"))  # the sample entry, not the ftyp brand
+    assert at > 0
+    huge[at + 28:at + 32] = (16000).to_bytes(2, "big") * 2
+    files["huge_header"].write_bytes(bytes(huge))
+    files["hls"].write_text("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nsegment0.ts\n#EXT-X-ENDLIST\n")
+    (folder / "dir.mp4").mkdir()
+    return files
 
 
-@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-def test_training_stops_at_the_first_non_finite_loss(av_manifest):
-    """A clip holding inf (the second batch's) makes the video head's loss NaN: the epoch stops at
-    the next reduction with one line naming the epoch, the SGD step and the head."""
-    from xdc.data.datasets import AudioVideoClips, clip_loader
-    from xdc.data.manifest import read_manifest
-    from xdc.errors import XdcError
-    from xdc.models import audio_encoder, video_encoder
-    from xdc.training.loop import LOG_EVERY, NonFiniteLossError, PretrainModel, train_one_epoch
-    from xdc.training.schedule import make_scheduler
+@pytest.mark.slow
+def test_scan_then_pretrain_over_real_and_bad_files(tmp_path, capsys, clip_factory):
+    """Must show: a folder of real clips mixed with the probe's bad files -> `xdc scan` lists every
+    file; `xdc pretrain` (tiny) over that manifest finishes and says what it skipped and why. (The
+    dangling symlink is left to test_dangling_symlink_row_does_not_stop_pretraining: issue 10 item 1.)"""
+    folder = tmp_path / "videos"
+    for i in range(6):
+        clip_factory(f"videos/real_{i}.mp4", seconds=2.0, seed=i, tone_hz=300.0 + 200 * i)
+    clip_factory("videos/one_frame.mp4", seconds=1 / 16, fps=16.0)  # 1 frame of video...
+    make_bad_files(folder, folder / "real_0.mp4")
+    manifest = tmp_path / "manifest.csv"
+    rc, err = cli(capsys, "scan", folder, "-o", manifest, "--workers", 1)
+    assert rc == 0, err
+    rows = read_manifest(manifest)
+    files = {p for p in folder.rglob("*") if p.is_file()}
+    assert {Path(r["path"]) for r in rows} == files  # every file, one row each
+    status = {Path(r["path"]).name: (r["status"], r["reason"]) for r in rows}
+    for name in ("zero.mp4", "truncated.mp4", "text.mp4", "random.mp4", "playlist.mp4"):
+        assert status[name][0] == "skip" and status[name][1], name
+    for name in ("vidéo_ü_日本.mp4", "new\nline.mp4", "real_3.mp4"):
+        assert status[name] == ("ok", None), name
 
-    cfg = load_config(TINY)
-    specs = get_method("xdc").heads(cfg.cluster)
-    model = PretrainModel(video_encoder("r2plus1d_18", 4), audio_encoder(4))
-    model.reset_heads(specs)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    scheduler = make_scheduler(optimizer, cfg.optim, 4)
-    dataset = AudioVideoClips(read_manifest(av_manifest), cfg.data, mode="train")
-    batches = list(clip_loader(dataset, batch_size=2, sampler=[0, 1, 2, 3, 4, 5, 6, 7]))
-    batches[1]["video"][0] = float("inf")
-    labels = {"video": torch.tensor([0, 1, 2, 3] * 2), "audio": torch.tensor([3, 2, 1, 0] * 2)}
-    assert len(batches) < LOG_EVERY  # found by the reduction at the epoch's end
-    with pytest.raises(NonFiniteLossError) as caught:
-        train_one_epoch(model, specs, batches, labels, optimizer, scheduler, torch.device("cpu"), amp=False,
-                        description="iteration 0 epoch 1/2")
-    message = str(caught.value)
-    assert isinstance(caught.value, XdcError) and "\n" not in message
-    assert message.startswith("iteration 0 epoch 1/2, SGD step 2: the training loss of head video_to_audio is "
-                              "not a finite number"), message
-    assert "lower optim.lr" in message and "check the input files" in message
+    run = tmp_path / "run"
+    capsys.readouterr()
+    rc = xdc_main(["pretrain", "--config", TINY, "--data", str(manifest), "--out", str(run), *SMALL,
+               "cluster.k_video=2", "cluster.k_audio=2"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "Traceback" not in out.err
+    skipped = sum(1 for s, _ in status.values() if s == "skip")
+    usable = len(rows) - skipped
+    assert f"{usable} usable videos, {skipped} dropped (" in out.out, out.out
+    assert load_checkpoint(RunFolder(run).last)["iteration"] == 2
+
+
+def test_dangling_symlink_row_does_not_stop_pretraining(tmp_path, av_manifest):
+    from xdc.pretrain import setup
+
+    link = tmp_path / "gone.mp4"
+    link.symlink_to(tmp_path / "nowhere.mp4")
+    rows = read_manifest(av_manifest) + [probe_file(link)]
+    assert rows[-1]["status"] == "skip"
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    args = argparse.Namespace(resume=None, config=TINY, data=manifest, out=tmp_path / "run", method=None,
+                              overrides=SMALL)
+    cfg, usable, _ = setup(args)
+    assert len(usable) == 8
+    assert read_manifest(manifest)[-1]["path"] == str(link)  # the link as given, not its target
+
+
+def test_videos_undecodable_after_scan(tmp_path, capsys, clip_factory):
+    """Rows that scanned ok but no longer decode: one line saying how many videos had features and
+    why the others were skipped."""
+    from xdc.data.scan import scan_paths
+
+    paths = [clip_factory(f"v/clip_{i}.mp4", seconds=1.0, seed=i) for i in range(6)]
+    manifest = write_manifest(scan_paths([tmp_path / "v"], progress=False), tmp_path / "manifest.csv")
+    noise = np.random.default_rng(1).integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+    for path in paths[2:]:  # 2 of 6 still decode: too few for k = 4
+        path.write_bytes(noise)
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", manifest, "--out", tmp_path / "r1", *SMALL,
+                  "optim.val_fraction=0.5")
+    assert_user_error(rc, err, "pretrain", "only 2 of the 6", "cluster.k_", "clip_")
+    for path in paths[:2]:  # none decodes
+        path.write_bytes(noise)
+    rc, err = cli(capsys, "pretrain", "--config", TINY, "--data", manifest, "--out", tmp_path / "r2", *SMALL,
+                  "optim.val_fraction=0.5")
+    assert_user_error(rc, err, "pretrain", "no video could be decoded", "6 skipped")

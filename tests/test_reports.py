@@ -1,4 +1,5 @@
-"""Cluster report on a run folder built here (per DESIGN.md) from real clips, and filter pictures."""
+"""xdc.reports.clusters (`xdc clusters`) on a run folder built here (per DESIGN.md) from real clips,
+its markdown tables, and xdc.reports.filters' filter pictures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import subprocess_env
 
 from xdc.config import PretrainConfig, save_config
 from xdc.data.manifest import read_manifest, write_manifest
@@ -229,11 +231,9 @@ def test_member_links_are_relative_so_a_moved_folder_works(run_dir, tmp_path):
 
 
 def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
-    import os
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) to mount a private tmpfs")
@@ -241,7 +241,7 @@ def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
     mount.mkdir()
     script = (f"mount -t tmpfs -o size=16k tmpfs {mount} && {sys.executable} -m xdc.cli clusters {run_dir} "
               f"--labels {tmp_path / 'labels.csv'} -o {mount}/report; echo rc=$?")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = subprocess_env()
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
     if "rc=" not in done.stdout:
         pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
@@ -249,3 +249,13 @@ def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
     assert done.stderr.strip().splitlines()[-1] == (f"xdc clusters: the disk holding {mount}/report is full (No "
                                                     f"space left on device): free some space and run the same "
                                                     f"command again")
+
+
+def test_markdown_cluster_table_escapes_labels():
+    from xdc.reports.clusters import markdown_table
+
+    ranked = [{"rank": 1, "cluster": 0, "size": 3, "purity": 1.0, "top": [("a|b\nc", 1.0)]}]
+    table = markdown_table(ranked, "video")
+    body = table.splitlines()[-1]
+    assert body == "| 1 | 0 | 3 | 1.00 | a\\|b c(1.00) |"
+    assert body.count("|") - body.count("\\|") == 6  # five cells

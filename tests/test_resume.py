@@ -1,9 +1,14 @@
-"""Kill a real `xdc pretrain` process with SIGKILL mid-epoch, then `--resume` it."""
+"""xdc.training.resume: a real `xdc pretrain` killed with SIGKILL mid-epoch, then `--resume`d to
+the weights of an uninterrupted run; `IterationState` round trips; `--resume` falling back to the
+newest readable iteration checkpoint, or one line when none is; `same_run` on an unreadable
+recorded config; `take_run_folder` stopping every rank when rank 0 cannot take the folder, and a
+full disk said in one line with the last checkpoint intact."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SMALL, TINY, assert_user_error, cli, free_port, subprocess_env
 
-from xdc.config import resolve_config
+from xdc.checkpoint import load_checkpoint
+from xdc.training.run_folder import RunFolder, RunFolderError
 
-TINY = resolve_config("tiny_cpu", "pretrain")  # the packaged file
 # Epochs of 8 steps (batch 4), so there is time to land the kill inside one.
 SETTINGS = ["iterations=2", "optim.epoch_size=32", "optim.batch_size=4", "optim.total_epochs=2",
             "optim.early_stop=false"]
@@ -90,13 +96,8 @@ def test_sigkill_mid_epoch_then_resume(av_manifest, tmp_path):
             torch.testing.assert_close(final[part][name], value, rtol=1e-4, atol=1e-5, msg=name)
 
 
-# tiny_cpu made smaller still: one run takes seconds.
-SMALL = ["iterations=2", "optim.total_epochs=1", "optim.warmup_epochs=0", "optim.epoch_size=8",
-         "optim.batch_size=4", "data.short_side=32", "data.crop=32", "model.width=4"]
-
-
 def test_iteration_state_round_trip(tmp_path):
-    from xdc.checkpoint import load_checkpoint, save_checkpoint
+    from xdc.checkpoint import save_checkpoint
     from xdc.methods import HeadSpec
     from xdc.training.resume import IterationState
     from xdc.training.schedule import EarlyStopping
@@ -133,8 +134,6 @@ def test_digests_equal_after_a_resume_at_an_iteration_boundary(av_manifest, tmp_
     """Issue 22 item 8: summary.json's digests are those of the encoders (not the previous
     iteration's heads, which a resumed run does not hold), so a run resumed where iteration 1
     starts records what an uninterrupted run records, beside the same labels and weights."""
-    import shutil
-
     from xdc.cli import main as xdc_main
 
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
@@ -173,7 +172,6 @@ def test_an_iteration_ends_its_loader_workers(av_manifest, tmp_path):
     from xdc.data.manifest import read_manifest, usable_rows
     from xdc.pretrain import Pretraining, run_iteration
     from xdc.training.resume import IterationState
-    from xdc.training.run_folder import RunFolder
 
     cfg = load_config(TINY, [*SMALL, "data.num_workers=1"])
     run = RunFolder(tmp_path / "run")
@@ -185,3 +183,93 @@ def test_an_iteration_ends_its_loader_workers(av_manifest, tmp_path):
     assert multiprocessing.active_children() == []
     assert (state.iteration, state.labels, len(summary), summary[0]["epochs"]) == (1, None, 1, 1)
     assert read_checkpoint(run.last)["iteration"] == 1 and run.iteration_checkpoint(0).is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zero bytes"])
+def test_unreadable_last_falls_back_to_the_newest_readable_iteration(run_copy, capsys, damage):
+    """last.pt unreadable and iteration_01.pt gone: `--resume` says so, goes on from iteration_00.pt
+    (iteration 1 starts from its encoders) and finishes the run."""
+    data = run_copy.last.read_bytes()
+    run_copy.last.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"")
+    run_copy.iteration_checkpoint(1).unlink()
+    before = load_checkpoint(run_copy.iteration_checkpoint(0))
+    rc, err = cli(capsys, "pretrain", "--resume", run_copy.root)
+    assert rc == 0, err
+    assert "cannot read checkpoint" in err and "resuming from iteration_00.pt" in err
+    last = load_checkpoint(run_copy.last)
+    assert last["iteration"] == 2 and load_checkpoint(run_copy.iteration_checkpoint(1))["iteration"] == 1
+    summary = json.loads(run_copy.summary.read_text())["iterations"]
+    assert [r["iteration"] for r in summary] == [0, 1]
+    assert summary[0] == json.loads(before["summary"])[0]  # iteration 0's record kept as it was
+
+
+def test_last_without_what_resuming_reads_falls_back(run_copy, capsys):
+    """A last.pt that loads safely but is no pretraining checkpoint counts as unreadable."""
+    torch.save({"video_encoder": {}, "audio_encoder": {}}, run_copy.last)
+    rc, err = cli(capsys, "pretrain", "--resume", run_copy.root)
+    assert rc == 0, err
+    assert "is not a pretraining checkpoint: it has no iteration, epoch, rng, summary" in err
+    assert "resuming from iteration_01.pt" in err  # iteration 2 of 2: the run is complete
+
+
+def test_no_readable_checkpoint_is_one_line(run_copy, capsys):
+    for path in [run_copy.last, *run_copy.checkpoints.glob("iteration_*.pt")]:
+        path.write_bytes(b"PK\x03\x04 not really")
+    rc, err = cli(capsys, "pretrain", "--resume", run_copy.root)
+    line = assert_user_error(rc, err, "pretrain", "last.pt", "no readable iteration checkpoint")
+    assert err.strip() == line
+
+
+@pytest.mark.parametrize("text", ["", "optim: [lr\n", "just a string\n"])
+def test_an_unreadable_recorded_config_is_one_clear_error(tmp_path, text):
+    from xdc.config import load_config
+    from xdc.training.resume import same_run
+
+    run = RunFolder(tmp_path / "run")
+    run.root.mkdir()
+    run.config.write_text(text)
+    with pytest.raises(RunFolderError, match=r"config.yaml is not a readable config: choose another --out"):
+        same_run(run, load_config("tiny_cpu"), rows=None)
+
+
+@pytest.mark.slow
+def test_torchrun_into_a_held_folder_stops_every_rank(tmp_path, av_manifest):
+    """Only rank 0 takes the lock; when it cannot, every rank stops (none waits at a barrier)."""
+    port = free_port()
+    run = RunFolder(tmp_path / "run")
+    with run.locked():
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "xdc.pretrain",
+                               "--config", TINY, "--data", str(av_manifest), "--out", str(run.root), *SMALL],
+                              env={**subprocess_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                              timeout=300)
+    assert done.returncode != 0
+    assert f"xdc pretrain: run folder {run.root} in use by PID {os.getpid()}" in done.stderr
+    assert f"xdc pretrain: rank 0 could not take the run folder {run.root}" in done.stderr
+    assert not run.config.exists()
+
+
+@pytest.mark.slow
+def test_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, av_manifest):
+    """A 9 MiB tmpfs as the run folder's disk: the run stops with one line saying the disk is full
+    and that the last checkpoint is intact, which then loads."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=9m tmpfs {mount}"],
+                           capture_output=True, text=True)
+    if probe.returncode:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()}")
+    # The run and a copy-out of last.pt happen inside the private mount namespace.
+    script = (f"mount -t tmpfs -o size=9m tmpfs {mount} && {sys.executable} -m xdc.pretrain --config {TINY} "
+              f"--data {av_manifest} --out {mount}/run {' '.join(SMALL)} model.width=8; rc=$?; "
+              f"cp {mount}/run/checkpoints/last.pt {tmp_path}/last.pt; ls -a {mount}/run/checkpoints; exit $rc")
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
+                          env=subprocess_env(), timeout=400)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith("xdc pretrain: the disk holding") and "is full" in line and "is intact" in line
+    assert ".tmp" not in done.stdout  # atomic_file removed its partial file
+    assert "video_encoder" in load_checkpoint(tmp_path / "last.pt")

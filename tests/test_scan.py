@@ -1,4 +1,4 @@
-"""`xdc scan` on the 23 real shared clips and on corrupt files the tests craft."""
+"""xdc.data.scan (`xdc scan`) on the 23 real shared clips and on corrupt files the tests craft."""
 
 from __future__ import annotations
 
@@ -188,3 +188,13 @@ def test_cli_writes_manifest_with_design_columns(tmp_path, clip_factory, capsys)
 def test_probe_never_raises_on_a_folder(tmp_path):
     row = probe_file(tmp_path)  # a directory where a file was expected
     assert row["status"] == "skip" and row["reason"]
+
+
+def test_one_frame_video_with_longer_audio_is_complete(tmp_path):
+    """A complete 1-frame video over 2 s of audio is not `truncated`: the container's duration is
+    the audio's, the video stream declares its own. (test_scan: a cut file still is.)"""
+    wave = 0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)
+    path = write_video(tmp_path / "one_frame.mp4", np.zeros((1, 48, 64, 3), np.uint8), 16.0, wave, 16000)
+    row = probe_file(path)
+    assert row["status"] == "ok" and row["num_frames"] == 1 and row["has_audio"]
+    assert row["reason"] is None and row["duration"] == pytest.approx(2.0, abs=0.1)

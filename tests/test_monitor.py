@@ -1,47 +1,16 @@
-"""What a run says before and after it works: settings fitted to the data (k, epoch size), the
-plan's batch / steps / lr line and its warning, and the closing summary's verdict per head."""
+"""xdc.training.monitor: what a run says before and after it works: the plan's batch / steps / lr
+line and its warning, the closing summary's verdict per head, and what a whole `xdc pretrain`
+writes to TensorBoard and log.txt (the plan with its estimate, the epoch lines)."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from xdc.config import ConfigError, FinetuneConfig, load_config
+from conftest import TINY
+
+from xdc.cli import main as xdc_main
+from xdc.config import load_config
 from xdc.training.monitor import batch_warning, heads_not_learning, pretrain_plan_facts, print_closing_summary
-from xdc.training.sizes import fit_to_data
-
-
-def test_cpu_preset_fits_a_small_folder():
-    cfg = load_config("cpu")
-    assert (cfg.cluster.k_video, cfg.optim.epoch_size, cfg.optim.epoch_passes) == ("auto", 2000, 1)
-    fitted, notes = fit_to_data(cfg, 10)
-    assert (fitted.cluster.k_video, fitted.cluster.k_audio, fitted.cluster.k_joint) == (2, 2, 2)
-    assert fitted.optim.epoch_size == 10  # a pass over 10 videos, not 2000 clips
-    assert len(notes) == 2 and "clamp(round(videos / 39), 2, the paper's 64/128/128)" in notes[0]
-    assert fit_to_data(fitted, 10) == (fitted, [])  # numbers stay numbers: a relaunch records the same config
-    # Plenty of videos: one cluster per 39 up to the paper's k, and the configured epoch size.
-    many, _ = fit_to_data(cfg, 3000)
-    assert (many.cluster.k_video, many.cluster.k_audio, many.optim.epoch_size) == (64, 77, 2000)
-    kinetics, _ = fit_to_data(cfg, 240_000)
-    assert (kinetics.cluster.k_video, kinetics.cluster.k_audio, kinetics.cluster.k_joint) == (64, 128, 128)
-
-
-def test_paper_presets_keep_their_numbers():
-    cfg = load_config("dc_kinetics")
-    assert fit_to_data(cfg, 8) == (cfg, [])
-    assert (cfg.cluster.k_video, cfg.cluster.k_audio, cfg.optim.epoch_passes) == (64, 128, 0)
-
-
-@pytest.mark.parametrize(("override", "words"), [("cluster.k_video=lots", "cluster.k_video='lots'"),
-                                                  ("cluster.k_audio=1", "cluster.k_audio=1"),
-                                                  ("optim.epoch_passes=-1", "optim.epoch_passes=-1")])
-def test_fitted_settings_are_validated(override, words):
-    with pytest.raises(ConfigError, match=words):
-        load_config("cpu", [override])
-
-
-def test_finetune_refuses_epoch_passes():
-    with pytest.raises(ConfigError, match=r"optim.epoch_passes=2 is out of range: expected 0 \(pretraining only\)"):
-        load_config("cpu", ["optim.epoch_passes=2"], schema=FinetuneConfig)
 
 
 def test_plan_states_global_batch_steps_and_lr():
@@ -87,3 +56,27 @@ def test_closing_summary_tells_overfit_from_chance(tmp_path, capsys):
     # A head that went below chance in some iteration learned something: in neither list.
     later = summary_with({"audio_to_video": (0.9, 1.28)})["iterations"][0] | {"iteration": 1}
     assert heads_not_learning({"iterations": [*summary["iterations"], later]})["overfit"] == []
+
+
+def test_tensorboard_scalars(av_manifest, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    assert xdc_main(["pretrain", "--config", TINY, "--data", str(av_manifest), "--out", str(out),
+                     "optim.epoch_size=16", "optim.total_epochs=2", "iterations=2",
+                     "cluster.first_features=handcrafted"]) == 0
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/loss", "cluster/video/empty_clusters",
+            "cluster/audio/nmi", "cluster/video/nmi_prev"} <= tags
+    epochs = json.loads((out / "summary.json").read_text())["iterations"][0]["epochs"]
+    assert len(events.Scalars("train/loss")) >= epochs * 2  # 2 steps per epoch of 16 clips, batches of 8
+    # One step axis: iteration 1 clusters at the global step where iteration 0's training ended.
+    assert [e.step for e in events.Scalars("cluster/video/nmi_prev")] == [epochs * 2]
+    assert "config/text_summary" in events.Tags()["tensors"]  # the config as text
+    assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+    # log.txt: the plan with its estimate, the epoch lines, no progress-bar redraws.
+    log = (out / "log.txt").read_text()
+    assert "plan: xdc pretraining" in log and "estimate: about" in log and "epoch 1/2" in log
+    assert "\r" not in log and "\x1b[" not in log
