@@ -1,4 +1,5 @@
-"""Log-mel spectrogram: mel scale, filterbank, known tones, frame count, normalisation."""
+"""xdc.data.audio: the log-mel spectrogram: mel scale, filterbank, known tones, frame count,
+normalisation."""
 
 from __future__ import annotations
 

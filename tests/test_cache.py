@@ -1,4 +1,4 @@
-"""The decoded-clip cache (xdc.data.cache): what it serves equals what decoding gives, and the
+"""xdc.data.cache, the decoded-clip cache: what it serves equals what decoding gives, and the
 dataset asks it before decoding (the decoder knows nothing of it)."""
 
 from __future__ import annotations

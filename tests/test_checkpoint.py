@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, weights_only loading, exact RNG restore."""
+"""xdc.checkpoint: atomic writes (through xdc.files), weights_only loading, exact RNG restore,
+one clear error for a missing, truncated or hostile file."""
 
 from __future__ import annotations
 

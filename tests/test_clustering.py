@@ -1,8 +1,8 @@
-"""Clustering: faiss k-means and DeepCluster's tricks, metrics, features, 2-process gloo run."""
+"""xdc.clustering (kmeans, features, handcrafted, metrics, sinkhorn): faiss k-means and
+DeepCluster's tricks, metrics, features, handcrafted descriptors, a 2-process gloo run.
+(pseudo_labels is exercised by every pretraining run: test_pretrain.py, test_resume.py.)"""
 
 from __future__ import annotations
-
-import socket
 
 import numpy as np
 import pytest
@@ -382,12 +382,6 @@ def test_handcrafted_features(tmp_path):
 
 # ------------------------------------------------------------------------------------ distributed
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SKIPPED_ITEM = 7  # skipped at extraction: no rank holds it
 
 
@@ -455,6 +449,8 @@ def _rank_main(rank, world, port, out_dir, features):
 
 @pytest.mark.slow  # two spawned ranks import torch + faiss: ~10-20 s on 2 busy cores
 def test_cluster_features_two_ranks_match_one_process(tmp_path):
+    from conftest import free_port  # here: the spawned ranks import this module, not conftest
+
     x, truth = blobs(n=600, k=6, d=16, seed=4)
     features = x.astype(np.float16)
     mp.spawn(_rank_main, args=(2, free_port(), tmp_path, features), nprocs=2, join=True)

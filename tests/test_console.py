@@ -1,18 +1,16 @@
-"""log.txt is the console: every line a command printed (rank 0), from its first, warnings as one
-line each, once."""
+"""xdc.console: log.txt is the console: every line a command printed (rank 0), from its first,
+warnings as one line each, once."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import warnings
-from pathlib import Path
+
+from conftest import subprocess_env
 
 from xdc.console import console_log, run_log
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_early_lines_reach_the_log_and_warnings_are_one_line_once(tmp_path, capsys):
@@ -66,7 +64,7 @@ def test_log_txt_holds_every_line_the_console_showed(av_manifest, tmp_path):
     by SIGTERM: the lines printed before the run folder existed, the plan, the warning raised in
     every iteration, the epochs and the line that says how to continue are all in log.txt."""
     run = tmp_path / "run"
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), CUDA_VISIBLE_DEVICES="")
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
     argv = [sys.executable, "-m", "xdc.cli", "pretrain", "--data", str(av_manifest), "--out", str(run),
             "model.width=8", "data.frames=4", "data.eval_clips=1", "data.num_workers=0", "iterations=5",
             "optim.total_epochs=1"]

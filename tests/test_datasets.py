@@ -1,4 +1,5 @@
-"""AudioVideoClips items, bad input, collate/skip reporting, EpochSampler, manifests."""
+"""xdc.data.datasets: AudioVideoClips items, bad input, collate/skip reporting, EpochSampler,
+manifests; xdc.data.transforms' per-clip video norm."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Decoding windows from real files: shapes, rotation, streams, timing, short videos, errors."""
+"""xdc.data.decode: windows decoded from real files: shapes, rotation, streams, timing, short videos,
+errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`xdc demo` end to end at a tiny size, its settings and its probe split."""
+"""xdc.demo: `xdc demo` end to end at a tiny size (the experiment runner, xdc.experiments.runner,
+in-process), its settings and its probe split."""
 
 from __future__ import annotations
 

@@ -9,14 +9,13 @@ import importlib
 import inspect
 import pkgutil
 import re
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import xdc
 from xdc.config import DemoConfig, FinetuneConfig, PretrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
 DESIGN = (REPO / "docs" / "DESIGN.md").read_text(encoding="utf-8")
 PACKAGE = REPO / "src" / "xdc"
 # Dotted names that are not ours: other libraries, and files named by their suffix.

@@ -1,11 +1,11 @@
-"""Two CPU processes under torchrun (gloo) through a full iteration: same pseudo-labels on both;
-loops with collectives inside end on every rank (spawned gloo ranks, under a timeout)."""
+"""xdc.distributed and pretraining under torch.distributed: two CPU processes under torchrun (gloo)
+through a full iteration hold the same pseudo-labels; loops with collectives inside
+(xdc.clustering.recompute_batchnorms) end on every rank (spawned gloo ranks, under a timeout)."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,16 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as torch_dist
-
-from xdc.config import resolve_config
-
-TINY = resolve_config("tiny_cpu", "pretrain")  # the packaged file
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import TINY, free_port
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
-"""xdc.experiments: the numbers over seeds (means, XDC's paired differences with a t-interval,
-chance) and the one table they make (xdc.reports.experiment). The runner itself runs in
+"""xdc.experiments.summary: the numbers over seeds (means, XDC's paired differences with a
+t-interval, chance) and the one table they make (xdc.reports.experiment). The runner itself runs in
 tests/test_demo.py (in-process) and tests/test_benchmarks.py (the project's commands)."""
 
 from __future__ import annotations

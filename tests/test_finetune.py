@@ -1,6 +1,7 @@
-"""`xdc finetune` on small labelled manifests of real files made here: three classes that differ
-visibly (background colour) and audibly (tone), labels from their folders (conftest's
-`labelled_manifests`)."""
+"""xdc.evaluation.finetune (`xdc finetune`) and the protocols it drives (classifier: full / fc /
+linear; sweep; feature_cache; knn and retrieval modes; weights.load_encoder) on small labelled
+manifests of real files made here: three classes that differ visibly (background colour) and
+audibly (tone), labels from their folders (conftest's `labelled_manifests`)."""
 
 from __future__ import annotations
 

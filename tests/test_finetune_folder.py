@@ -1,12 +1,12 @@
-"""The finetune output folder (issue 22): a rerun reuses work only when it is made from the same
-content, every file is written whole, what killed writes left is cleared (and nothing else), a
-full disk is one line; the folder keeps its own log.txt and config.yaml (issue 21). Real videos
-(conftest's `labelled_manifests`), real encoders, a real tmpfs for the full disk."""
+"""xdc.evaluation.finetune_folder, the finetune output folder (issue 22): a rerun reuses work only
+when it is made from the same content, every file is written whole, what killed writes left is
+cleared (and nothing else), a full disk is one line; the folder keeps its own log.txt and
+config.yaml (issue 21). Real videos (conftest's `labelled_manifests`), real encoders, a real tmpfs
+for the full disk."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,11 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import subprocess_env
 
 from xdc.cli import main
 from xdc.models import video_encoder
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def save_weights(path: Path, seed: int) -> Path:
@@ -166,7 +165,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(labelled_man
               f"{command} > /dev/null 2> {tmp_path}/full.txt; echo $? > {tmp_path}/full_rc; rm {disk}/filler && "
               f"{command} > /dev/null 2> {tmp_path}/room.txt; echo $? > {tmp_path}/room_rc; "
               f"cp {disk}/out/results.json {tmp_path}/results.json")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    env = subprocess_env()
     subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, timeout=600, check=True)
     full = (tmp_path / "full.txt").read_text()
     assert (tmp_path / "full_rc").read_text().strip() == "2" and "Traceback" not in full

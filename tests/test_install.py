@@ -1,6 +1,7 @@
-"""The package as users install it: a wheel (not an editable install) in a fresh venv, used from a
-folder outside the checkout. Catches what an editable install hides, e.g. files the wheel does not
-ship (the configs once were found next to the source tree, and `xdc demo` failed after install)."""
+"""The package as users install it (pyproject.toml; no one module): a wheel (not an editable
+install) in a fresh venv, used from a folder outside the checkout. Catches what an editable install
+hides, e.g. files the wheel does not ship (the configs once were found next to the source tree, and
+`xdc demo` failed after install)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 import xdc
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 

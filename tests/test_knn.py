@@ -1,5 +1,5 @@
-"""Weighted kNN votes and retrieval recall on features made here (the modes end to end:
-tests/test_finetune.py)."""
+"""xdc.evaluation.knn: weighted kNN votes and retrieval recall on features made here (the modes end
+to end: tests/test_finetune.py)."""
 
 from __future__ import annotations
 

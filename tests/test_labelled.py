@@ -1,4 +1,5 @@
-"""The labelled subsets' warnings: what makes a score untrustworthy (issue 21 item 2)."""
+"""xdc.evaluation.labelled: the labelled subsets' warnings: what makes a score untrustworthy
+(issue 21 item 2)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The code's layout holds: imports point down the layers of docs/DESIGN.md ("How the code is laid
-out"), and every module has a layer."""
+"""The package's layers (every module of src/xdc): imports point down the layers of docs/DESIGN.md
+("How the code is laid out"), and every module has a layer."""
 
 from __future__ import annotations
 

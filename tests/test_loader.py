@@ -1,5 +1,5 @@
-"""The loader side of scale: num_workers auto, the sampler over given items, validation only
-where it decides something."""
+"""xdc.data.datasets, the loader side of scale: num_workers auto, the sampler over given items;
+xdc.pretrain's validation pass only where it decides something."""
 
 from __future__ import annotations
 

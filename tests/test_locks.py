@@ -14,17 +14,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from xdc.locks import LockError, folder_lock, lock_path
 
-REPO = Path(__file__).resolve().parents[1]
 HOLD = "import sys, time\nfrom xdc.locks import folder_lock\nwith folder_lock(sys.argv[1], 'run folder'):\n" \
        "    print('held', flush=True)\n    time.sleep(120)\n"
 KILLED = "import os, sys\nfrom xdc.locks import folder_lock\nwith folder_lock(sys.argv[1]):\n    os._exit(0)\n"
 
 
 def python(code: str, folder: Path, mode: str, **kwargs):
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "XDC_LOCK": mode}
+    env = {**subprocess_env(), "XDC_LOCK": mode}
     return subprocess.Popen([sys.executable, "-c", code, str(folder)], env=env, text=True,
                             stdout=subprocess.PIPE, **kwargs)
 

@@ -1,4 +1,5 @@
-"""Manifest CSV: typed round trip, relative paths, missing files, atomic writes, usable rows."""
+"""xdc.data.manifest and its CSV reader xdc.data.manifest_csv: typed round trip, relative paths,
+missing files, atomic writes, usable rows."""
 
 from __future__ import annotations
 

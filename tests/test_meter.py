@@ -1,4 +1,4 @@
-"""training/meter.py: running sums on the device, reduced on demand; non-finite values found; timing."""
+"""xdc.training.meter: running sums on the device, reduced on demand; non-finite values found; timing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Which labels each method's heads predict, checked on real label arrays and real losses."""
+"""xdc.methods: which labels each method's heads predict and how their losses add up, checked on real
+label arrays and real losses (through xdc.training.loop.PretrainModel)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Encoders: torchvision's networks (keys, shapes), the scaled-width path, heads."""
+"""xdc.models (video, audio, heads): torchvision's networks (keys, shapes), the scaled-width path,
+heads, the Sobel and residual inputs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Two torchrun agents on one machine: a 2-node job over localhost (c10d rendezvous, gloo).
+"""xdc.distributed across nodes: two torchrun agents on one machine, a 2-node job over localhost
+(c10d rendezvous, gloo).
 
 (a) it holds the same pseudo-labels and weights as 2 ranks under one agent; (b) with
 `--max-restarts 1`, a worker SIGKILLed mid-epoch: the job relaunches itself, continues from the

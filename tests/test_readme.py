@@ -1,10 +1,10 @@
-"""README.md's "Your own videos" commands, run as written (no overrides, the presets chosen for a
-CPU) on ten real clips laid out as the README says, from a folder that stands for the clone."""
+"""README.md's "Your own videos" commands (the CLI as a user meets it; no one module), run as written
+(no overrides, the presets chosen for a CPU) on ten real clips laid out as the README says, from a
+folder that stands for the clone."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
 # Ten of ../shared/data/videos (SOURCES.md) in two classes anyone can see: indoors and outdoors.
 # The eight with audible audio are the ones pretraining uses; the other two are probed only.
 MY_VIDEOS = {
@@ -74,7 +74,7 @@ def clone_with_my_videos(root: Path, shared_videos: Path) -> None:
 def test_readme_own_videos_path(tmp_path, shared_videos):
     clone_with_my_videos(tmp_path, shared_videos)
     # A CPU machine, as the README's cost says; the package is this checkout.
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), CUDA_VISIBLE_DEVICES="")
+    env = {**subprocess_env(), "CUDA_VISIBLE_DEVICES": ""}
     printed, seconds = {}, {}
     for command in readme_commands():
         argv = shlex.split(command)

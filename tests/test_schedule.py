@@ -1,4 +1,5 @@
-"""The lr schedule of the paper's Table 1 and early stopping after 3 consecutive validation-loss rises."""
+"""xdc.training.schedule: the lr schedule of the paper's Table 1 and early stopping after 3
+consecutive validation-loss rises."""
 
 from __future__ import annotations
 

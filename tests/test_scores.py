@@ -1,4 +1,4 @@
-"""Accuracies of class scores, and the baselines beside them (issue 21 item 2)."""
+"""xdc.evaluation.scores: accuracies of class scores, and the baselines beside them (issue 21 item 2)."""
 
 from __future__ import annotations
 

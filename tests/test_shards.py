@@ -1,5 +1,5 @@
-"""`xdc prepare --shards`: tar shards in WebDataset's layout, samples read by offset, resuming,
-and pretraining from a sharded manifest."""
+"""xdc.data.shards (`xdc prepare --shards`): tar shards in WebDataset's layout, samples read by
+offset, resuming, and pretraining from a sharded manifest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Standard split readers on small split files written here in the datasets' real formats."""
+"""xdc.evaluation.splits: standard split readers on small split files written here in the datasets'
+real formats."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one "same settings?" guard (xdc.stamps)."""
+"""xdc.stamps: the one "same settings?" guard."""
 
 import pytest
 

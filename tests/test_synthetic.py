@@ -1,5 +1,5 @@
-"""The built-in synthetic data: real, deterministic files; labels kept apart; class and nuisance
-information where the design says it is."""
+"""xdc.data.synthetic, the built-in synthetic data: real, deterministic files; labels kept apart;
+class and nuisance information where the design says it is."""
 
 from __future__ import annotations
 

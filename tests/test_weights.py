@@ -1,4 +1,5 @@
-"""Strict weight loading, export and the hub entry points, on state dicts torchvision itself makes."""
+"""xdc.models.weights (strict loading, the hub entry points) and xdc.evaluation.weights (export), on
+state dicts torchvision itself makes."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import subprocess_env
 from torch import nn
 
 from xdc.checkpoint import save_checkpoint
@@ -246,11 +248,9 @@ def test_the_hub_never_advises_unsafe_loading(tmp_path):
 
 def test_export_on_a_full_disk_names_the_path(tmp_path):
     """save_checkpoint's full disk (export, finetune, clusters alike) is DiskFullError naming the file."""
-    import os
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) to mount a private tmpfs")
@@ -259,7 +259,7 @@ def test_export_on_a_full_disk_names_the_path(tmp_path):
     mount.mkdir()
     script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && {sys.executable} -m xdc.cli export --checkpoint {ckpt} "
               f"-o {mount}/v.pth; echo rc=$?; ls -a {mount}")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = subprocess_env()
     done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
     if "rc=" not in done.stdout:
         pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
