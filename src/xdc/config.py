@@ -180,18 +180,13 @@ class FinetuneConfig:
 
     mode: str = "full"  # full | fc | linear | knn | retrieval (xdc.evaluation.finetune)
     lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01])
-    fc_lrs: list[float] = field(
-        default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.04]
-    )
+    fc_lrs: list[float] = field(default_factory=lambda: [0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.02, 0.04])
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(
-            epoch_size=106_000, batch_size=32, lr=0.01, warmup_epochs=2, step_epochs=2,
-            total_epochs=8, weight_decay=0.005, early_stop=False,
-        )
-    )
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epoch_size=106_000, batch_size=32, lr=0.01, warmup_epochs=2, step_epochs=2, total_epochs=8,
+        weight_decay=0.005, early_stop=False))
     device: str = "auto"
     amp: bool = True
     knn_k: int = 20  # mode knn: neighbours that vote (DINO's eval_knn)
@@ -242,6 +237,11 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
         raise ConfigError(f"config value {key}={value!r} is out of range: expected {expected}")
 
 
+def _one_of(value: Any, key: str, choices) -> None:
+    """`value` among `choices`: the list of the module that implements the setting."""
+    _check(value in choices, key, value, " | ".join(choices))
+
+
 def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     for key in ("frames", "short_side", "crop", "sample_rate", "n_mels", "eval_clips"):
         _check(getattr(cfg, key) >= 1, f"{prefix}.{key}", getattr(cfg, key), ">= 1")
@@ -261,20 +261,20 @@ def validate_data(cfg: DataConfig, prefix: str = "data") -> None:
     _check(cfg.audio_seconds is None or cfg.audio_seconds > 0, f"{prefix}.audio_seconds",
            cfg.audio_seconds, "> 0 or null")
     _check(cfg.hop_ms <= cfg.win_ms, f"{prefix}.hop_ms", cfg.hop_ms, f"<= win_ms ({cfg.win_ms})")
-    _check(cfg.short_video in SHORT_VIDEO, f"{prefix}.short_video", cfg.short_video, " | ".join(SHORT_VIDEO))
-    _check(cfg.video_norm in VIDEO_NORMS, f"{prefix}.video_norm", cfg.video_norm, " | ".join(VIDEO_NORMS))
-    _check(cfg.audio_norm in NORMALIZATIONS, f"{prefix}.audio_norm", cfg.audio_norm, " | ".join(NORMALIZATIONS))
+    _one_of(cfg.short_video, f"{prefix}.short_video", SHORT_VIDEO)
+    _one_of(cfg.video_norm, f"{prefix}.video_norm", VIDEO_NORMS)
+    _one_of(cfg.audio_norm, f"{prefix}.audio_norm", NORMALIZATIONS)
     for key in ("video_stream", "audio_stream", "max_retries"):
         _check(getattr(cfg, key) >= 0, f"{prefix}.{key}", getattr(cfg, key), ">= 0")
     _check(cfg.num_workers == "auto" or (isinstance(cfg.num_workers, int) and cfg.num_workers >= 0),
            f"{prefix}.num_workers", cfg.num_workers, "auto or >= 0")
-    _check(cfg.check_files in CHECK_FILES, f"{prefix}.check_files", cfg.check_files, " | ".join(CHECK_FILES))
+    _one_of(cfg.check_files, f"{prefix}.check_files", CHECK_FILES)
 
 
 def validate_model(cfg: ModelConfig, prefix: str = "model") -> None:
-    _check(cfg.video_arch in VIDEO_ARCHS, f"{prefix}.video_arch", cfg.video_arch, " | ".join(VIDEO_ARCHS))
+    _one_of(cfg.video_arch, f"{prefix}.video_arch", VIDEO_ARCHS)
     _check(cfg.width >= 1, f"{prefix}.width", cfg.width, ">= 1")
-    _check(cfg.video_input in VIDEO_INPUTS, f"{prefix}.video_input", cfg.video_input, " | ".join(VIDEO_INPUTS))
+    _one_of(cfg.video_input, f"{prefix}.video_input", VIDEO_INPUTS)
 
 
 def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
@@ -291,9 +291,8 @@ def validate_optim(cfg: OptimConfig, prefix: str = "optim") -> None:
            f"in [0, total_epochs={cfg.total_epochs}]")
     _check(cfg.step_epochs >= 1, f"{prefix}.step_epochs", cfg.step_epochs, ">= 1")
     _check(0 < cfg.val_fraction < 1, f"{prefix}.val_fraction", cfg.val_fraction, "in (0, 1)")
-    _check(cfg.head_reduction in HEAD_REDUCTIONS, f"{prefix}.head_reduction", cfg.head_reduction,
-           " | ".join(HEAD_REDUCTIONS))
-    _check(cfg.lr_scaling in LR_SCALINGS, f"{prefix}.lr_scaling", cfg.lr_scaling, " | ".join(LR_SCALINGS))
+    _one_of(cfg.head_reduction, f"{prefix}.head_reduction", HEAD_REDUCTIONS)
+    _one_of(cfg.lr_scaling, f"{prefix}.lr_scaling", LR_SCALINGS)
     _check(cfg.reference_batch >= 1, f"{prefix}.reference_batch", cfg.reference_batch, ">= 1")
 
 
@@ -304,9 +303,9 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
     validate_data(cfg.data, f"{prefix}data")
     validate_model(cfg.model, f"{prefix}model")
     validate_optim(cfg.optim, f"{prefix}optim")
-    _check(cfg.device in DEVICES, f"{prefix}device", cfg.device, " | ".join(DEVICES))
+    _one_of(cfg.device, f"{prefix}device", DEVICES)
     if isinstance(cfg, PretrainConfig):
-        _check(cfg.method in METHODS, f"{prefix}method", cfg.method, " | ".join(METHODS))
+        _one_of(cfg.method, f"{prefix}method", METHODS)
         _check(cfg.iterations >= 1, f"{prefix}iterations", cfg.iterations, ">= 1")
         _check(cfg.dist.timeout_minutes > 0, f"{prefix}dist.timeout_minutes", cfg.dist.timeout_minutes, "> 0")
         c = cfg.cluster
@@ -315,14 +314,12 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
             _check(k == AUTO or (isinstance(k, int) and k >= 2), f"{prefix}cluster.{key}", k, f">= 2 or {AUTO}")
         for key in ("niter", "max_points_per_centroid", "clips_per_video"):
             _check(getattr(c, key) >= 1, f"{prefix}cluster.{key}", getattr(c, key), ">= 1")
-        _check(c.first_features in FIRST_FEATURES, f"{prefix}cluster.first_features",
-               c.first_features, " | ".join(FIRST_FEATURES))
-        _check(c.video_descriptor in VIDEO_DESCRIPTORS, f"{prefix}cluster.video_descriptor",
-               c.video_descriptor, " | ".join(VIDEO_DESCRIPTORS))
+        _one_of(c.first_features, f"{prefix}cluster.first_features", FIRST_FEATURES)
+        _one_of(c.video_descriptor, f"{prefix}cluster.video_descriptor", VIDEO_DESCRIPTORS)
         hog_start = c.first_features == "handcrafted" and c.video_descriptor == "hog"
         _check(not hog_start or cfg.data.crop >= HOG_MIN_SIZE, f"{prefix}data.crop", cfg.data.crop,
                f">= {HOG_MIN_SIZE} with cluster.video_descriptor=hog")
-        _check(c.assign in ASSIGNMENTS, f"{prefix}cluster.assign", c.assign, " | ".join(ASSIGNMENTS))
+        _one_of(c.assign, f"{prefix}cluster.assign", ASSIGNMENTS)
         _check(c.pca_dim >= 0, f"{prefix}cluster.pca_dim", c.pca_dim, ">= 0 (0 = no PCA)")
         if c.pca_dim and METHODS[cfg.method].clusterings:
             size = smallest_feature_size(cfg)
@@ -332,13 +329,12 @@ def validate(cfg: PretrainConfig | FinetuneConfig | DemoConfig, prefix: str = ""
     else:
         o = cfg.optim
         _check(o.epoch_passes == 0, f"{prefix}optim.epoch_passes", o.epoch_passes, "0 (pretraining only)")
-        _check(cfg.mode in FINETUNE_MODES, f"{prefix}mode", cfg.mode, " | ".join(FINETUNE_MODES))
+        _one_of(cfg.mode, f"{prefix}mode", FINETUNE_MODES)
         _check(cfg.knn_k >= 1, f"{prefix}knn_k", cfg.knn_k, ">= 1")
         _check(cfg.knn_temperature > 0, f"{prefix}knn_temperature", cfg.knn_temperature, "> 0")
-        _check(len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs), f"{prefix}lrs", cfg.lrs,
-               "positive values")
-        _check(len(cfg.fc_lrs) > 0 and all(lr > 0 for lr in cfg.fc_lrs), f"{prefix}fc_lrs", cfg.fc_lrs,
-               "positive values")
+        for key in ("lrs", "fc_lrs"):
+            lrs = getattr(cfg, key)
+            _check(len(lrs) > 0 and all(lr > 0 for lr in lrs), f"{prefix}{key}", lrs, "positive values")
 
 
 def smallest_feature_size(cfg: PretrainConfig) -> int:
