@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,23 @@ def free_port() -> int:
 def subprocess_env() -> dict:
     """The environment for a child `python -m xdc...`: this checkout's code."""
     return {**os.environ, "PYTHONPATH": str(REPO / "src")}
+
+
+MOUNT_REFUSED = 97  # on_a_small_disk's exit status when the tmpfs cannot be mounted
+
+
+def on_a_small_disk(disk: Path, size: str, script: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Shell `script` run with a private tmpfs of `size` mounted at `disk`: a real full disk for the
+    full-disk tests (unshare(1) gives a mount namespace without root); skipped where not allowed."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) to mount a private tmpfs")
+    disk.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["unshare", "-rm", "sh", "-c",
+                           f"mount -t tmpfs -o size={size} tmpfs {disk} || exit {MOUNT_REFUSED}\n{script}"],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=timeout)
+    if done.returncode == MOUNT_REFUSED:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    return done
 
 
 def cli(capsys, *argv) -> tuple[int, str]:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from conftest import subprocess_env
+from conftest import on_a_small_disk
 
 from xdc.cli import main
 from xdc.models import video_encoder
@@ -150,23 +149,16 @@ def test_a_full_disk_is_one_line_and_the_same_command_then_finishes(labelled_man
     """A 512 KiB tmpfs with 40 KiB free: the run stops with one line naming the folder; after
     making room the same command reuses what was finished and gives the scores of a run that
     had room."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
     disk = tmp_path / "disk"
-    disk.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=512k tmpfs {disk}"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()}")
     weights = save_weights(tmp_path / "enc.pth", seed=1)
     command = " ".join([sys.executable, "-m", "xdc.cli",
                         *finetune_args(labelled_manifests, weights, disk / "out", "linear", "fc_lrs=[0.01,0.1]")])
-    script = (f"mount -t tmpfs -o size=512k tmpfs {disk} && head -c {472 * 1024} /dev/zero > {disk}/filler && "
+    script = (f"head -c {472 * 1024} /dev/zero > {disk}/filler && "
               f"{command} > /dev/null 2> {tmp_path}/full.txt; echo $? > {tmp_path}/full_rc; rm {disk}/filler && "
               f"{command} > /dev/null 2> {tmp_path}/room.txt; echo $? > {tmp_path}/room_rc; "
               f"cp {disk}/out/results.json {tmp_path}/results.json")
-    env = subprocess_env()
-    subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, timeout=600, check=True)
+    done = on_a_small_disk(disk, "512k", script)
+    assert done.returncode == 0, done.stderr
     full = (tmp_path / "full.txt").read_text()
     assert (tmp_path / "full_rc").read_text().strip() == "2" and "Traceback" not in full
     last = full.strip().splitlines()[-1]  # names the file being written, in the run's folder

@@ -4,7 +4,6 @@ rotation, keyframes, audio), resuming, one prepare per folder, a full disk, neve
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import subprocess_env
+from conftest import on_a_small_disk, subprocess_env
 
 from xdc.cli import main as xdc_main
 from xdc.data.encode import write_video
@@ -207,23 +206,15 @@ def test_full_disk_stops_keeps_what_was_done_and_a_rerun_finishes(tmp_path, shar
     """Issue 22.3 on a real full disk (a 1 MiB tmpfs, 64 KiB left): the first prepare stops with one
     line naming the path, marks no video `skip` (writes no manifest), keeps its finished copies or
     shards; after freeing space the same command finishes with what a roomy disk gives."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
     mount = tmp_path / "disk"
-    mount.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {mount}"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()}")
     manifest = _small_manifest(tmp_path / "clips")
     flags = "--workers 1" + (" --shards --shard-size 1" if shards else "")  # one sample per shard
     command = f"{sys.executable} -m xdc.cli prepare {manifest} --out {mount}/p {flags}"
-    script = (f"mount -t tmpfs -o size=1m tmpfs {mount} && dd if=/dev/zero of={mount}/filler bs=4k 2>/dev/null; "
+    script = (f"dd if=/dev/zero of={mount}/filler bs=4k 2>/dev/null; "
               f"truncate -s -64k {mount}/filler; {command}; echo first=$?; test -e {mount}/p/manifest.csv "
               f"&& echo wrote-a-manifest; rm {mount}/filler; {command}; echo second=$?; "
               f"cp {mount}/p/manifest.csv {tmp_path}/full.csv")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=600)
+    done = on_a_small_disk(mount, "1m", script)
     assert "first=2" in done.stdout and "second=0" in done.stdout, done.stdout + done.stderr
     assert "wrote-a-manifest" not in done.stdout and "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import subprocess_env
+from conftest import on_a_small_disk
 
 from xdc.config import PretrainConfig, save_config
 from xdc.data.manifest import read_manifest, write_manifest
@@ -231,20 +231,12 @@ def test_member_links_are_relative_so_a_moved_folder_works(run_dir, tmp_path):
 
 
 def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
-    import shutil
-    import subprocess
     import sys
 
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
     mount = tmp_path / "disk"
-    mount.mkdir()
-    script = (f"mount -t tmpfs -o size=16k tmpfs {mount} && {sys.executable} -m xdc.cli clusters {run_dir} "
-              f"--labels {tmp_path / 'labels.csv'} -o {mount}/report; echo rc=$?")
-    env = subprocess_env()
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    if "rc=" not in done.stdout:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    script = (f"{sys.executable} -m xdc.cli clusters {run_dir} --labels {tmp_path / 'labels.csv'} "
+              f"-o {mount}/report; echo rc=$?")
+    done = on_a_small_disk(mount, "16k", script, timeout=300)
     assert "rc=2" in done.stdout and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1] == (f"xdc clusters: the disk holding {mount}/report is full (No "
                                                     f"space left on device): free some space and run the same "

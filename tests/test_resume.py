@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL, TINY, assert_user_error, cli, free_port, subprocess_env
+from conftest import (
+    SMALL,
+    TINY,
+    assert_user_error,
+    cli,
+    free_port,
+    on_a_small_disk,
+    subprocess_env,
+)
 
 from xdc.checkpoint import load_checkpoint
 from xdc.training.run_folder import RunFolder, RunFolderError
@@ -253,20 +261,12 @@ def test_torchrun_into_a_held_folder_stops_every_rank(tmp_path, av_manifest):
 def test_full_disk_says_so_and_keeps_the_last_checkpoint(tmp_path, av_manifest):
     """A 9 MiB tmpfs as the run folder's disk: the run stops with one line saying the disk is full
     and that the last checkpoint is intact, which then loads."""
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
     mount = tmp_path / "disk"
-    mount.mkdir()
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=9m tmpfs {mount}"],
-                           capture_output=True, text=True)
-    if probe.returncode:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {probe.stderr.strip()}")
     # The run and a copy-out of last.pt happen inside the private mount namespace.
-    script = (f"mount -t tmpfs -o size=9m tmpfs {mount} && {sys.executable} -m xdc.pretrain --config {TINY} "
+    script = (f"{sys.executable} -m xdc.pretrain --config {TINY} "
               f"--data {av_manifest} --out {mount}/run {' '.join(SMALL)} model.width=8; rc=$?; "
               f"cp {mount}/run/checkpoints/last.pt {tmp_path}/last.pt; ls -a {mount}/run/checkpoints; exit $rc")
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=400)
+    done = on_a_small_disk(mount, "9m", script, timeout=400)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     line = done.stderr.strip().splitlines()[-1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import subprocess_env
+from conftest import on_a_small_disk
 from torch import nn
 
 from xdc.checkpoint import save_checkpoint
@@ -248,21 +248,12 @@ def test_the_hub_never_advises_unsafe_loading(tmp_path):
 
 def test_export_on_a_full_disk_names_the_path(tmp_path):
     """save_checkpoint's full disk (export, finetune, clusters alike) is DiskFullError naming the file."""
-    import shutil
-    import subprocess
     import sys
 
-    if shutil.which("unshare") is None:
-        pytest.skip("needs unshare(1) to mount a private tmpfs")
     ckpt = _checkpoint_with_config(tmp_path)
     mount = tmp_path / "disk"
-    mount.mkdir()
-    script = (f"mount -t tmpfs -o size=64k tmpfs {mount} && {sys.executable} -m xdc.cli export --checkpoint {ckpt} "
-              f"-o {mount}/v.pth; echo rc=$?; ls -a {mount}")
-    env = subprocess_env()
-    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300, env=env)
-    if "rc=" not in done.stdout:
-        pytest.skip(f"mounting a tmpfs is not permitted here: {done.stderr.strip()}")
+    script = f"{sys.executable} -m xdc.cli export --checkpoint {ckpt} -o {mount}/v.pth; echo rc=$?; ls -a {mount}"
+    done = on_a_small_disk(mount, "64k", script, timeout=300)
     assert "rc=2" in done.stdout and "Traceback" not in done.stderr, done.stderr
     line = done.stderr.strip()
     assert line.startswith(f"xdc export: the disk holding {mount}/v.pth is full (") and \
