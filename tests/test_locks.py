@@ -5,6 +5,8 @@ over, and the message gives the exact `rm` that clears it."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import shlex
@@ -98,3 +100,22 @@ def test_the_lock_is_released_when_the_block_fails(tmp_path, monkeypatch):
         assert not lock_path(tmp_path).exists()
         with folder_lock(tmp_path):  # free again
             pass
+
+
+def test_where_flock_is_unsupported_the_lock_file_is_taken(tmp_path, monkeypatch):
+    """Lustre without `-o flock` answers flock with ENOSYS (here: flock made to fail so, the one
+    stand-in for a filesystem this machine lacks): the O_EXCL lock file is taken, not refused
+    because of the file the flock attempt opened; a second taker is refused naming the holder."""
+    def unsupported(fd, operation):
+        raise OSError(errno.ENOSYS, "Function not implemented")
+
+    monkeypatch.setenv("XDC_LOCK", "flock")
+    monkeypatch.setattr(fcntl, "flock", unsupported)
+    with folder_lock(tmp_path, "run folder"):
+        record = json.loads(lock_path(tmp_path).read_text())
+        assert record["lock"] == "file" and record["pid"] == os.getpid()
+        with pytest.raises(LockError, match=f"run folder {tmp_path} in use by PID {os.getpid()} on "):
+            with folder_lock(tmp_path, "run folder"):
+                pass
+        assert json.loads(lock_path(tmp_path).read_text()) == record  # the refused taker left it
+    assert not lock_path(tmp_path).exists()

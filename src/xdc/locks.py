@@ -75,15 +75,24 @@ def _holder_record(mode: str) -> dict:
 
 
 def _flock(path: Path, what: str) -> int:
-    """An open descriptor of `path`, flock'ed; OSError (ENOSYS...) where flock is unsupported."""
+    """An open descriptor of `path`, flock'ed; OSError (ENOSYS...) where flock is unsupported, the
+    file removed again if this call created it (the O_EXCL lock that follows must find none)."""
     while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            handle, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666), True
+        except FileExistsError:
+            try:
+                handle, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # its holder ended and removed it in between: again
+                continue
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(handle)
             raise LockError(_in_use(path, what, _read_record(path))) from None
         except BaseException:
+            if created:
+                path.unlink(missing_ok=True)
             os.close(handle)
             raise
         try:
