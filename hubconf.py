@@ -34,13 +34,14 @@ def _load(modality, weights, arch, width):
         read_state_dict,
     )
 
-    meta, state = {}, None
+    meta, shape, state = {}, {}, None
     if weights is not None:
         meta, state = read_metadata(weights), read_state_dict(weights, modality)
         check_metadata(meta, state, str(weights))  # a mislabelled file: one sentence, not a list of keys
-    if meta.get("modality", modality) != modality:
-        raise WeightsError(f"{weights} holds {describe_encoder(meta)}: use xdc_{meta['modality']}")
-    shape = encoder_shape(state) if state is not None else {}  # what the weights show, when the file says nothing
+        shape = encoder_shape(state)  # what the weights show, when the file says nothing
+    found = {**shape, **meta}
+    if found.get("modality", modality) != modality:  # the other encoder's file: one sentence too
+        raise WeightsError(f"{weights} holds {describe_encoder(found)}: use xdc_{found['modality']}")
     width = width or meta.get("width") or shape.get("width") or 64
     arch = arch or meta.get("arch") or shape.get("arch") or "r2plus1d_18"
     # what the first conv is fed: the file says so (exported), or a Sobel stem shows it

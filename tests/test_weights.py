@@ -96,6 +96,9 @@ def test_hub_entry_points_load_local_weights(tmp_path, torchvision_r2plus1d):
     assert torch.equal(model.state_dict()["stem.3.weight"], read_state_dict(torchvision_r2plus1d)["stem.3.weight"])
     small = torch.hub.load(str(repo), "xdc_audio", source="local", width=8)
     assert small(torch.randn(2, 1, 40, 50)).shape == (2, 64)
+    # A file that does not say what it holds, given to the other entry point: its weights say it.
+    with pytest.raises(WeightsError, match=r"holds a video encoder \(r2plus1d_18, width 64\): use xdc_video$"):
+        torch.hub.load(str(repo), "xdc_audio", source="local", weights=str(torchvision_r2plus1d))
 
 
 def test_superv_weights_absent_says_where_to_put_them(tmp_path, monkeypatch):

@@ -33,15 +33,20 @@ class WeightsError(XdcError, RuntimeError):
     """A weights file is absent, unreadable, or does not match the model."""
 
 
-def read_state_dict(path: str | Path, modality: str = "video") -> dict[str, torch.Tensor]:
-    """The encoder state dict in `path` (see the module docstring for accepted files)."""
+def _load(path: str | Path) -> object:
+    """What a weights file holds, loaded safely (weights_only); WeightsError when absent or refused."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise WeightsError(f"cannot read weights from {path}: {load_error_reason(err)}") from err
+
+
+def read_state_dict(path: str | Path, modality: str = "video") -> dict[str, torch.Tensor]:
+    """The encoder state dict in `path` (see the module docstring for accepted files)."""
+    blob = _load(path)
     if isinstance(blob, dict) and f"{modality}_encoder" in blob:  # our pretrain checkpoint
         blob = blob[f"{modality}_encoder"]
     for wrapper in ("state_dict", "model"):
@@ -57,10 +62,7 @@ def read_state_dict(path: str | Path, modality: str = "video") -> dict[str, torc
 
 def read_metadata(path: str | Path) -> dict:
     """The `xdc` entry of an exported file (architecture, width, input settings); {} for other files."""
-    try:
-        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"cannot read weights from {path}: {load_error_reason(err)}") from err
+    blob = _load(path)
     entry = blob.get("xdc") if isinstance(blob, dict) else None
     return dict(entry) if isinstance(entry, dict) else {}
 
