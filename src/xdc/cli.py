@@ -66,6 +66,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         if action.default in (None, False) or "default:" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
 USER_ERROR = 2  # the exit code of every user error, as argparse's for a bad command line
 # OS errors that the user fixes (an output path that is a file, no permission, a read-only or full
 # disk) end like a user error; any other OSError is a bug and keeps its traceback.

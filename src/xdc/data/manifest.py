@@ -298,7 +298,6 @@ def read_manifest(path: str | Path, drop_missing: bool = False, check_files: str
     return _check_files(manifest, path, check_files, drop_missing)
 
 
-
 def release_free_memory() -> None:
     """Give the parse's freed scratch memory back to the OS (glibc keeps freed heap pages
     resident otherwise: at millions of rows, several times the manifest's own size)."""
@@ -414,6 +413,7 @@ def usable_rows(rows: Manifest | Iterable[dict[str, Any]], require_audio: bool):
     if isinstance(rows, Manifest):
         return rows.take(kept), dict(dropped)
     return [rows[i] for i in kept], dict(dropped)
+
 
 def describe_dropped(dropped: dict[str, int]) -> str:
     """`3 dropped (2 no audio, 1 silent audio)` or `none dropped`."""

@@ -29,7 +29,6 @@ COLUMNS = ("path", "status", "reason", "duration", "fps", "num_frames", "width",
 SHARD_COLUMNS = ("shard", "offset", "size")  # a sharded manifest's rows point into tar shards
 
 FLOAT_COLUMNS = ("duration", "fps")
-INT_COLUMNS = ("num_frames", "width", "height", "rotation", "audio_rate", "audio_channels", "offset", "size")
 BOOL_COLUMNS = ("has_audio", "audio_silent")
 CODED_COLUMNS = ("status", "reason", "video_codec", "label", "shard")  # few distinct values: int32 codes
 # Narrow where the values allow (bytes per video count at 65M videos); other ints are int32.
@@ -46,7 +45,6 @@ class ManifestError(XdcError, ValueError):
     """A manifest is malformed or points at files that are gone."""
 
 
-
 def encode_ids(paths: np.ndarray, ids: np.ndarray, first_other: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(codes, other ids) for the `id` column (`paths`, `ids`: both numpy strings or both UTF-8
     bytes). An id is usually the end of its row's path (`xdc scan` writes the path relative to
@@ -61,7 +59,6 @@ def encode_ids(paths: np.ndarray, ids: np.ndarray, first_other: int = 0) -> tupl
     others = ids[~suffix].astype(STRINGS)
     codes[~suffix] = -1 - (first_other + np.arange(len(others), dtype=ID_DTYPE))
     return codes, others
-
 
 
 def text_cell(value: Any) -> str:

@@ -15,7 +15,6 @@ if TYPE_CHECKING:  # the config sits above: it checks its values against the lis
     from xdc.config import DataConfig
 
 
-
 def as_tensor(video) -> torch.Tensor:
     """T×H×W×C uint8 numpy array or tensor -> tensor (no copy when possible)."""
     if isinstance(video, np.ndarray):
