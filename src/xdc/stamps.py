@@ -25,7 +25,7 @@ class SettingsMismatch(XdcError):
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}: nested settings as dotted keys (lists and tuples are values)."""
     if not isinstance(tree, dict):
-        return {prefix.rstrip("."): tree} if prefix else {"": tree}
+        return {prefix.rstrip("."): tree}
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
