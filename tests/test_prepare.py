@@ -256,6 +256,12 @@ def test_other_settings_are_refused_and_the_same_ones_resume(tmp_path, capsys):
     assert all(min(r["width"], r["height"]) == 64 for r in read_manifest(out / "manifest.csv"))
     assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "64", "--workers", "1"]) == 0
     assert "0 encoded, 2 reused" in capsys.readouterr().out
+    # Copies without the record (a folder of files, or of an older prepare): settings unknown, refused.
+    (out / "prepare.json").unlink()
+    assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "64", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds files but no prepare.json" in err
+    assert [p.stat().st_mtime_ns for p in copies] == before
 
 
 def test_o_is_the_output_folder_and_a_manifest_name_there_is_refused(tmp_path, capsys):

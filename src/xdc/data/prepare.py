@@ -33,9 +33,9 @@ from xdc.data.shards import SHARD_PATTERN, ShardWriter, parse_size
 from xdc.data.transcode import PrepareOptions, reencode
 from xdc.errors import XdcError
 from xdc.files import DiskFullError, disk_full_names
-from xdc.locks import folder_lock
+from xdc.locks import LOCK_NAME, folder_lock
 from xdc.progress import progress as progress_bar
-from xdc.stamps import check_stamp, write_stamp
+from xdc.stamps import SettingsMismatch, check_stamp, write_stamp
 
 SETTINGS_FILE = "prepare.json"  # in DIR: the settings its copies were made with
 DISK_FULL_REMEDY = "free some space and run the same command again (what is done is kept and reused)"
@@ -56,12 +56,16 @@ def output_path(source: Path, root: Path, out_dir: Path) -> Path:
 @contextmanager
 def prepare_folder(out_dir: Path, options: PrepareOptions) -> Iterator[None]:
     """Hold `out_dir` for one prepare, and check the settings its copies were made with: the same
-    (or none yet) go on, others raise SettingsMismatch (copies of other settings are never reused)."""
+    (or an empty folder) go on, others raise SettingsMismatch (copies of other settings are never
+    reused), and so does a folder of files without the record (their settings are unknown)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(out_dir, "prepare folder"):
         stamp, settings = out_dir / SETTINGS_FILE, asdict(options)
         remedy = f"choose another --out, or delete {out_dir} to re-encode with these settings"
         if not check_stamp(stamp, settings, remedy=remedy):
+            if any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # the stamp is written before any copy
+                raise SettingsMismatch(f"{out_dir} holds files but no {SETTINGS_FILE}, the record of the settings "
+                                       f"`xdc prepare` made its copies with: {remedy}")
             with disk_full_names(stamp, DISK_FULL_REMEDY):
                 write_stamp(stamp, settings)
         yield
