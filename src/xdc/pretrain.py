@@ -94,7 +94,7 @@ from xdc.training.schedule import (
     make_scheduler,
     steps_per_epoch,
 )
-from xdc.training.sizes import K_RULE, auto_k, fit_to_data
+from xdc.training.sizes import K_RULE, auto_k, fit_to_data, held_out_videos
 
 # ----------------------------------------------------------------------------------- the command
 
@@ -180,7 +180,7 @@ def split_train_val(num_videos: int, val_fraction: float, seed: int) -> tuple[np
     if num_videos < 2:
         raise ValueError(f"pretraining needs at least 2 usable videos (one held out), got {num_videos}")
     order = np.random.default_rng(seed).permutation(num_videos)
-    num_val = min(num_videos - 1, max(1, round(val_fraction * num_videos)))
+    num_val = held_out_videos(num_videos, val_fraction)
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
