@@ -22,6 +22,7 @@ from xdc.data.audio import num_audio_frames
 from xdc.data.datasets import AudioVideoClips, resolve_num_workers
 from xdc.methods import MODALITIES, HeadSpec
 from xdc.models import encode
+from xdc.stamps import flatten
 from xdc.training.schedule import effective_lr, global_batch, steps_per_epoch
 from xdc.training.sizes import held_out_videos
 
@@ -165,20 +166,10 @@ def log_config(writer, cfg) -> None:
 
     writer.add_text("config", "\n".join("    " + line for line in config_to_yaml(cfg).splitlines()))
     flat = {}
-    for key, value in _flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
+    for key, value in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
         flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     for summary in hparams(flat, {}):  # written into this run, not a new sub-run as add_hparams does
         writer.file_writer.add_summary(summary)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def log_clusters(writer, record: dict, step: int) -> None:
