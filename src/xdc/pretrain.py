@@ -251,8 +251,8 @@ def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
     if method.clusterings:
         encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
         handcrafted = iteration == 0 and cfg.cluster.first_features == "handcrafted"
-        # Running statistics of freshly initialised BatchNorm layers are meaningless. Every rank
-        # uses the same number of batches (SyncBatchNorm syncs each forward).
+        # Running statistics of freshly initialised BatchNorm layers are meaningless: recomputed on
+        # at most 50 batches, and no more than the smallest shard's full batches.
         fewest = max(1, (len(p.rows) // dist_utils.world_size()) // cfg.optim.batch_size)
         features = iteration_features(
             AudioVideoClips(p.rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video),
@@ -290,14 +290,13 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     cfg, fitted = fit_to_data(cfg, len(rows))  # config.yaml records the numbers the run uses
     run = RunFolder(run_dir)
     with take_run_folder(run, cfg, rows, resume) as resumed, run_log(run.log):  # the log: once the folder is ours
-        return _pretrain(cfg, rows, run_dir, resumed, device, fitted)
+        return _pretrain(cfg, rows, run, resumed, device, fitted)
 
 
-def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed: bool, device: torch.device,
+def _pretrain(cfg: PretrainConfig, rows: Manifest, run: RunFolder, resumed: bool, device: torch.device,
               fitted: list[str]) -> dict:
     # ============ set-up: run folder, data, method, model ============
     release_free_memory()  # what reading and filtering the manifest freed: back to the OS
-    run = RunFolder(run_dir)
     if dist_utils.is_main() and not resumed:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, run.rows, relative=False)  # rows first: config.yaml marks a complete pair
