@@ -16,11 +16,12 @@ from omegaconf import OmegaConf
 
 from xdc import distributed as dist_utils
 from xdc.checkpoint import rng_state, set_rng_state
+from xdc.clustering.kmeans import kmeans_device_note
 from xdc.clustering.pseudo_labels import weights_digest
 from xdc.config import config_to_yaml
 from xdc.data.audio import num_audio_frames
 from xdc.data.datasets import AudioVideoClips, resolve_num_workers
-from xdc.methods import MODALITIES, HeadSpec
+from xdc.methods import METHODS, MODALITIES, HeadSpec
 from xdc.models import encode
 from xdc.stamps import flatten
 from xdc.training.schedule import effective_lr, global_batch, steps_per_epoch
@@ -94,8 +95,9 @@ def print_plan(what: str, facts: list[str], compute: float, decoding: float, not
 
 
 def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitted: list[str] = ()) -> None:
-    """The pretraining plan (rank 0): `pretrain_plan_facts`, and an estimate from the encoders'
-    measured speed and one video's measured reading time; then `batch_warning`, if any."""
+    """The pretraining plan (rank 0): `pretrain_plan_facts`, where k-means runs, and an estimate
+    from the encoders' measured speed and one video's measured reading time; then `batch_warning`,
+    if any."""
     if not dist_utils.is_main():
         return
     o, c, num_videos, ranks = cfg.optim, cfg.cluster, len(rows), dist_utils.world_size()
@@ -109,8 +111,10 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitt
         + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
     # Clips are read by the DataLoader's workers of every rank, side by side.
     decoding = clips * read / max(1, resolve_num_workers(cfg.data.num_workers)) / ranks
+    # Where k-means runs, and on a GPU run without faiss' GPU build why not there (docs/SCALE.md).
+    kmeans = [kmeans_device_note(device)] if METHODS[cfg.method].clusterings else []
     print_plan(f"{cfg.method} pretraining on {device} ({ranks} process(es))",
-               pretrain_plan_facts(cfg, num_videos, ranks, fitted), seconds / ranks, decoding,
+               pretrain_plan_facts(cfg, num_videos, ranks, fitted) + kmeans, seconds / ranks, decoding,
                "at most: early stopping can end an iteration sooner" if o.early_stop else "")
     warning = batch_warning(o, ranks)
     if warning:
