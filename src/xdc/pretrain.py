@@ -259,10 +259,10 @@ def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
             p.run.features, iteration, p.device, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
             amp=cfg.amp, encoders=None if handcrafted else encoders, video_descriptor=cfg.cluster.video_descriptor,
             recompute_batches=min(50, fewest) if iteration == 0 and not cfg.init_from else 0)
+        ks = {name: method.num_clusters(name, cfg.cluster) for name in method.clusterings}
         results, skipped = cluster_feature_sets(
-            features, method.cluster_inputs(features), {n: method.num_clusters(n, cfg.cluster) for n in method.clusterings},
-            len(p.rows), cfg.cluster, method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration,
-            device=p.device)
+            features, method.cluster_inputs(features), ks, len(p.rows), cfg.cluster,
+            method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration, device=p.device)
     labels = method.make_labels({name: r.labels for name, r in results.items()}, len(p.rows), iteration,
                                 cfg.seed, cfg.cluster)
     record = {"iteration": iteration, "seconds_clustering": round(time.perf_counter() - started, 2),

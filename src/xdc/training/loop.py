@@ -241,7 +241,8 @@ def build_pretrain_model(cfg, device: torch.device) -> PretrainModel:
     """Both encoders of a PretrainConfig (`init_from`: a checkpoint's), the same initial weights
     on every rank; then each rank its own random streams (DDP broadcasts rank 0's new heads)."""
     torch.manual_seed(cfg.seed)
-    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width, cfg.model.video_input), audio_encoder(cfg.model.width))
+    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width, cfg.model.video_input),
+                          audio_encoder(cfg.model.width))
     seed = cfg.seed * 1000 + dist_utils.rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)

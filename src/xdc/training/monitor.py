@@ -1,6 +1,6 @@
 """What a pretraining run says: its plan, the epoch line and summary.json record, its TensorBoard
-scalars, the closing summary, and digests that show the ranks agree. Per-head losses sit beside chance (ln k): a mean over heads
-hides a head that learns nothing.
+scalars, the closing summary, and digests that show the ranks agree. Per-head losses sit beside
+chance (ln k): a mean over heads hides a head that learns nothing.
 """
 
 from __future__ import annotations
