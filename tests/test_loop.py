@@ -1,7 +1,8 @@
-"""xdc.training.loop: `train_one_epoch` on real clips and encoders, called directly: skipped samples
-counted (and the schedule advanced for a batch with nothing to train on), and the first non-finite
-loss stopping the epoch with one line. (`PretrainModel`'s heads and losses per method:
-test_methods.py; the loop inside a whole `xdc pretrain`: test_pretrain.py.)"""
+"""xdc.training.loop: `train_one_epoch` and `validation_loss` on real clips and encoders, called
+directly: skipped samples counted (and the schedule advanced for a batch with nothing to train on),
+the first non-finite loss stopping the epoch with one line, and one line too when no held-out video
+decodes. (`PretrainModel`'s heads and losses per method: test_methods.py; the loop inside a whole
+`xdc pretrain`: test_pretrain.py.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from xdc.data.manifest import read_manifest
 from xdc.errors import XdcError
 from xdc.methods import get_method
 from xdc.models import audio_encoder, video_encoder
-from xdc.training.loop import LOG_EVERY, NonFiniteLossError, PretrainModel, train_one_epoch
+from xdc.training.loop import (
+    LOG_EVERY,
+    NonFiniteLossError,
+    NoValidationVideosError,
+    PretrainModel,
+    train_one_epoch,
+    validation_loss,
+)
 from xdc.training.schedule import make_scheduler
 
 
@@ -66,3 +74,20 @@ def test_training_stops_at_the_first_non_finite_loss(av_manifest):
     assert message.startswith("iteration 0 epoch 1/2, SGD step 2: the training loss of head video_to_audio is "
                               "not a finite number"), message
     assert "lower optim.lr" in message and "check the input files" in message
+
+
+def test_validation_with_no_decodable_video_is_one_line(av_manifest, tmp_path):
+    """Held-out videos that all fail to decode (files broken after the scan): the validation loss
+    is undefined, said in one line with what to do, not a traceback."""
+    cfg = load_config(TINY)
+    rows = read_manifest(broken_copy(av_manifest, tmp_path, broken=2))
+    specs = get_method("xdc").heads(cfg.cluster)
+    model = PretrainModel(video_encoder("r2plus1d_18", 4), audio_encoder(4))
+    model.reset_heads(specs)
+    held_out = Subset(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1), [0, 1])  # the broken two
+    labels = {"video": torch.tensor([0, 1, 2, 3] * 2), "audio": torch.tensor([3, 2, 1, 0] * 2)}
+    with pytest.raises(NoValidationVideosError) as caught:
+        validation_loss(model, specs, clip_loader(held_out, batch_size=2), labels, torch.device("cpu"), amp=False)
+    message = str(caught.value)
+    assert isinstance(caught.value, XdcError) and "\n" not in message
+    assert "2 samples skipped (2 videos)" in message and "optim.early_stop=false" in message

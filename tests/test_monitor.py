@@ -79,4 +79,5 @@ def test_tensorboard_scalars(av_manifest, tmp_path):
     # log.txt: the plan with its estimate, the epoch lines, no progress-bar redraws.
     log = (out / "log.txt").read_text()
     assert "plan: xdc pretraining" in log and "estimate: about" in log and "epoch 1/2" in log
+    assert "  k-means on the CPU (device cpu)\n" in log  # where the clustering runs (kmeans_device_note)
     assert "\r" not in log and "\x1b[" not in log

@@ -33,6 +33,7 @@ from xdc.errors import XdcError
 from xdc.files import write_text_atomic
 from xdc.methods import HEAD_REDUCTIONS, METHODS
 from xdc.models.video import VIDEO_ARCHS, VIDEO_INPUTS
+from xdc.stamps import flatten
 
 PACKAGED = files("xdc") / "configs"  # shipped as package data (pyproject.toml)
 # The demo's methods: scratch (random encoders, no pretraining) and the self-supervised ones
@@ -437,15 +438,9 @@ def load_config(path: str | Path | Traversable | list | None = None,
     return cfg
 
 
-def dotlist(tree: dict, prefix: str = "") -> list[str]:
+def dotlist(tree: dict) -> list[str]:
     """{'a': {'b': 1}} -> ['a.b=1'] (lists as YAML flow text): a nested dict as `load_config` overrides."""
-    items = []
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            items += dotlist(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
+    return [f"{key}={json.dumps(value)}" for key, value in flatten(tree).items()]
 
 
 def config_to_yaml(cfg) -> str:

@@ -94,7 +94,7 @@ from xdc.training.schedule import (
     make_scheduler,
     steps_per_epoch,
 )
-from xdc.training.sizes import K_RULE, auto_k, fit_to_data
+from xdc.training.sizes import K_RULE, auto_k, fit_to_data, held_out_videos
 
 # ----------------------------------------------------------------------------------- the command
 
@@ -180,7 +180,7 @@ def split_train_val(num_videos: int, val_fraction: float, seed: int) -> tuple[np
     if num_videos < 2:
         raise ValueError(f"pretraining needs at least 2 usable videos (one held out), got {num_videos}")
     order = np.random.default_rng(seed).permutation(num_videos)
-    num_val = min(num_videos - 1, max(1, round(val_fraction * num_videos)))
+    num_val = held_out_videos(num_videos, val_fraction)
     return np.sort(order[num_val:]), np.sort(order[:num_val])
 
 
@@ -251,18 +251,18 @@ def cluster(p: Pretraining, iteration: int) -> PseudoLabels:
     if method.clusterings:
         encoders = {"video": model.video_encoder, "audio": model.audio_encoder}
         handcrafted = iteration == 0 and cfg.cluster.first_features == "handcrafted"
-        # Running statistics of freshly initialised BatchNorm layers are meaningless. Every rank
-        # uses the same number of batches (SyncBatchNorm syncs each forward).
+        # Running statistics of freshly initialised BatchNorm layers are meaningless: recomputed on
+        # at most 50 batches, and no more than the smallest shard's full batches.
         fewest = max(1, (len(p.rows) // dist_utils.world_size()) // cfg.optim.batch_size)
         features = iteration_features(
             AudioVideoClips(p.rows, cfg.data, mode="eval", clips_per_video=cfg.cluster.clips_per_video),
             p.run.features, iteration, p.device, batch_size=cfg.optim.batch_size, num_workers=cfg.data.num_workers,
             amp=cfg.amp, encoders=None if handcrafted else encoders, video_descriptor=cfg.cluster.video_descriptor,
             recompute_batches=min(50, fewest) if iteration == 0 and not cfg.init_from else 0)
+        ks = {name: method.num_clusters(name, cfg.cluster) for name in method.clusterings}
         results, skipped = cluster_feature_sets(
-            features, method.cluster_inputs(features), {n: method.num_clusters(n, cfg.cluster) for n in method.clusterings},
-            len(p.rows), cfg.cluster, method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration,
-            device=p.device)
+            features, method.cluster_inputs(features), ks, len(p.rows), cfg.cluster,
+            method.use_reassign_empty(cfg.cluster), seed=cfg.seed * 1000 + iteration, device=p.device)
     labels = method.make_labels({name: r.labels for name, r in results.items()}, len(p.rows), iteration,
                                 cfg.seed, cfg.cluster)
     record = {"iteration": iteration, "seconds_clustering": round(time.perf_counter() - started, 2),
@@ -290,14 +290,13 @@ def pretrain(cfg: PretrainConfig, rows: list[dict], run_dir: str | Path, resume:
     cfg, fitted = fit_to_data(cfg, len(rows))  # config.yaml records the numbers the run uses
     run = RunFolder(run_dir)
     with take_run_folder(run, cfg, rows, resume) as resumed, run_log(run.log):  # the log: once the folder is ours
-        return _pretrain(cfg, rows, run_dir, resumed, device, fitted)
+        return _pretrain(cfg, rows, run, resumed, device, fitted)
 
 
-def _pretrain(cfg: PretrainConfig, rows: Manifest, run_dir: str | Path, resumed: bool, device: torch.device,
+def _pretrain(cfg: PretrainConfig, rows: Manifest, run: RunFolder, resumed: bool, device: torch.device,
               fitted: list[str]) -> dict:
     # ============ set-up: run folder, data, method, model ============
     release_free_memory()  # what reading and filtering the manifest freed: back to the OS
-    run = RunFolder(run_dir)
     if dist_utils.is_main() and not resumed:
         run.checkpoints.mkdir(parents=True, exist_ok=True)
         write_manifest(rows, run.rows, relative=False)  # rows first: config.yaml marks a complete pair

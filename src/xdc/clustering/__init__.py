@@ -15,8 +15,7 @@ from .metrics import (ari, cluster_sizes_summary, cluster_stats, hungarian_accur
 
 __all__ = [
     "ClusterResult", "Features", "NoFeaturesError", "ari", "cluster_features", "cluster_sizes_summary",
-    "cluster_stats", "extract_features", "extracted", "handcrafted_features", "hungarian_accuracy", "l2_normalise", "label_entropy", "nmi",
-    "per_cluster_purity", "purity", "random_labels", "reassign_empty_clusters", "recompute_batchnorms",
-    "shard_indices",
-    "uniform_over_clusters_weights",
+    "cluster_stats", "extract_features", "extracted", "handcrafted_features", "hungarian_accuracy",
+    "l2_normalise", "label_entropy", "nmi", "per_cluster_purity", "purity", "random_labels",
+    "reassign_empty_clusters", "recompute_batchnorms", "shard_indices", "uniform_over_clusters_weights",
 ]

@@ -52,12 +52,27 @@ def shard_indices(num_items: int, rank: int, world_size: int) -> np.ndarray:
     return np.arange(rank, num_items, world_size, dtype=np.int64)
 
 
-def _decoded_batches(loader, skipped: list) -> Iterator[dict]:
-    """The batches of `loader` that hold at least one decoded item; the others' skips go to `skipped`."""
+def _decoded_batches(loader, skipped: list[tuple[int, str]]) -> Iterator[dict]:
+    """The batches of `loader` that hold at least one decoded item; the (index, reason) of every
+    item a batch skipped is appended to `skipped`."""
     for batch in loader:
-        skipped.extend(batch.get("skipped", []))
+        skipped.extend((int(index), str(reason)) for index, reason in batch.get("skipped", ()))
         if "index" in batch and len(batch["index"]) > 0:
             yield batch
+
+
+@contextmanager
+def _in_mode(encoders: dict[str, nn.Module], training: bool) -> Iterator[None]:
+    """The encoders in train or eval mode (BatchNorm: batch or running statistics) while the block
+    runs; each one's mode restored after."""
+    modes = {key: enc.training for key, enc in encoders.items()}
+    for enc in encoders.values():
+        enc.train(training)
+    try:
+        yield
+    finally:
+        for key, enc in encoders.items():
+            enc.train(modes[key])
 
 
 @torch.no_grad()
@@ -82,17 +97,14 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
     device = torch.device(device)
     norms = [m for enc in encoders.values() for m in enc.modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    modes = {key: enc.training for key, enc in encoders.items()}
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average instead of an exponential one
     used = 0
-    skipped = []
+    skipped: list[tuple[int, str]] = []
     try:
-        for enc in encoders.values():
-            enc.train()
-        with autocast(device, amp):
+        with _in_mode(encoders, training=True), autocast(device, amp):
             batches = _decoded_batches(loader, skipped)
             while used < max_batches:
                 batch = next(batches, None)
@@ -104,8 +116,6 @@ def recompute_batchnorms(encoders: dict[str, nn.Module], loader, device, max_bat
     finally:
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
-        for key, enc in encoders.items():
-            enc.train(modes[key])
     if dist.is_distributed():
         for m in norms:  # each rank averaged over its own batches: average the ranks' averages
             for name in ("running_mean", "running_var"):
@@ -182,25 +192,9 @@ def feature_batches(feature_fns: FeatureFns, loader, skipped: list[tuple[int, st
     indices, {key: feature_fns[key](batch[key] as B×N×clip)}). The (index, reason) of every item
     the batches skipped are appended to `skipped`; a batch whose every item was skipped yields
     nothing. A progress bar on rank 0."""
-    for batch in progress(loader, desc=desc, disable=not dist.is_main(), leave=False, dynamic_ncols=True):
-        skipped.extend((int(index), str(reason)) for index, reason in batch.get("skipped", ()))
-        if "index" not in batch or len(batch["index"]) == 0:
-            continue
+    bar = progress(loader, desc=desc, disable=not dist.is_main(), leave=False, dynamic_ncols=True)
+    for batch in _decoded_batches(bar, skipped):
         yield np.asarray(batch["index"], dtype=np.int64), {name: fn(batch[name]) for name, fn in feature_fns.items()}
-
-
-@contextmanager
-def eval_mode(encoders: dict[str, nn.Module]) -> Iterator[None]:
-    """The encoders in eval mode (BatchNorm's running statistics) while the block runs; each one's
-    mode restored after."""
-    modes = {key: enc.training for key, enc in encoders.items()}
-    for enc in encoders.values():
-        enc.eval()
-    try:
-        yield
-    finally:
-        for key, enc in encoders.items():
-            enc.train(modes[key])
 
 
 def clip_encoder(encoder: nn.Module, modality: str, device, amp: bool) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -292,7 +286,7 @@ def extract_features(encoders: dict[str, nn.Module], loader, num_items: int, out
     def per_video(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda clips: fn(clips).mean(dim=1)
 
-    with eval_mode(encoders):
+    with _in_mode(encoders, training=False):
         return run_extraction({name: per_video(clip_encoder(enc, name, device, amp)) for name, enc in encoders.items()},
                               loader, num_items, out_dir, indices, desc="extract features", key=key)
 
@@ -303,7 +297,7 @@ def clip_features(encoder: nn.Module, loader, modality: str, device, amp: bool,
     eval-mode loader yields, every clip kept (evaluation: clip- and video-level scores); eval mode,
     no grad. Videos that could not be decoded are left out and listed."""
     features, indices, skipped = [], [], []
-    with eval_mode({modality: encoder}):
+    with _in_mode({modality: encoder}, training=False):
         for index, batch in feature_batches({modality: clip_encoder(encoder, modality, device, amp)}, loader,
                                             skipped, desc):
             features.append(batch[modality].cpu())

@@ -85,9 +85,9 @@ def cluster_feature_sets(features: Features, feature_sets: dict[str, np.ndarray]
                          num_videos: int, cfg, reassign_empty: bool, seed: int,
                          device: str | torch.device = "cpu") -> tuple[dict[str, ClusterResult], int]:
     """k-means on each feature set (its rows: the videos `features.present` marks), with `cfg` a
-    ClusterConfig, on the run's `device` (kmeans.cluster_features); labels of every video, identical on every rank. Also
-    the videos skipped by the extraction, over all ranks. NoFeaturesError when fewer videos than k
-    have features."""
+    ClusterConfig, on the run's `device` (kmeans.cluster_features): labels of every video, identical
+    on every rank; and the number of videos the extraction skipped, over all ranks.
+    NoFeaturesError when fewer videos than k have features."""
     skipped, have = (int(v) for v in dist.all_reduce_sum(
         torch.tensor([float(len(features.skipped)), float(features.present.sum())])))
     results = {}

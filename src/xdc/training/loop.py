@@ -46,6 +46,10 @@ class NonFiniteLossError(XdcError):
     """A training loss stopped being a finite number: the run diverged, or an input holds inf/NaN."""
 
 
+class NoValidationVideosError(XdcError):
+    """None of the held-out videos could be decoded: the validation loss is undefined."""
+
+
 class PretrainModel(nn.Module):
     """Video and audio encoders plus one head per `HeadSpec`; forward gives logits per head."""
 
@@ -216,8 +220,10 @@ def validation_loss(model: nn.Module, specs: list[HeadSpec], loader, labels: dic
         losses, index = batch_losses(model, batch, labels, specs, device, amp)
         meter.update(len(index), heads=losses)
     result = epoch_losses(meter.reduce(), specs, reduction)
-    if result["clips"] == 0:
-        raise RuntimeError("no validation sample could be decoded: the validation loss is undefined")
+    if result["clips"] == 0:  # on every rank alike: the count is over all ranks
+        raise NoValidationVideosError(
+            f"no held-out video could be decoded for the validation loss ({skips.summary()}): re-encode or "
+            f"remove the broken files, or set optim.early_stop=false (then no validation pass runs)")
     return result
 
 
@@ -235,7 +241,8 @@ def build_pretrain_model(cfg, device: torch.device) -> PretrainModel:
     """Both encoders of a PretrainConfig (`init_from`: a checkpoint's), the same initial weights
     on every rank; then each rank its own random streams (DDP broadcasts rank 0's new heads)."""
     torch.manual_seed(cfg.seed)
-    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width, cfg.model.video_input), audio_encoder(cfg.model.width))
+    model = PretrainModel(video_encoder(cfg.model.video_arch, cfg.model.width, cfg.model.video_input),
+                          audio_encoder(cfg.model.width))
     seed = cfg.seed * 1000 + dist_utils.rank()
     random.seed(seed)
     np.random.seed(seed % 2**32)

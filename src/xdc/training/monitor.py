@@ -1,6 +1,6 @@
 """What a pretraining run says: its plan, the epoch line and summary.json record, its TensorBoard
-scalars, the closing summary, and digests that show the ranks agree. Per-head losses sit beside chance (ln k): a mean over heads
-hides a head that learns nothing.
+scalars, the closing summary, and digests that show the ranks agree. Per-head losses sit beside
+chance (ln k): a mean over heads hides a head that learns nothing.
 """
 
 from __future__ import annotations
@@ -12,10 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from xdc import distributed as dist_utils
+from xdc.checkpoint import rng_state, set_rng_state
+from xdc.clustering.kmeans import kmeans_device_note
 from xdc.clustering.pseudo_labels import weights_digest
-from xdc.methods import MODALITIES, HeadSpec
+from xdc.config import config_to_yaml
+from xdc.data.audio import num_audio_frames
+from xdc.data.datasets import AudioVideoClips, resolve_num_workers
+from xdc.methods import METHODS, MODALITIES, HeadSpec
+from xdc.models import encode
+from xdc.stamps import flatten
+from xdc.training.schedule import effective_lr, global_batch, steps_per_epoch
+from xdc.training.sizes import held_out_videos
 
 # A head whose loss stays within this fraction of chance (ln k) learned (next to) nothing; one
 # further above it overfit.
@@ -34,9 +44,6 @@ def seconds_per_clip(encoder: torch.nn.Module, modality: str, data, device: torc
     """Measured seconds of one clip's forward pass through `encoder` on `device`, from a batch of
     random clips of `data`'s shape (decoding not included). Eval mode, no gradients and a private
     random generator: the model, its BatchNorm statistics and every random stream stay as they were."""
-    from xdc.data.audio import num_audio_frames
-    from xdc.models import encode
-
     shape = (3, data.frames, data.crop, data.crop) if modality == "video" else (1, data.n_mels, num_audio_frames(data))
     clips = torch.randn(batch, 1, *shape, generator=torch.Generator().manual_seed(0))
     was_training = encoder.training
@@ -60,8 +67,6 @@ def seconds_per_clip(encoder: torch.nn.Module, modality: str, data, device: torc
 def seconds_to_decode(dataset, index: int = 0) -> float:
     """Measured seconds to read one item of `dataset` (decoding, resizing, log-mel); the random
     streams are put back as they were, so the run computes what it would have."""
-    from xdc.checkpoint import rng_state, set_rng_state
-
     state = rng_state()
     try:
         started = time.perf_counter()
@@ -90,10 +95,9 @@ def print_plan(what: str, facts: list[str], compute: float, decoding: float, not
 
 
 def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitted: list[str] = ()) -> None:
-    """The pretraining plan (rank 0): `pretrain_plan_facts`, and an estimate from the encoders'
-    measured speed and one video's measured reading time; then `batch_warning`, if any."""
-    from xdc.data.datasets import AudioVideoClips, resolve_num_workers
-
+    """The pretraining plan (rank 0): `pretrain_plan_facts`, where k-means runs, and an estimate
+    from the encoders' measured speed and one video's measured reading time; then `batch_warning`,
+    if any."""
     if not dist_utils.is_main():
         return
     o, c, num_videos, ranks = cfg.optim, cfg.cluster, len(rows), dist_utils.world_size()
@@ -101,32 +105,28 @@ def print_pretrain_plan(cfg, rows: list[dict], model, device: torch.device, fitt
     per_clip = sum(seconds_per_clip(getattr(model, f"{m}_encoder"), m, cfg.data, device, cfg.amp, o.batch_size)
                    for m in MODALITIES)
     read = seconds_to_decode(AudioVideoClips(rows, cfg.data, mode="eval", clips_per_video=1))
-    val = validation_videos(cfg, num_videos)
+    val = held_out_videos(num_videos, o.val_fraction)
     clips = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * (o.epoch_size + val))
     seconds = cfg.iterations * (num_videos * c.clips_per_video + o.total_epochs * val) * per_clip \
         + cfg.iterations * o.total_epochs * o.epoch_size * TRAIN_COST * per_clip
     # Clips are read by the DataLoader's workers of every rank, side by side.
     decoding = clips * read / max(1, resolve_num_workers(cfg.data.num_workers)) / ranks
+    # Where k-means runs, and on a GPU run without faiss' GPU build why not there (docs/SCALE.md).
+    kmeans = [kmeans_device_note(device)] if METHODS[cfg.method].clusterings else []
     print_plan(f"{cfg.method} pretraining on {device} ({ranks} process(es))",
-               pretrain_plan_facts(cfg, num_videos, ranks, fitted), seconds / ranks, decoding,
+               pretrain_plan_facts(cfg, num_videos, ranks, fitted) + kmeans, seconds / ranks, decoding,
                "at most: early stopping can end an iteration sooner" if o.early_stop else "")
     warning = batch_warning(o, ranks)
     if warning:
         print(warning, flush=True)
 
 
-def validation_videos(cfg, num_videos: int) -> int:
-    """Videos held out for the validation loss (as pretrain.split_train_val holds them out)."""
-    return min(num_videos - 1, max(1, round(cfg.optim.val_fraction * num_videos)))
-
-
 def pretrain_plan_facts(cfg, num_videos: int, world_size: int, fitted: list[str] = ()) -> list[str]:
     """The plan's lines: videos, clips, iterations, k, epochs; the global batch, SGD steps per epoch
     and the lr they train at on `world_size` ranks; then the settings fitted to the data
     (xdc.training.sizes)."""
-    from xdc.training.schedule import effective_lr, global_batch, steps_per_epoch
-
-    o, c, val = cfg.optim, cfg.cluster, validation_videos(cfg, num_videos)
+    o, c = cfg.optim, cfg.cluster
+    val = held_out_videos(num_videos, o.val_fraction)
     return [f"{num_videos} videos ({num_videos - val} train, {val} validation), {cfg.data.frames}-frame "
             f"{cfg.data.crop}px clips at {cfg.data.fps:g} fps, encoders of width {cfg.model.width}",
             f"{cfg.iterations} iterations: cluster (k video/audio/joint {c.k_video}/{c.k_audio}/{c.k_joint}), "
@@ -140,8 +140,6 @@ def pretrain_plan_facts(cfg, num_videos: int, world_size: int, fitted: list[str]
 def batch_warning(o, world_size: int) -> str | None:
     """One line when the global batch is more than 2× away from `optim.reference_batch` (the batch
     `optim.lr` was set for) and the lr does not follow it (lr_scaling none), naming both remedies."""
-    from xdc.training.schedule import global_batch
-
     batch = global_batch(o, world_size)
     ratio = max(batch, o.reference_batch) / min(batch, o.reference_batch)
     if o.lr_scaling != "none" or ratio <= 2:
@@ -168,27 +166,14 @@ def tensorboard_writer(folder: Path, cfg=None):
 
 def log_config(writer, cfg) -> None:
     """The config as a text panel (YAML) and in the HPARAMS tab (one flat key per setting)."""
-    from omegaconf import OmegaConf
     from torch.utils.tensorboard.summary import hparams
-
-    from xdc.config import config_to_yaml
 
     writer.add_text("config", "\n".join("    " + line for line in config_to_yaml(cfg).splitlines()))
     flat = {}
-    for key, value in _flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
+    for key, value in flatten(OmegaConf.to_container(OmegaConf.structured(cfg))).items():
         flat[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     for summary in hparams(flat, {}):  # written into this run, not a new sub-run as add_hparams does
         writer.file_writer.add_summary(summary)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def log_clusters(writer, record: dict, step: int) -> None:

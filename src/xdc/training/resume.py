@@ -73,11 +73,11 @@ def save_checkpoints(run: RunFolder, model: torch.nn.Module, cfg: PretrainConfig
     """summary.json, then `last.pt`, where a relaunch continues. When the iteration is done, first
     `iteration_NN.pt` (its result), then `last.pt` as the start of the next iteration: the same
     random state, since nothing draws between the two. A collective: every rank calls it."""
-    run.write_summary(cfg.method, summary)
     rng = rank_rng_states()
     saves = [(run.iteration_checkpoint(state.iteration), state)] if iteration_done else []
     saves.append((run.last, state.next_iteration() if iteration_done else state))
-    if dist_utils.is_main():
+    if dist_utils.is_main():  # the other ranks' records lack the cluster statistics
+        run.write_summary(cfg.method, summary)
         for path, position in saves:
             save_checkpoint({"video_encoder": model.video_encoder.state_dict(),
                              "audio_encoder": model.audio_encoder.state_dict(), **position.to_checkpoint(),

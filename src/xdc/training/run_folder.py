@@ -109,11 +109,8 @@ class RunFolder:
         return found
 
     def write_summary(self, method: str, iterations: list[dict]) -> None:
-        """summary.json (rank 0 only: the other ranks' records lack the cluster statistics)."""
-        from xdc import distributed as dist_utils
-
-        if dist_utils.is_main():
-            write_text_atomic(self.summary, json.dumps({"method": method, "iterations": iterations}, indent=2))
+        """summary.json: the method and one record per iteration."""
+        write_text_atomic(self.summary, json.dumps({"method": method, "iterations": iterations}, indent=2))
 
     def save_labels(self, iteration: int, labels: dict) -> None:
         """iterations/NN/labels_<modality>.npy, one array per modality."""

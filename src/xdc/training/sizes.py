@@ -1,4 +1,5 @@
-"""Settings that follow the data: `cluster.k_*: auto` and `optim.epoch_passes`.
+"""Settings that follow the data: `cluster.k_*: auto` and `optim.epoch_passes`; and the number of
+videos held out for the validation loss (`held_out_videos`).
 
 A preset made for one size of data (the paper's k for Kinetics' 240k videos, epochs of thousands
 of clips) does not fit a folder of ten videos. These two settings follow the number N of usable
@@ -28,6 +29,12 @@ K_RULE = f"clamp(round(videos / {VIDEOS_PER_CLUSTER}), 2, the paper's {'/'.join(
 def auto_k(clustering: str, num_videos: int) -> int:
     """k for `num_videos` usable videos: one cluster per VIDEOS_PER_CLUSTER, at least 2, at most the paper's."""
     return min(max(2, round(num_videos / VIDEOS_PER_CLUSTER)), PAPER_K[clustering])
+
+
+def held_out_videos(num_videos: int, val_fraction: float) -> int:
+    """Videos held out of training for the validation loss: `val_fraction` of them, at least one,
+    and never all (pretrain.split_train_val holds them out, the plan counts them)."""
+    return min(num_videos - 1, max(1, round(val_fraction * num_videos)))
 
 
 def fit_to_data(cfg: PretrainConfig, num_videos: int) -> tuple[PretrainConfig, list[str]]:
