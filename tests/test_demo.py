@@ -117,4 +117,4 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "±" in (out / "table.md").read_text() and "error marks span" in (out / "report.html").read_text()
     # Other settings into the same folder: refused, rather than mixing old runs with new ones.
     assert xdc_main(argv + ["pretrain.optim.lr=0.02"]) == 2
-    assert "holds work made with other settings (pretrain.optim.lr differ)" in capsys.readouterr().err
+    assert "holds work made with other settings (pretrain.optim.lr: 0.01 there, 0.02 asked)" in capsys.readouterr().err

@@ -251,7 +251,7 @@ def test_other_settings_are_refused_and_the_same_ones_resume(tmp_path, capsys):
                      "--workers", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"xdc prepare: {out} holds work made with other settings "
-                                                   f"(fps, short_side differ): choose another --out")
+                                                   f"(fps: None there, 5.0 asked; short_side: 64 there, 160 asked): choose another --out")
     assert [p.stat().st_mtime_ns for p in copies] == before
     assert all(min(r["width"], r["height"]) == 64 for r in read_manifest(out / "manifest.csv"))
     assert xdc_main(["prepare", str(manifest), "-o", str(out), "--short-side", "64", "--workers", "1"]) == 0

@@ -161,7 +161,7 @@ def test_bad_inputs_are_clear_errors(av_manifest, tmp_path, capsys):
                     "optim.total_epochs=1") == 0
     capsys.readouterr()
     assert pretrain("--config", TINY, "--data", av_manifest, "--out", out) == 2
-    assert "holds another run (its config differs: iterations=2" in capsys.readouterr().err
+    assert "holds work made with other settings (iterations: 1 there, 2 asked;" in capsys.readouterr().err
     assert pretrain("--resume", tmp_path / "missing") == 2
     assert "nothing to resume" in capsys.readouterr().err
 
@@ -217,7 +217,8 @@ def test_the_same_command_twice_continues_the_run(av_manifest, tmp_path, capsys)
     assert [r["epochs"] for r in json.loads((out / "summary.json").read_text())["iterations"]] == [2, 2]
     # Another config or other rows in the same folder: refused, one line, exit 2.
     assert pretrain(*command, "optim.lr=0.02") == 2
-    assert "holds another run (its config differs: optim.lr=0.02)" in capsys.readouterr().err
+    assert "holds work made with other settings (optim.lr: 0.01 there, 0.02 asked): choose another --out, or " \
+        "continue it" in capsys.readouterr().err
     fewer = av_manifest.parent / "fewer.csv"
     fewer.write_text("\n".join(av_manifest.read_text().splitlines()[:-1]) + "\n")
     assert pretrain("--config", TINY, "--data", fewer, "--out", out, *command[6:]) == 2

@@ -29,7 +29,8 @@ from conftest import (
 )
 
 from xdc.checkpoint import load_checkpoint
-from xdc.training.run_folder import RunFolder, RunFolderError
+from xdc.stamps import SettingsMismatch
+from xdc.training.run_folder import RunFolder
 
 # Epochs of 8 steps (batch 4), so there is time to land the kill inside one.
 SETTINGS = ["iterations=2", "optim.epoch_size=32", "optim.batch_size=4", "optim.total_epochs=2",
@@ -236,7 +237,7 @@ def test_an_unreadable_recorded_config_is_one_clear_error(tmp_path, text):
     run = RunFolder(tmp_path / "run")
     run.root.mkdir()
     run.config.write_text(text)
-    with pytest.raises(RunFolderError, match=r"config.yaml is not a readable config: choose another --out"):
+    with pytest.raises(SettingsMismatch, match=r"config.yaml is not a readable record of settings: choose another"):
         same_run(run, load_config("tiny_cpu"), rows=None)
 
 

@@ -17,7 +17,7 @@ def test_check_stamp_new_same_other(tmp_path):
     assert check_stamp(stamp, settings) is False  # nothing recorded yet
     write_stamp(stamp, settings)
     assert check_stamp(stamp, settings) is True
-    with pytest.raises(SettingsMismatch, match=r"optim\.lr differ\): use another --out"):
+    with pytest.raises(SettingsMismatch, match=r"\(optim\.lr: 0\.1 there, 0\.2 asked\): use another --out"):
         check_stamp(stamp, {**settings, "optim": {"lr": 0.2, "lrs": [0.1, 0.2]}}, remedy="use another --out")
     assert check_stamp(stamp, {**settings, "seed": 1}, ignore=("seed",)) is True
 
@@ -25,5 +25,5 @@ def test_check_stamp_new_same_other(tmp_path):
 def test_unreadable_stamp_is_one_line(tmp_path):
     stamp = tmp_path / "config.yaml"
     stamp.write_bytes(b"\xff\xfe: [")
-    with pytest.raises(SettingsMismatch, match="not readable"):
+    with pytest.raises(SettingsMismatch, match="not a readable record of settings"):
         check_stamp(stamp, {})

@@ -41,29 +41,33 @@ def differences(recorded: Any, wanted: Any) -> list[str]:
     return sorted(key for key in a.keys() | b.keys() if a.get(key, KeyError) != b.get(key, KeyError))
 
 
-def read_stamp(path: str | Path) -> Any:
+def read_stamp(path: str | Path) -> dict:
     """The settings recorded in `path` (YAML or JSON); SettingsMismatch when unreadable."""
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise SettingsMismatch(f"{path} is not readable ({type(err).__name__}): choose another output "
-                               f"folder, or delete it") from err
+        recorded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):  # empty, cut short, or not settings at all
+        raise SettingsMismatch(f"{path} is not a readable record of settings: choose another output "
+                               f"folder, or delete it")
+    return recorded
 
 
 def check_stamp(path: str | Path, settings: Any, remedy: str = "choose another output folder (or delete it)",
                 ignore: tuple[str, ...] = ()) -> bool:
     """True when `path` records these `settings` (the folder's work can be reused), False when it
-    records nothing yet; SettingsMismatch naming the first differing keys otherwise. Keys in
-    `ignore` (dotted prefixes) are not compared."""
+    records nothing yet; SettingsMismatch naming the first differing keys, with both values,
+    otherwise. Keys in `ignore` (dotted prefixes) are not compared."""
     path = Path(path)
     if not path.is_file():
         return False
-    changed = [key for key in differences(read_stamp(path), json.loads(json.dumps(settings)))
-               if not key.startswith(ignore)]
+    recorded, wanted = flatten(read_stamp(path)), flatten(json.loads(json.dumps(settings)))
+    changed = [key for key in differences(recorded, wanted) if not key.startswith(ignore)]
     if changed:
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        raise SettingsMismatch(f"{path.parent} holds work made with other settings ({shown} differ): {remedy}")
+        shown = "; ".join(f"{key}: {recorded.get(key, '(none)')} there, {wanted.get(key, '(none)')} asked"
+                          for key in changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise SettingsMismatch(f"{path.parent} holds work made with other settings ({shown}): {remedy}")
     return True
 
 

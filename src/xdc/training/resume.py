@@ -18,12 +18,18 @@ import torch
 import yaml
 
 from xdc import distributed as dist_utils
-from xdc.checkpoint import CheckpointError, load_checkpoint, rank_rng_states, save_checkpoint
-from xdc.config import PretrainConfig, config_to_yaml, dotlist
+from xdc.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    rank_rng_states,
+    save_checkpoint,
+)
+from xdc.config import PretrainConfig, config_to_yaml
 from xdc.data.manifest import Manifest, read_manifest
 from xdc.errors import XdcError
 from xdc.files import DiskFullError, is_disk_full
 from xdc.methods import HeadSpec
+from xdc.stamps import check_stamp
 from xdc.training.run_folder import RunFolder, RunFolderError
 
 # What a checkpoint must hold to resume from it; once an iteration's training started (`heads`), more.
@@ -87,19 +93,11 @@ def save_checkpoints(run: RunFolder, model: torch.nn.Module, cfg: PretrainConfig
 
 def same_run(run: RunFolder, cfg: PretrainConfig, rows: Manifest) -> bool:
     """Whether `run` already holds this run (same config, same usable rows): then launching it
-    again continues it. False for a new folder; RunFolderError when it holds another run."""
-    if not run.config.is_file():
+    again continues it. False for a new folder; its config.yaml is the folder's settings stamp
+    (`xdc.stamps`: SettingsMismatch naming what differs), its rows.csv must hold the same rows."""
+    remedy = f"choose another --out, or continue it as it was with --resume {run.root}"
+    if not check_stamp(run.config, yaml.safe_load(config_to_yaml(cfg)), remedy):
         return False
-    try:
-        recorded = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError):
-        recorded = None
-    if not isinstance(recorded, dict):
-        raise RunFolderError(f"{run.config} is not a readable config: choose another --out, or delete the folder")
-    changed = sorted(set(dotlist(yaml.safe_load(config_to_yaml(cfg)))) - set(dotlist(recorded)))
-    if changed:
-        raise RunFolderError(f"{run.root} holds another run (its config differs: {', '.join(changed[:5])}): "
-                             f"choose another --out, or continue it as it was with --resume {run.root}")
     if not run.rows.is_file() or read_manifest(run.rows, check_files="none").digest() != rows.digest():
         raise RunFolderError(f"{run.root} holds a run on other manifest rows than --data's: choose another "
                              f"--out, or continue it as it was with --resume {run.root}")
