@@ -38,7 +38,8 @@ from xdc.models.device import MODALITIES
 from xdc.progress import progress
 from xdc.reports import html, plots
 from xdc.training.run_folder import RunFolder
-TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
+
+TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the paper's Tables 6-7
 THUMB_FRAMES = 4  # frames in a member's strip, spread over its window
 THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
 THUMB_SHORT_SIDE = 72
@@ -350,7 +351,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iteration", type=int, metavar="N", help="iteration to report (default: the last)")
     parser.add_argument("--clips", type=int, default=3, metavar="N", help="member clips shown per cluster")
     parser.add_argument("--max-clusters", type=int, metavar="N",
-                        help="show media for the N largest clusters only (default: all)")
+                        help="show media for the first N clusters of the ranking only: the purest (the largest "
+                        "without labels) (default: all)")
     parser.add_argument("--no-media", action="store_true", help="tables and metrics only, no decoding")
 
 
