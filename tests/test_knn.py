@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xdc.evaluation.knn import knn_accuracy, knn_votes, recall, video_features
+from xdc.evaluation.knn import knn_votes, recall, video_features
+from xdc.evaluation.scores import video_scores
 
 
 def _clustered(per_class, num_classes=4, dim=16, noise=0.3, seed=0):
@@ -26,13 +27,13 @@ def test_knn_is_perfect_on_separable_features_and_falls_with_shuffled_labels(mon
     train, test = video_features(train), video_features(test)
     assert torch.allclose(train.norm(dim=1), torch.ones(len(train)))
     votes = knn_votes(train, train_labels, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels) == {"top1_video": 1.0}  # no top-5 of 4 classes
+    assert video_scores(votes, test_labels) == {"top1_video": 1.0}  # no top-5 of 4 classes
     monkeypatch.setattr(knn, "CHUNK", 7)  # test videos in chunks: the same neighbours
     assert torch.equal(knn_votes(train, train_labels, test, 4, k=20, temperature=0.07), votes)
     assert recall(train, train_labels, test, test_labels) == {"recall@1": 1.0, "recall@5": 1.0, "recall@10": 1.0}
     shuffled = train_labels[torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(2))]
     votes = knn_votes(train, shuffled, test, 4, k=20, temperature=0.07)
-    assert knn_accuracy(votes, test_labels)["top1_video"] < 0.6
+    assert video_scores(votes, test_labels)["top1_video"] < 0.6
     assert recall(train, shuffled, test, test_labels)["recall@1"] < 0.6
 
 

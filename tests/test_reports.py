@@ -243,6 +243,25 @@ def test_a_full_disk_names_the_report_folder(run_dir, tmp_path):
                                                     f"command again")
 
 
+def test_metrics_json_is_written_last_so_a_killed_report_is_made_again(run_dir, tmp_path, monkeypatch):
+    """The experiment runner takes a folder with metrics.json for a finished report: a report that
+    dies before its page is written leaves none."""
+    from xdc.reports import clusters
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(clusters.html, "page", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cluster_report(run_dir, tmp_path / "report", tmp_path / "labels.csv", media=False)
+    assert (tmp_path / "report" / "clusters_video.md").is_file()  # it had begun
+    assert not (tmp_path / "report" / "metrics.json").exists()
+    monkeypatch.undo()
+    cluster_report(run_dir, tmp_path / "report", tmp_path / "labels.csv", media=False)
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["video"]["iteration"] == 1
+    assert [p.name for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_markdown_cluster_table_escapes_labels():
     from xdc.reports.clusters import markdown_table
 

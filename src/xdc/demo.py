@@ -24,7 +24,6 @@ cache and every finished step; more seeds or methods only add to it.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -178,13 +177,3 @@ def run(args: argparse.Namespace) -> int:
     with run_log(args.out / "log.txt"):  # the demo's own lines; each pretraining run keeps its own log too
         demo(args.out, cfg, list(dict.fromkeys(args.seeds)) if args.seeds else [cfg.pretrain.seed])
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="xdc demo", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ val videos, when given) are compared with all the training videos.
 
 Both are video-level: a video's feature is the mean of its clips' L2-normalised features,
 L2-normalised again (every clip counts the same whatever its norm), and the similarity of two
-videos is the cosine of their features. Test videos are compared with the training videos.
+videos is the cosine of their features.
 
 - kNN (DINO's eval_knn, solo-learn's WeightedKNNClassifier): the k most similar training videos
   vote for their class with weight exp(similarity / T); the class with the largest sum wins.
@@ -50,11 +50,6 @@ def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tenso
     return votes.scatter_add_(1, train_labels[index], (similarity / temperature).exp())
 
 
-def knn_accuracy(votes: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """top1_video (and top5_video with more than 5 classes) of kNN class scores V×C, labels V."""
-    return video_scores(votes, labels)
-
-
 def recall(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, test_labels: torch.Tensor,
            ks: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
     """`recall@k` for each k: the share of test videos with a training video of their own class
@@ -81,7 +76,7 @@ def run_knn(cfg: FinetuneConfig, encoder: nn.Module, modality: str, data: Labell
     def score(name: str) -> dict:
         votes = knn_votes(features["train"], labels["train"], features[name], len(data.classes),
                           cfg.knn_k, cfg.knn_temperature)
-        return {**knn_accuracy(votes, labels[name]), "videos": len(labels[name])}
+        return {**video_scores(votes, labels[name]), "videos": len(labels[name])}  # top-1 (top-5: > 5 classes)
 
     test = score("test")
     return {"knn_k": cfg.knn_k, "knn_temperature": cfg.knn_temperature,

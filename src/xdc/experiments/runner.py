@@ -146,7 +146,7 @@ class InProcess:
                  splits: dict[str, list[dict]], labelled: Path, clusters_shown: int = 6):
         self.pretrain_cfg, self.finetune_cfg = pretrain_cfg, finetune_cfg
         self.rows, self.splits, self.labelled, self.clusters_shown = rows, splits, labelled, clusters_shown
-        self._loaded: tuple = (None, None)  # (piece folder, modality), the encoder all its probes read
+        self._loaded: tuple = (None, None)  # ((piece folder, modality, checkpoint), the encoder its probes read)
 
     def pretrain(self, piece: Piece, resume: bool) -> None:
         from xdc.pretrain import pretrain

@@ -8,7 +8,7 @@ without labels (the self-supervised case: cluster sizes and NMI with the previou
   frequent labels and their share of the cluster (the paper's Tables 6-7 format);
 - `clusters_<modality>.csv`: every non-empty cluster;
 - `metrics.json`: `{"video": {purity, nmi, ari, accuracy, num_clusters, empty_clusters, ...},
-  "audio": {...}}` (accuracy = Hungarian accuracy);
+  "audio": {...}}` (accuracy = Hungarian accuracy), written last: the report is finished when it is there;
 - `index.html`: the run's cluster statistics per iteration as a plot, then per cluster (ranked by
   purity, or by size without labels) a few member clips as frame strips with their audio in a
   player and as a spectrogram over the same time span; the media are written under `assets/`,
@@ -33,12 +33,13 @@ from xdc.clustering.metrics import ari, cluster_sizes_summary, hungarian_accurac
 from xdc.config import ConfigError, DataConfig, PretrainConfig, load_config
 from xdc.data.manifest import class_indices, read_manifest
 from xdc.errors import XdcError
-from xdc.files import disk_full_names
+from xdc.files import disk_full_names, write_text_atomic
 from xdc.models.device import MODALITIES
 from xdc.progress import progress
 from xdc.reports import html, plots
 from xdc.training.run_folder import RunFolder
-TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the seed
+
+TABLE_ROWS = 10  # top and bottom clusters in the Markdown tables, as the paper's Tables 6-7
 THUMB_FRAMES = 4  # frames in a member's strip, spread over its window
 THUMB_SECONDS = 4.0  # at most this much of the video (and its audio) per member
 THUMB_SHORT_SIDE = 72
@@ -318,7 +319,6 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
             shown = ranked if max_clusters is None else ranked[:max_clusters]
             reports[modality] = (ranked, {r["cluster"]: pick_members(clusters, r["cluster"], clips_per_cluster)
                                           for r in shown})
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
         assets: dict[int, dict] = {}
         if media:
@@ -337,6 +337,9 @@ def cluster_report(run_dir: str | Path, out_dir: str | Path, labels_manifest: st
         title = f"Clusters of {run_dir.name}, iteration {iteration}"
         page = html.page(title, nav + "\n" + "\n".join(sections))
         (out_dir / "index.html").write_text(page, encoding="utf-8")
+        # Last and whole: a folder with metrics.json holds a finished report (the experiment runner
+        # reuses it; a report killed before this is made again).
+        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -350,7 +353,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iteration", type=int, metavar="N", help="iteration to report (default: the last)")
     parser.add_argument("--clips", type=int, default=3, metavar="N", help="member clips shown per cluster")
     parser.add_argument("--max-clusters", type=int, metavar="N",
-                        help="show media for the N largest clusters only (default: all)")
+                        help="show media for the first N clusters of the ranking only: the purest (the largest "
+                        "without labels) (default: all)")
     parser.add_argument("--no-media", action="store_true", help="tables and metrics only, no decoding")
 
 

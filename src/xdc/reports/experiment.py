@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from xdc.files import write_text_atomic
 from xdc.models.device import MODALITIES
 
 PROBE_NAMES = {"linear": "linear", "fc": "fc", "knn": "kNN", "retrieval": "R@1"}
@@ -153,8 +154,7 @@ def write_plots(out: Path, results: dict, test_labels: list[str]) -> dict[str, s
     """The report's pictures (xdc.reports.plots) as {file relative to out: caption}: linear-probe
     accuracy per method (error marks: the seeds' range), NMI of each iteration's clusters with the
     classes (mean over seeds), the first seed's test features on two principal components."""
-    import torch
-
+    from xdc.checkpoint import load_checkpoint
     from xdc.reports import plots
 
     runs, seeds = results["runs"], results["seeds"]
@@ -182,7 +182,7 @@ def write_plots(out: Path, results: dict, test_labels: list[str]) -> dict[str, s
     panels = []
     for modality in MODALITIES:
         for run in (r for r in runs if r["seed"] == seeds[0] and modality in r.get("features", {})):
-            features = torch.load(out / run["features"][modality], map_location="cpu", weights_only=True)
+            features = load_checkpoint(out / run["features"][modality])
             labels = [test_labels[int(i)] for i in features["test_index"]]
             panels.append((f"{run['method']} {modality}", features["test"].mean(1).numpy(), labels))
     if panels:
@@ -241,10 +241,8 @@ def write_report(out: Path, results: dict) -> Path:
         parts += ["<h2>Cluster browsers</h2>", "<ul>" + "".join(links) + "</ul>"]
     parts.append(f"<p class=\"muted\">{results['wall_seconds']:.0f} s wall on {html.escape(results['machine'])}; "
                  f"settings in results.json.</p>")
-    path = out / "report.html"
-    path.write_text(html.page("xdc demo: cross-modal deep clustering on synthetic data", "\n".join(parts)),
-                    encoding="utf-8")
-    return path
+    return write_text_atomic(out / "report.html",
+                             html.page("xdc demo: cross-modal deep clustering on synthetic data", "\n".join(parts)))
 
 
 def clusters_shown(metrics: dict, most: int) -> str:
