@@ -110,3 +110,21 @@ def test_budget_curve_pairs_each_iterations_probe_and_counts_epochs():
     assert "XDC − SCRATCH" not in text.split("Budget curve")[1]  # scratch has no iterations
     row = [line for line in text.split("Budget curve")[1].splitlines() if line.startswith("| 2 ")][0]
     assert row.split("|")[2].strip() == "9" and "+0.220 [+0.200, +0.240] beats" in row
+
+
+def test_claim_takes_a_new_or_same_folder_and_refuses_others(tmp_path):
+    """runner.claim: a new or empty folder, or one stamped with the same settings; other settings
+    and a folder of someone else's files are refused (their pieces would be reused as ours)."""
+    from xdc.experiments.runner import ExperimentError, claim
+    from xdc.stamps import SettingsMismatch
+
+    claim(tmp_path / "new", {"a": 1})
+    claim(tmp_path / "new", {"a": 1, "seeds": [0]}, ignore=("seeds",))
+    with pytest.raises(SettingsMismatch, match=r"\(a: 1 there, 2 asked;"):
+        claim(tmp_path / "new", {"a": 2})
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("mine")
+    with pytest.raises(ExperimentError, match="holds files but no settings.json"):
+        claim(tmp_path / "theirs", {"a": 1})
+    (tmp_path / "empty").mkdir()
+    claim(tmp_path / "empty", {"a": 1})

@@ -57,9 +57,13 @@ class ExperimentError(XdcError):
 
 
 def claim(out: Path, settings: dict, ignore: tuple[str, ...] = ()) -> None:
-    """Take `out` for an experiment with these settings: a new folder, or one made with the same
-    settings (SettingsMismatch otherwise, naming what differs). Keys in `ignore` may differ."""
-    check_stamp(out / "settings.json", settings, "choose another --out (or delete it)", ignore)
+    """Take `out` for an experiment with these settings: a new (or empty) folder, or one made with
+    the same settings (SettingsMismatch otherwise, naming what differs; ExperimentError for a folder
+    of other files, whose pieces would be taken for this experiment's). Keys in `ignore` may differ."""
+    stamp = out / "settings.json"
+    if not check_stamp(stamp, settings, "choose another --out (or delete it)", ignore) and out.is_dir() \
+            and any(p.name != "log.txt" for p in out.iterdir()):  # the command's own log may come first
+        raise ExperimentError(f"{out} holds files but no {stamp.name} of an experiment: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_stamp(out / "settings.json", settings)
 
