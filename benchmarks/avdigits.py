@@ -4,9 +4,10 @@
     python benchmarks/avdigits.py --hard --methods scratch,rand,sdc,xdc --seeds 0 \
         [--first-features random] [--video-arch r3d_18] [--set cluster.pca_dim=32 ...]
 
-On 2 CPU cores: 59 min (7 methods x 3 seeds), `--quick` 6.5 min (one seed); docs/RESULTS.md.
+On 2 CPU cores (docs/RESULTS.md): 59 min for 7 methods x 3 seeds (an older run), `--quick` 6.5 min
+(one seed); `--hard` 5-9 min per method and seed, two side by side.
 
-`--hard`: the digit is small (about a third of the frame) and drifts over a cluttered background
+`--hard`: the digit is small (about half the frame high) and drifts over a cluttered background
 of random brightness (ink lighter or darker than it); videos last 1.6 s and the spoken word sits
 at a random time in them, so a 1-s clip may cut it; the soundtrack carries noise whose level,
 colour and hum depend on the speaker (a nuisance, and an unseen one for the test speaker).
