@@ -82,6 +82,13 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def holds_files(folder: str | Path, besides: tuple[str, ...] = ()) -> bool:
+    """Whether `folder` is a folder holding anything but the names in `besides`: an output folder
+    without its settings record that is not empty is someone else's (never written into)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(p.name not in besides for p in folder.iterdir())
+
+
 def leftover_temporaries(folder: str | Path) -> list[Path]:
     """Files of `folder` (not below) named as `atomic_file` names its temporary files: what a
     writer killed mid-write leaves. Only the folder's owner, holding its lock, may remove them."""

@@ -32,7 +32,7 @@ from xdc.data.scan import probe_file
 from xdc.data.shards import SHARD_PATTERN, ShardWriter, parse_size
 from xdc.data.transcode import PrepareOptions, reencode
 from xdc.errors import XdcError
-from xdc.files import DiskFullError, disk_full_names
+from xdc.files import DiskFullError, disk_full_names, holds_files
 from xdc.locks import LOCK_NAME, folder_lock
 from xdc.progress import progress as progress_bar
 from xdc.stamps import SettingsMismatch, check_stamp, write_stamp
@@ -63,7 +63,7 @@ def prepare_folder(out_dir: Path, options: PrepareOptions) -> Iterator[None]:
         stamp, settings = out_dir / SETTINGS_FILE, asdict(options)
         remedy = f"choose another --out, or delete {out_dir} to re-encode with these settings"
         if not check_stamp(stamp, settings, remedy=remedy):
-            if any(p.name != LOCK_NAME for p in out_dir.iterdir()):  # the stamp is written before any copy
+            if holds_files(out_dir, besides=(LOCK_NAME,)):  # the stamp is written before any copy
                 raise SettingsMismatch(f"{out_dir} holds files but no {SETTINGS_FILE}, the record of the settings "
                                        f"`xdc prepare` made its copies with: {remedy}")
             with disk_full_names(stamp, DISK_FULL_REMEDY):

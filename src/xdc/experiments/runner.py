@@ -39,7 +39,7 @@ import torch
 
 from xdc.errors import XdcError
 from xdc.experiments import summary
-from xdc.files import write_text_atomic
+from xdc.files import holds_files, write_text_atomic
 from xdc.models.device import MODALITIES
 from xdc.stamps import check_stamp, write_stamp
 from xdc.training.run_folder import RunFolder
@@ -61,8 +61,8 @@ def claim(out: Path, settings: dict, ignore: tuple[str, ...] = ()) -> None:
     the same settings (SettingsMismatch otherwise, naming what differs; ExperimentError for a folder
     of other files, whose pieces would be taken for this experiment's). Keys in `ignore` may differ."""
     stamp = out / "settings.json"
-    if not check_stamp(stamp, settings, "choose another --out (or delete it)", ignore) and out.is_dir() \
-            and any(p.name != "log.txt" for p in out.iterdir()):  # the command's own log may come first
+    if not check_stamp(stamp, settings, "choose another --out (or delete it)", ignore) \
+            and holds_files(out, besides=("log.txt",)):  # the command's own log may come first
         raise ExperimentError(f"{out} holds files but no {stamp.name} of an experiment: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     write_stamp(out / "settings.json", settings)

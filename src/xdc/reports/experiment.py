@@ -65,12 +65,17 @@ def difference(value: dict | None, say_one_seed: bool = True) -> str:
     return f"{value['mean']:+.3f} [{low:+.3f}, {high:+.3f}]" + (" beats" if value["beats"] else "")
 
 
+def comparison_label(name: str) -> str:
+    """"XDC − SDC" for summary.comparisons' key "xdc_minus_sdc"."""
+    return f"XDC − {name.rpartition('_minus_')[2].upper()}"
+
+
 def comparison_table(results: dict) -> tuple[list[str], list[list[str]]]:
     """(headers, rows): XDC minus each other method, per probe and modality (summary.RULE)."""
     probes = [p for p in results["probes"] if any(p in c for c in results["comparisons"].values())]
     headers = ["comparison", *(f"{m} {PROBE_NAMES[p]}" for p in probes for m in MODALITIES)]
     say_one_seed = not one_seed_only(results)
-    rows = [[f"XDC − {name.rpartition('_minus_')[2].upper()}",
+    rows = [[comparison_label(name),
              *(difference(per_probe.get(p, {}).get(m), say_one_seed) for p in probes for m in MODALITIES)]
             for name, per_probe in results["comparisons"].items()]
     return headers, rows
@@ -108,11 +113,10 @@ def budget_table(results: dict) -> tuple[list[str], list[list[str]]]:
     others = [name for name in curve[0]["comparisons"] if any(p["comparisons"][name] for p in curve)]
     say_one_seed = not one_seed_only(results)
     headers = ["iteration", "epochs", *(f"{modality} {m}" for modality in MODALITIES for m in methods),
-               *(f"{modality} XDC − {name.rpartition('_minus_')[2].upper()}" for modality in MODALITIES
-                 for name in others)]
+               *(f"{modality} {comparison_label(name)}" for modality in MODALITIES for name in others)]
+    seeds = max((len(r["seeds"]) for r in results["table"].values()), default=1)
     rows = []
     for point in curve:
-        seeds = max((len(r["seeds"]) for r in results["table"].values()), default=1)
         rows.append([str(point["iteration"]), "-" if point["epochs"] is None else f"{point['epochs']:g}",
                      *(_cell(point["methods"].get(m, {}).get(modality), seeds) for modality in MODALITIES
                        for m in methods),

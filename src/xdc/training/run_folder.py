@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from xdc.errors import XdcError
-from xdc.files import atomic_file, leftover_temporaries, write_text_atomic
+from xdc.files import atomic_file, holds_files, leftover_temporaries, write_text_atomic
 from xdc.locks import folder_lock, lock_path
 
 _ITERATION_CHECKPOINT = re.compile(r"^iteration_(\d+)\.pt$")
@@ -77,7 +77,7 @@ class RunFolder:
     def holds_a_run(self) -> bool:
         """Whether the folder is empty or holds a run's files (config.yaml, rows.csv, checkpoints/
         or a lock): what `locked` may take."""
-        if not self.root.is_dir() or not any(self.root.iterdir()):
+        if not holds_files(self.root):
             return True
         return any(p.exists() for p in (self.config, self.rows, self.checkpoints, self.lock_file))
 

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from xdc.config import AUTO, PretrainConfig
+from xdc.config import AUTO, ClusterConfig, PretrainConfig
 
 VIDEOS_PER_CLUSTER = 39  # faiss's min_points_per_centroid
-PAPER_K = {"video": 64, "audio": 128, "joint": 128}  # the most `auto` gives (Kinetics, the paper's Tables 6-7)
+# The most `auto` gives: the config's defaults, the paper's k on Kinetics (its Tables 6-7).
+PAPER_K = {name: getattr(ClusterConfig, f"k_{name}") for name in ("video", "audio", "joint")}
 K_RULE = f"clamp(round(videos / {VIDEOS_PER_CLUSTER}), 2, the paper's {'/'.join(map(str, PAPER_K.values()))})"
 
 
