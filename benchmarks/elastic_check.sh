@@ -15,4 +15,6 @@ set -euo pipefail
 out=${1:?usage: elastic_check.sh OUT_DIR}
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python3}" "$here/benchmarks/elastic.py" "$out"
+python=${PYTHON:-python3}
+"$python" -c "import torch" 2> /dev/null || { echo "elastic_check.sh: $python cannot import torch: activate the environment xdc is installed in (source .venv/bin/activate) or set PYTHON=.venv/bin/python" >&2; exit 2; }
+exec "$python" "$here/benchmarks/elastic.py" "$out"

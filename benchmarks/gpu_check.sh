@@ -11,4 +11,6 @@ out=${1:?usage: gpu_check.sh OUT_DIR [--quick]}
 shift
 here=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$here/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "${PYTHON:-python3}" "$here/benchmarks/gpu_check.py" "$out" "$@"
+python=${PYTHON:-python3}
+"$python" -c "import torch" 2> /dev/null || { echo "gpu_check.sh: $python cannot import torch: activate the environment xdc is installed in (source .venv/bin/activate) or set PYTHON=.venv/bin/python" >&2; exit 2; }
+exec "$python" "$here/benchmarks/gpu_check.py" "$out" "$@"
