@@ -108,7 +108,8 @@ def test_per_spectrogram_normalisation():
     assert torch.allclose(raw_silence, torch.full_like(raw_silence, math.log(1e-6)))
 
 
-def test_per_band_normalisation_removes_a_stationary_hum():
+@pytest.mark.parametrize("per_band", ["per_band", "per_band_mean"])
+def test_per_band_normalisation_removes_a_stationary_hum(per_band):
     """A recording's constant hum (a channel's colour) is gone after per-band normalisation:
     the same tone burst under two different hums gives nearly the same log-mel, which it does
     not with per_spectrogram."""
@@ -118,13 +119,26 @@ def test_per_band_normalisation_removes_a_stationary_hum():
     hums = [0.05 * torch.sin(2 * math.pi * 120 * t), 0.05 * torch.sin(2 * math.pi * 4000 * t)]
     noise = 1e-3 * torch.randn(RATE, generator=torch.Generator().manual_seed(0))
     gaps = {}
-    for normalize in ("per_spectrogram", "per_band"):
+    for normalize in ("per_spectrogram", per_band):
         module = LogMel(RATE, normalize=normalize)
         a, b = (module(burst + hum + noise)[0] for hum in hums)
         gaps[normalize] = float((a - b).abs().mean())
-    per_band = LogMel(RATE, normalize="per_band")(burst + hums[0] + noise)[0]
-    assert torch.allclose(per_band.mean(-1), torch.zeros(per_band.shape[0]), atol=1e-4)
-    assert gaps["per_band"] < 0.5 * gaps["per_spectrogram"], gaps
+    normalised = LogMel(RATE, normalize=per_band)(burst + hums[0] + noise)[0]
+    assert torch.allclose(normalised.mean(-1), torch.zeros(normalised.shape[0]), atol=1e-4)
+    assert gaps[per_band] < 0.5 * gaps["per_spectrogram"], gaps
+
+
+def test_per_band_mean_keeps_noise_bands_small():
+    """per_band stretches every band to std 1, a band of faint noise as much as the band of a
+    word; per_band_mean divides by one std for the whole spectrogram, so the burst's band keeps
+    a wider spread than the bands that hold only noise."""
+    burst = torch.zeros(RATE)
+    burst[int(0.3 * RATE):int(0.6 * RATE)] = tone(1000, 0.3)
+    noisy = burst + 1e-3 * torch.randn(RATE, generator=torch.Generator().manual_seed(0))
+    spreads = {n: LogMel(RATE, normalize=n)(noisy)[0].std(-1) for n in ("per_band", "per_band_mean")}
+    assert torch.allclose(spreads["per_band"], torch.ones_like(spreads["per_band"]), atol=1e-3)
+    kept = spreads["per_band_mean"]
+    assert float(kept.max()) > 3 * float(kept.median()), kept
 
 
 def test_batched_input_matches_one_by_one():

@@ -131,7 +131,7 @@ def test_names_are_checked_against_the_owners_lists():
     with pytest.raises(ConfigError, match=r"data.crop=4 is out of range: expected >= 6 with cluster.video_descriptor=hog"):
         load_config(None, ["cluster.first_features=handcrafted", "cluster.video_descriptor=hog", "data.crop=4",
                            "data.short_side=8"])
-    with pytest.raises(ConfigError, match="audio_norm='global' is out of range: expected per_spectrogram | per_band"):
+    with pytest.raises(ConfigError, match="audio_norm='global' is out of range: expected per_spectrogram | per_band | per_band_mean"):
         load_config(None, ["data.audio_norm=global"])
 
 

@@ -54,7 +54,8 @@ class DataConfig:
     n_mels: int = 40
     win_ms: float = 25.0  # STFT window
     hop_ms: float = 10.0  # STFT hop
-    # log-mel normalisation: per_spectrogram (mean 0, std 1) | per_band (each mel band over time) | none
+    # log-mel normalisation: per_spectrogram (mean 0, std 1) | per_band (each mel band over time) |
+    # per_band_mean (each band's mean over time, the spectrogram's std) | none
     audio_norm: str = "per_spectrogram"
     video_norm: str = "dataset"  # dataset (video_mean/std) | per_clip (then each clip's own mean, std too)
     eval_clips: int = 10  # uniformly spaced clips per video in eval mode

@@ -97,7 +97,7 @@ def num_audio_frames(cfg: DataConfig) -> int:
     return 1 + window_samples(cfg) // hop_samples(cfg.sample_rate, cfg.hop_ms)
 
 
-NORMALIZATIONS = ("per_spectrogram", "per_band", "none")
+NORMALIZATIONS = ("per_spectrogram", "per_band", "per_band_mean", "none")
 
 
 class LogMel(nn.Module):
@@ -108,6 +108,10 @@ class LogMel(nn.Module):
     "per_band" does so for each mel band over the clip's frames (cepstral mean and variance
     normalisation, the speech front-end's remedy for a microphone's colour and stationary noise
     or hum, which otherwise tell recordings apart more than their words do);
+    "per_band_mean" removes each band's mean over the frames (cepstral mean normalisation, which
+    takes out the same colour and hum) and divides by the whole spectrogram's std: bands that hold
+    only noise keep their small spread instead of being stretched to the speech bands' (what
+    per_band's variance step does to a short clip);
     "none" keeps the raw log(mel + 1e-6) values.
     """
 
@@ -138,9 +142,12 @@ class LogMel(nn.Module):
         power = spec.real.square() + spec.imag.square()  # (B, freqs, frames)
         logmel = torch.log(torch.matmul(self.filters, power) + LOG_EPS)
         if self.normalize != "none":
-            dims = (-2, -1) if self.normalize == "per_spectrogram" else (-1,)  # per_band: over time
-            centred = logmel - logmel.mean(dim=dims, keepdim=True)
-            std = centred.std(dim=dims, keepdim=True)
+            over_time = (-1,)
+            whole = (-2, -1)
+            mean_dims = whole if self.normalize == "per_spectrogram" else over_time
+            std_dims = over_time if self.normalize == "per_band" else whole
+            centred = logmel - logmel.mean(dim=mean_dims, keepdim=True)
+            std = centred.std(dim=std_dims, keepdim=True)
             # A flat spectrogram (digital silence) has no content: zeros, not rounding noise / tiny std.
             logmel = torch.where(std > 1e-4, centred / std.clamp_min(1e-4), torch.zeros_like(centred))
         return logmel.reshape(*lead, 1, *logmel.shape[-2:])
