@@ -97,7 +97,11 @@ def num_audio_frames(cfg: DataConfig) -> int:
     return 1 + window_samples(cfg) // hop_samples(cfg.sample_rate, cfg.hop_ms)
 
 
-NORMALIZATIONS = ("per_spectrogram", "per_band", "per_band_mean", "none")
+WHOLE, OVER_TIME = (-2, -1), (-1,)  # a log-mel's dims: the whole spectrogram, each band over the frames
+# How each normalisation centres and scales a log-mel: (dims of the mean, dims of the std).
+NORMALIZATION_DIMS = {"per_spectrogram": (WHOLE, WHOLE), "per_band": (OVER_TIME, OVER_TIME),
+                      "per_band_mean": (OVER_TIME, WHOLE)}
+NORMALIZATIONS = (*NORMALIZATION_DIMS, "none")
 
 
 class LogMel(nn.Module):
@@ -142,10 +146,7 @@ class LogMel(nn.Module):
         power = spec.real.square() + spec.imag.square()  # (B, freqs, frames)
         logmel = torch.log(torch.matmul(self.filters, power) + LOG_EPS)
         if self.normalize != "none":
-            over_time = (-1,)
-            whole = (-2, -1)
-            mean_dims = whole if self.normalize == "per_spectrogram" else over_time
-            std_dims = over_time if self.normalize == "per_band" else whole
+            mean_dims, std_dims = NORMALIZATION_DIMS[self.normalize]
             centred = logmel - logmel.mean(dim=mean_dims, keepdim=True)
             std = centred.std(dim=std_dims, keepdim=True)
             # A flat spectrogram (digital silence) has no content: zeros, not rounding noise / tiny std.
